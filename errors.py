@@ -1,0 +1,19 @@
+"""The one exception users see, and the wrapper that turns it into one line on stderr."""
+import sys
+
+
+class UserError(Exception):
+    """A problem with the user's input or files, described so they can fix it.
+
+    Scripts raise it anywhere; `run_main` prints its message as a single line
+    and exits with status 2. Tracebacks are reserved for bugs.
+    """
+
+
+def run_main(main, argv=None):
+    """Call main(argv); turn a UserError into 'error: ...' on stderr and exit 2."""
+    try:
+        return main(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
