@@ -1,4 +1,5 @@
 """The one exception users see, and the wrapper that turns it into one line on stderr."""
+import argparse
 import sys
 
 
@@ -16,4 +17,12 @@ def run_main(main, argv=None):
         return main(argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (argparse prints the usage first)."""
+
+    def error(self, message):
+        print(f"error: {message} (see --help)", file=sys.stderr)
         sys.exit(2)

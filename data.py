@@ -1,0 +1,146 @@
+"""From a text file to batches of token ids.
+
+The corpus is tokenized once, in blocks, into a flat uint16/uint32 file that
+training reads through a numpy memmap: re-runs skip tokenization, and a corpus
+larger than RAM never has to sit in memory as Python lists.
+"""
+import hashlib
+import json
+import os
+
+import numpy as np
+import torch
+
+from errors import UserError
+from files import atomic_write
+
+BLOCK_CHARS = 1 << 20  # read and tokenize the corpus a megabyte of text at a time
+
+
+def cache_dir():
+    return os.environ.get("B_LM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "b_lm")
+
+
+def iter_text_blocks(path):
+    """Yield the file's text in blocks of about BLOCK_CHARS that end at a line break.
+
+    Raises UserError for a missing, unreadable or non-UTF-8 file.
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"data file {path} not found")
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            carry = ""
+            while True:
+                block = f.read(BLOCK_CHARS)
+                if not block:
+                    break
+                block = carry + block
+                cut = block.rfind("\n") + 1  # keep a partial last line for the next block
+                if cut == 0:
+                    carry = block
+                    continue
+                carry = block[cut:]
+                yield block[:cut]
+            if carry:
+                yield carry
+    except UnicodeDecodeError as e:
+        raise UserError(f"data file {path} is not UTF-8 text ({e.reason} in a block near byte {e.start})")
+    except OSError as e:
+        raise UserError(f"cannot read data file {path}: {e.strerror}")
+
+
+def corpus_chars(path):
+    """The set of characters in the file, and how many characters it has."""
+    chars, n = set(), 0
+    for block in iter_text_blocks(path):
+        chars.update(block)
+        n += len(block)
+    return chars, n
+
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def token_dtype(vocab_size):
+    return np.uint16 if vocab_size <= 1 << 16 else np.uint32
+
+
+def tokenize_to_memmap(path, tokenizer):
+    """Tokenize the file once into the cache and return (tokens memmap, n_chars).
+
+    The cache file is named by the hashes of the data and of the tokenizer, so
+    a change to either makes a new one; it is written under a temporary name
+    and renamed, so an interrupted run never leaves a truncated cache behind.
+    """
+    tok_key = json.dumps(tokenizer.to_dict(), sort_keys=True).encode()
+    key = f"{file_sha256(path)[:16]}-{hashlib.sha256(tok_key).hexdigest()[:16]}"
+    dtype = token_dtype(tokenizer.vocab_size)
+    os.makedirs(cache_dir(), exist_ok=True)
+    bin_path = os.path.join(cache_dir(), f"{key}.{np.dtype(dtype).name}")
+    meta_path = bin_path + ".json"
+    if not (os.path.exists(bin_path) and os.path.exists(meta_path)):
+        n_chars = 0
+        with atomic_write(bin_path) as out:
+            for block in iter_text_blocks(path):
+                out.write(np.asarray(tokenizer.encode(block), dtype=dtype).tobytes())
+                n_chars += len(block)
+        with atomic_write(meta_path, "w") as f:
+            json.dump({"n_chars": n_chars}, f)
+    with open(meta_path) as f:
+        n_chars = json.load(f)["n_chars"]
+    tokens = np.memmap(bin_path, dtype=dtype, mode="r") if os.path.getsize(bin_path) else np.zeros(0, dtype)
+    return tokens, n_chars
+
+
+class Batches:
+    """Train/val split of a token stream, random training blocks, fixed val windows.
+
+    The last val_fraction of the stream is validation. Training blocks start at
+    random offsets drawn from a generator of our own, whose state goes into the
+    checkpoint so a resumed run draws the very same batches.
+    """
+
+    def __init__(self, tokens, block_size, val_fraction, seed):
+        n_val = int(len(tokens) * val_fraction)
+        self.train = tokens[: len(tokens) - n_val]
+        self.val = tokens[len(tokens) - n_val:]
+        self.block_size = block_size
+        self.generator = torch.Generator().manual_seed(seed)
+        need = block_size + 1
+        if len(self.train) < need:
+            raise UserError(f"the training split has {len(self.train)} tokens; block size {block_size} "
+                            f"needs at least {need}: use a larger corpus or a smaller --block-size")
+        if val_fraction > 0 and len(self.val) < need:
+            raise UserError(f"the validation split has {len(self.val)} tokens; block size {block_size} "
+                            f"needs at least {need}: use a larger corpus, a larger --val-fraction "
+                            f"or a smaller --block-size")
+
+    def _stack(self, stream, starts):
+        T = self.block_size
+        rows = np.stack([np.asarray(stream[s: s + T + 1], dtype=np.int64) for s in starts])
+        rows = torch.from_numpy(rows)
+        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()  # inputs and their next tokens, (B, T) each
+
+    def train_batch(self, batch_size):
+        high = len(self.train) - self.block_size - 1
+        starts = torch.randint(0, high + 1, (batch_size,), generator=self.generator).tolist()
+        return self._stack(self.train, starts)
+
+    def val_windows(self, max_tokens=None):
+        """Start offsets of non-overlapping val windows, evenly spread when capped."""
+        n = (len(self.val) - 1) // self.block_size
+        if max_tokens:
+            keep = max(1, min(n, max_tokens // self.block_size))
+            return [(i * n // keep) * self.block_size for i in range(keep)]
+        return [i * self.block_size for i in range(n)]
+
+    def val_batches(self, batch_size, max_tokens=None):
+        starts = self.val_windows(max_tokens)
+        for i in range(0, len(starts), batch_size):
+            yield self._stack(self.val, starts[i: i + batch_size])

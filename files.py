@@ -1,0 +1,30 @@
+"""Writing files so that a crash or Ctrl-C never leaves a half-written one."""
+import os
+import tempfile
+from contextlib import contextmanager
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextmanager
+def atomic_write(path, mode="wb", **open_kwargs):
+    """Open a temporary file beside `path`; on success rename it over `path`.
+
+    os.replace is atomic, so readers see either the old file or the complete
+    new one. If the block raises (or is interrupted), the temporary file is
+    removed and whatever was at `path` stays untouched.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; give them the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,202 @@
+"""The models: a mini decoder-only Transformer (GPT) and the CharRNN it grew out of.
+
+Both map token ids (B, T) to next-token logits (B, T, vocab) and, given
+targets, the mean cross-entropy loss. Both are built from a config dataclass
+whose fields are plain values, so the config travels inside checkpoints.
+"""
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from errors import UserError
+
+ATTENTION_KINDS = ("sdpa", "explicit")
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int
+    block_size: int = 128  # longest context the model sees
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = False  # biases in Linear layers and LayerNorms
+    # 'sdpa' uses F.scaled_dot_product_attention (fused kernels where the backend
+    # has them); 'explicit' spells out matmul-softmax-matmul for backends that
+    # lack SDPA, such as DirectML. Both compute the same function.
+    attention: str = "sdpa"
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
+        self.n_head = config.n_head
+        self.attention = config.attention
+        self.dropout = config.dropout
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, kv_cache=None, layer=0):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        # (B, T, C) -> (B, nh, T, hs): each head attends independently
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if kv_cache is not None:
+            # The new keys/values join those of earlier positions; queries are only the new ones.
+            k, v = kv_cache.append(layer, k, v)
+        y = attend(q, k, v, self.attention, self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+
+def attend(q, k, v, kind="sdpa", dropout=0.0):
+    """Causal attention of q (B, nh, Tq, hs) over k, v (B, nh, Tk, hs), Tq <= Tk.
+
+    The queries are the last Tq positions of the Tk keys (Tq < Tk when a
+    KV cache holds the earlier ones), so query i may see keys up to Tk - Tq + i.
+    """
+    Tq, Tk = q.size(-2), k.size(-2)
+    if kind == "sdpa":
+        if Tq == Tk:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        if Tq == 1:  # one new token sees everything before it: no mask needed
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    allowed = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
+    if kind == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, Tq, Tk)
+    att = att.masked_fill(~allowed, float("-inf"))
+    att = F.softmax(att, dim=-1)
+    att = F.dropout(att, p=dropout, training=dropout > 0)
+    return att @ v  # (B, nh, Tq, hs)
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, kv_cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), kv_cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        if config.attention not in ATTENTION_KINDS:
+            raise UserError(f"unknown attention {config.attention!r}: choose one of {ATTENTION_KINDS}")
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        # Each block adds its output projections to the residual stream; shrinking
+        # them by depth keeps the stream's variance from growing with n_layer (GPT-2).
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        B, T = idx.shape
+        start = kv_cache.length if kv_cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, kv_cache, layer)
+        if kv_cache is not None:
+            kv_cache.length += T
+        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+
+@dataclass
+class RNNConfig:
+    vocab_size: int
+    block_size: int = 128  # training sequence length (and generation context)
+    n_layer: int = 2
+    n_embd: int = 256  # embedding and hidden size
+    cell: str = "gru"  # or "lstm"
+    dropout: float = 0.0
+
+
+class CharRNN(nn.Module):
+    """The baseline the project started from: embedding -> GRU/LSTM -> linear."""
+
+    def __init__(self, config):
+        super().__init__()
+        cells = {"gru": nn.GRU, "lstm": nn.LSTM}
+        if config.cell not in cells:
+            raise UserError(f"unknown RNN cell {config.cell!r}: choose gru or lstm")
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.n_embd)
+        self.rnn = cells[config.cell](config.n_embd, config.n_embd, num_layers=config.n_layer,
+                                      dropout=config.dropout if config.n_layer > 1 else 0.0,
+                                      batch_first=True)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size)
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        out, _ = self.rnn(self.embed(idx))  # (B, T, C); each step sees only the past
+        logits = self.lm_head(out)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+
+MODELS = {"transformer": (GPTConfig, Transformer), "rnn": (RNNConfig, CharRNN)}
+
+
+def build_model(model_type, config):
+    """Build a model from its type name and config (a dataclass or a plain dict)."""
+    if model_type not in MODELS:
+        raise UserError(f"unknown model type {model_type!r}: choose one of {', '.join(MODELS)}")
+    config_cls, model_cls = MODELS[model_type]
+    if isinstance(config, dict):
+        config = config_cls(**config)
+    return model_cls(config)
+
+
+def config_dict(model):
+    return asdict(model.config)
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())
