@@ -22,11 +22,16 @@ def prompt_ids(tokenizer, text):
 
 
 def stream_text(model, tokenizer, prompt, length, temp=0.8, top_k=0, top_p=1.0, seed=None,
-                use_cache=True, stop_ids=()):
-    """Yield the continuation of `prompt` as pieces of text, as they are sampled."""
+                use_cache=True, stop_ids=(), banned_ids=None):
+    """Yield the continuation of `prompt` as pieces of text, as they are sampled.
+
+    Plain text never contains special tokens, so by default none is sampled.
+    """
+    if banned_ids is None:
+        banned_ids = tuple(tokenizer.special_tokens.values())
     decoder = StreamDecoder(tokenizer)
     for token in generate_ids(model, prompt_ids(tokenizer, prompt), length, temp, top_k, top_p,
-                              seed, use_cache, stop_ids):
+                              seed, use_cache, stop_ids, banned_ids):
         piece = decoder.push(token)
         if piece:
             yield piece

@@ -32,15 +32,17 @@ class KVCache:
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
 
-def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
+def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None, banned_ids=()):
     """Pick the next token id from a (vocab,) row of logits.
 
-    temperature 0 is greedy; top_k > 0 keeps the k likeliest tokens; top_p < 1
+    banned_ids are never picked; temperature 0 is greedy; top_k > 0 keeps the k likeliest tokens; top_p < 1
     keeps the smallest set of likeliest tokens whose probability reaches top_p.
     Sampling runs on the CPU with our own generator, so a seed gives the same
     tokens on every device.
     """
     logits = logits.detach().float().cpu()
+    if banned_ids:
+        logits[list(banned_ids)] = float("-inf")
     if temperature == 0:
         return int(torch.argmax(logits))
     logits = logits / temperature
@@ -62,14 +64,14 @@ def supports_cache(model):
 
 @torch.no_grad()
 def generate_ids(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0,
-                 seed=None, use_cache=True, stop_ids=()):
+                 seed=None, use_cache=True, stop_ids=(), banned_ids=()):
     """Yield up to max_new_tokens sampled ids, one at a time, after prompt_ids.
 
     The context is a window of at most block_size tokens. When it is full we
     slide it, keeping the newest half, and (with the cache) prefill that half
     again. The window rule is the same with and without the cache, so both
     paths see the same context and, for a seed, produce the same tokens.
-    Stops early after yielding an id in stop_ids.
+    Stops early after yielding an id in stop_ids; never yields one in banned_ids.
     """
     if not prompt_ids:
         raise ValueError("generation needs at least one prompt token")
@@ -93,7 +95,7 @@ def generate_ids(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=0, to
         else:
             context = torch.tensor([tokens[start:]], dtype=torch.long, device=device)
             logits, _ = model(context)
-        token = sample_next(logits[0, -1], temperature, top_k, top_p, generator)
+        token = sample_next(logits[0, -1], temperature, top_k, top_p, generator, banned_ids)
         tokens.append(token)
         yield token
         if token in stop_ids:

@@ -113,6 +113,10 @@ def evaluate(model, batches, batch_size, device, max_tokens=None):
     return total / count if count else float("nan")
 
 
+def mean(values):
+    return sum(values) / len(values) if values else float("nan")
+
+
 def load_tokenizer(spec, data_path):
     if spec == "char":
         chars, n_chars = corpus_chars(data_path)
@@ -237,7 +241,8 @@ def train(args):
     model.train()
     start = time.time()
     tokens_per_step = args.batch_size * args.block_size
-    recent_loss, tokens_per_s = float("nan"), 0.0
+    recent_loss, tokens_per_s = float("nan"), 0.0  # smoothed, for the progress bar
+    interval_losses = []  # every step's loss since the last evaluation, for the train-loss column
     progress = tqdm(total=args.max_iters, initial=step, desc="training", dynamic_ncols=True, file=sys.stderr)
     try:
         while step < args.max_iters:
@@ -258,12 +263,14 @@ def train(args):
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             optimizer.step()
             step += 1
+            interval_losses.append(loss_value)
             recent_loss = loss_value if math.isnan(recent_loss) else 0.9 * recent_loss + 0.1 * loss_value
             tokens_per_s = tokens_per_step / max(time.time() - t0, 1e-9)
             progress.update(1)
             progress.set_postfix(loss=f"{recent_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
             if step % args.eval_interval == 0 and step < args.max_iters:
-                record(recent_loss, args.eval_tokens, tokens_per_s)
+                record(mean(interval_losses), args.eval_tokens, tokens_per_s)
+                interval_losses.clear()
                 save_checkpoint(args.ckpt, snapshot())
     except KeyboardInterrupt:
         progress.close()
@@ -272,7 +279,7 @@ def train(args):
         sys.exit(130)
     progress.close()
 
-    val = record(recent_loss, None, tokens_per_s)
+    val = record(mean(interval_losses), None, tokens_per_s)
     save_checkpoint(args.ckpt, snapshot())
     plot_history(args.plot, history)
     elapsed = elapsed_before + time.time() - start

@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny corpora and a tiny trained checkpoint, so the suite stays fast."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+DATA = os.path.join(ROOT, "data.txt")
+
+# Tiny models gain nothing from a second thread, and on a busy 2-core machine
+# two threads per process make them many times slower.
+torch.set_num_threads(1)
+
+# A tiny model: every test that trains uses these flags (plus its own).
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
+        "--eval-tokens", "256", "--warmup-iters", "2", "--plot", ""]
+
+
+@pytest.fixture(autouse=True)
+def _token_cache(tmp_path_factory, monkeypatch):
+    """Keep the tokenized-corpus cache out of the user's home directory."""
+    monkeypatch.setenv("B_LM_CACHE", str(tmp_path_factory.getbasetemp() / "token-cache"))
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory):
+    """The first 20,000 characters of the Iliad."""
+    path = tmp_path_factory.mktemp("corpus") / "small.txt"
+    with open(DATA, encoding="utf-8") as f:
+        path.write_text(f.read(20_000), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory, small_corpus):
+    """A checkpoint of a tiny Transformer trained for 30 steps."""
+    folder = tmp_path_factory.mktemp("tiny")
+    os.environ.setdefault("B_LM_CACHE", str(tmp_path_factory.getbasetemp() / "token-cache"))
+    ckpt = str(folder / "tiny.pth")
+    import train
+    train.main(["--data", small_corpus, "--ckpt", ckpt, "--max-iters", "30", "--eval-interval", "15",
+                "--metrics", str(folder / "m.csv"), *TINY])
+    return ckpt
+
+
+def run_script(script, *args, stdin=None, cwd=None):
+    """Run one of the project's scripts in a subprocess; returns CompletedProcess."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], input=stdin, cwd=cwd,
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def assert_clean_error(result, *fragments):
+    """A user error: non-zero exit, one line on stderr mentioning the fragments, no traceback."""
+    assert result.returncode != 0, result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

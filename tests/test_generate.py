@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from checkpoint import load_model
+from conftest import assert_clean_error, run_script
+from generate import generate
+from sampling import generate_ids, sample_next
+
+
+def test_seed_example_runs_and_is_reproducible(tiny_ckpt):
+    args = ["--ckpt", tiny_ckpt, "--start", "Sing, ", "--length", "40", "--temp", "0.8", "--seed", "7"]
+    first = run_script("generate.py", *args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("Sing, ") and len(first.stdout) == len("Sing, ") + 40 + 1
+    assert run_script("generate.py", *args).stdout == first.stdout
+    assert run_script("generate.py", "--checkpoint", tiny_ckpt, "--length", "5").returncode == 0
+
+
+@pytest.mark.parametrize("temp", [0.0, 1.0])
+def test_kv_cache_gives_the_tokens_of_the_no_cache_path(tiny_ckpt, temp):
+    model, tokenizer, _ = load_model(tiny_ckpt)
+    prompt = tokenizer.encode("Sing, O goddess, the anger of Achilles")  # longer than block_size 16
+    n = 3 * model.config.block_size  # the window slides several times
+    cached = list(generate_ids(model, prompt, n, temperature=temp, seed=3, use_cache=True))
+    uncached = list(generate_ids(model, prompt, n, temperature=temp, seed=3, use_cache=False))
+    assert cached == uncached and len(cached) == n
+
+
+def test_sampling_filters():
+    logits = torch.tensor([1.0, 3.0, 2.0, 0.5])
+    assert sample_next(logits, temperature=0) == 1
+    g = torch.Generator().manual_seed(0)
+    assert {sample_next(logits, 1.0, top_k=1, generator=g) for _ in range(20)} == {1}
+    assert {sample_next(logits, 1.0, top_p=0.01, generator=g) for _ in range(20)} == {1}
+    assert {sample_next(logits, 1.0, top_k=2, generator=g) for _ in range(200)} == {1, 2}
+
+
+def test_generate_function(tiny_ckpt):
+    model, tokenizer, _ = load_model(tiny_ckpt)
+    text = generate(model, tokenizer, "Sing, ", 25, temp=0, seed=0)
+    assert len(text) == 25 and text == generate(model, tokenizer, "Sing, ", 25, temp=0, seed=1)
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--length", "-1"], "--length"),
+    (["--temp", "-0.5"], "--temp"),
+    (["--top-p", "0"], "--top-p"),
+    (["--top-p", "1.5"], "--top-p"),
+    (["--top-k", "-1"], "--top-k"),
+    (["--device", "cuda"], "cuda"),
+    (["--device", "quantum"], "--device"),
+    (["--start", "Sing, 你好"], "'你'"),
+])
+def test_bad_sampling_input(tiny_ckpt, flags, fragment):
+    assert_clean_error(run_script("generate.py", "--ckpt", tiny_ckpt, *flags), fragment)
+
+
+def test_bad_checkpoint_files(tmp_path, tiny_ckpt):
+    assert_clean_error(run_script("generate.py", "--ckpt", str(tmp_path / "none.pth")), "not found")
+    (tmp_path / "text.pth").write_text("not a checkpoint")
+    assert_clean_error(run_script("generate.py", "--ckpt", str(tmp_path / "text.pth")), "checkpoint")
+    data = open(tiny_ckpt, "rb").read()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 3])
+    assert_clean_error(run_script("generate.py", "--ckpt", str(tmp_path / "cut.pth")), "checkpoint")

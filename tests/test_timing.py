@@ -1,0 +1,155 @@
+"""Timers, FLOP counts and MFU; no assertions about wall-clock speed."""
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+import timing
+from errors import UserError
+from optimizers import build_optimizer
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tensors here are tiny: extra threads only add overhead (a lot of it when
+    other processes share the cores), so run each test on one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class TinyLM(nn.Module):
+    """Just enough of a GPT for the timing code: config, wte, wpe, head, (logits, loss)."""
+
+    def __init__(self, vocab_size=11, block_size=8, n_layer=1, n_embd=8):
+        super().__init__()
+        self.config = SimpleNamespace(vocab_size=vocab_size, block_size=block_size,
+                                      n_layer=n_layer, n_embd=n_embd)
+        self.wte = nn.Embedding(vocab_size, n_embd)
+        self.wpe = nn.Embedding(block_size, n_embd)
+        self.blocks = nn.ModuleList([nn.Linear(n_embd, n_embd)])
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+
+    def forward(self, idx, targets):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.size(1)))
+        logits = self.lm_head(torch.relu(self.blocks[0](x)))
+        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def fake_clock(times):
+    it = iter(times)
+    return lambda: next(it)
+
+
+def test_flops_per_token_formula():
+    # 6N + 12*L*C*T
+    assert timing.flops_per_token(1000, 2, 8, 16) == 6 * 1000 + 12 * 2 * 8 * 16
+
+
+def test_model_flops_per_token_skips_position_embedding():
+    model = TinyLM(vocab_size=11, block_size=8, n_layer=1, n_embd=8)
+    n = 11 * 8 + (8 * 8 + 8) + 8 * 11  # wte, the block's linear, lm_head; not wpe
+    assert timing.count_flop_params(model) == n
+    assert timing.model_flops_per_token(model) == 6 * n + 12 * 1 * 8 * 8
+
+
+def test_model_flops_per_token_on_the_transformer():
+    from transformer import GPTConfig, Transformer
+    model = Transformer(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16))
+    n = sum(p.numel() for p in model.parameters()) - model.wpe.weight.numel()
+    assert timing.model_flops_per_token(model) == 6 * n + 12 * 2 * 16 * 8
+
+
+def test_mfu_and_tokens_per_second():
+    assert timing.tokens_per_second(1200, 0.5) == 2400
+    assert timing.mfu(tokens_per_s=1000, flops_per_tok=1e6, peak=1e10) == pytest.approx(0.1)
+
+
+def test_step_timer_ignores_warmup_and_reports_median_p90():
+    # start/stop pairs: durations 5 (warm-up), then 1, 2, 3, 4 seconds
+    clock = fake_clock([0, 5, 10, 11, 20, 22, 30, 33, 40, 44])
+    timer = timing.StepTimer("cpu", warmup=1, clock=clock)
+    for _ in range(5):
+        with timer:
+            pass
+    assert timer.durations == [1, 2, 3, 4]
+    assert timer.median_ms() == pytest.approx(2500)
+    assert timer.p90_ms() == pytest.approx(3700)  # numpy's linear interpolation
+
+
+def test_step_timer_record_and_empty():
+    timer = timing.StepTimer(warmup=2)
+    assert np.isnan(timer.median_ms())
+    for s in (9.0, 9.0, 0.010, 0.030, 0.020):
+        timer.record(s)
+    assert timer.durations == [0.010, 0.030, 0.020]
+    assert timer.median_ms() == pytest.approx(20)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0, 1e3), min_size=1, max_size=30), st.floats(0, 100))
+def test_percentile_matches_numpy(values, q):
+    assert timing.percentile(values, q) == pytest.approx(np.percentile(values, q))
+
+
+def test_peak_flops_is_measured_once_then_cached(tmp_path, monkeypatch):
+    cache = tmp_path / "sub" / "peak_flops.json"
+    first = timing.peak_flops("cpu", n=32, reps=1, cache_path=str(cache))
+    assert first > 0
+    [key] = json.loads(cache.read_text())
+    assert "cpu" in key and torch.__version__ in key and "threads" in key
+
+    def boom(*a, **k):
+        raise AssertionError("should have used the cache")
+    monkeypatch.setattr(timing, "measure_matmul_flops", boom)
+    assert timing.peak_flops("cpu", n=32, reps=1, cache_path=str(cache)) == first
+
+
+def test_peak_flops_survives_a_damaged_cache(tmp_path):
+    cache = tmp_path / "peak_flops.json"
+    cache.write_text("{not json")
+    assert timing.peak_flops("cpu", n=16, reps=1, cache_path=str(cache)) > 0
+    assert len(json.loads(cache.read_text())) == 1
+
+
+def test_time_training_steps_structure():
+    torch.manual_seed(0)
+    model = TinyLM()
+    opt = build_optimizer(model, "muon", lr=1e-3, weight_decay=0.1)
+    x = torch.randint(11, (2, 8))
+    t = timing.time_training_steps(model, opt, x, x, steps=3, warmup=1)
+    assert set(t) == {"forward", "backward", "optimizer", "total"}
+    assert all(len(timer.durations) == 3 for timer in t.values())
+    phases = sum(np.array(t[k].durations) for k in ("forward", "backward", "optimizer"))
+    assert np.allclose(t["total"].durations, phases)
+    assert all(p.grad is None for p in model.parameters())  # zero_grad ran
+
+
+def test_cli_rejects_unknown_optimizer(capsys):
+    with pytest.raises(SystemExit) as e:
+        timing.run_main(timing.main, ["--optimizers", "adamw,lion"])
+    assert e.value.code == 2
+    assert "unknown lion" in capsys.readouterr().err
+
+
+def test_cli_rejects_bad_sizes():
+    with pytest.raises(UserError, match="--n-embd 10 must be a multiple of --n-head 4"):
+        timing.main(["--n-embd", "10"])
+    with pytest.raises(UserError, match="--steps must be at least 1"):
+        timing.main(["--steps", "0"])
+
+
+def test_cli_prints_one_row_per_optimizer(capsys, monkeypatch):
+    monkeypatch.setattr(timing, "peak_flops", lambda device: 1e11)  # no measuring in tests
+    timing.main(["--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--block-size", "8",
+                 "--batch-size", "2", "--steps", "1", "--warmup", "0",
+                 "--optimizers", "adamw,muon", "--device", "cpu"])
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[-2].startswith("adamw") and rows[-1].startswith("muon")
+    assert rows[-1].endswith("%")

@@ -1,0 +1,45 @@
+import pytest
+
+from errors import UserError
+from tokenizer import END_OF_TURN, SPECIAL_TOKENS, CharTokenizer, StreamDecoder, tokenizer_from_dict
+
+TEXT = "Sing, O goddess, the anger of Achilles son of Peleus—“Jove!”\n"
+
+
+def test_round_trip_and_vocabulary():
+    tok = CharTokenizer.from_text(TEXT)
+    ids = tok.encode(TEXT)
+    assert tok.decode(ids) == TEXT
+    assert len(ids) == len(TEXT)
+    assert tok.vocab_size == len(set(TEXT)) + len(SPECIAL_TOKENS)
+    assert all(tok.char_to_idx[tok.idx_to_char[i]] == i for i in tok.idx_to_char)
+
+
+def test_unknown_characters_are_named():
+    tok = CharTokenizer.from_text(TEXT)
+    with pytest.raises(UserError) as e:
+        tok.encode("Sing, Zeus quickly!")
+    assert "'Z'" in str(e.value) and "'q'" in str(e.value)
+
+
+def test_special_tokens_only_where_allowed():
+    tok = CharTokenizer.from_text(TEXT + "<|>enduasirt")
+    text = f"Sing{END_OF_TURN}"
+    ids = tok.encode(text, allowed_special={END_OF_TURN})
+    assert ids[-1] == tok.special_tokens[END_OF_TURN] and len(ids) == 5
+    assert tok.decode(ids) == text
+    assert len(tok.encode(text)) == len(text)  # not allowed: just characters
+
+
+def test_dict_round_trip_and_stream_decoding():
+    tok = CharTokenizer.from_text(TEXT)
+    again = tokenizer_from_dict(tok.to_dict())
+    assert again.encode(TEXT) == tok.encode(TEXT)
+    decoder = StreamDecoder(tok)
+    assert "".join(decoder.push(i) for i in tok.encode(TEXT)) + decoder.flush() == TEXT
+    assert tok.decode([10_000]) == "\ufffd"  # decoding never raises
+
+
+def test_unknown_tokenizer_kind():
+    with pytest.raises(UserError):
+        tokenizer_from_dict({"kind": "words"})

@@ -1,0 +1,122 @@
+import csv
+import os
+
+import pytest
+import torch
+
+import train
+from conftest import TINY, assert_clean_error, run_script
+from errors import UserError
+
+
+def run(tmp_path, corpus, *flags, name="run"):
+    ckpt = str(tmp_path / f"{name}.pth")
+    result = train.main(["--data", corpus, "--ckpt", ckpt, "--metrics", str(tmp_path / f"{name}.csv"),
+                         *TINY, *flags])
+    return result, ckpt
+
+
+def test_training_writes_checkpoint_metrics_and_final_line(tmp_path, small_corpus, capsys):
+    result, ckpt = run(tmp_path, small_corpus, "--max-iters", "20", "--eval-interval", "10",
+                       "--plot", str(tmp_path / "curve.png"))
+    out = capsys.readouterr().out
+    final = out.strip().splitlines()[-1]
+    assert final.startswith("final: step=20 val_loss=") and "val_ppl=" in final and "val_bpc=" in final
+    rows = list(csv.DictReader(open(tmp_path / "run.csv")))
+    assert [int(r["step"]) for r in rows] == [10, 20]
+    assert list(rows[0]) == ["step", "elapsed_s", "train_loss", "val_loss", "val_ppl", "val_bpc", "lr",
+                             "tokens_per_s"]
+    assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["step"] == 20 and saved["best_val_loss"] == pytest.approx(result["val_loss"])
+
+
+def test_same_seed_same_losses(tmp_path, small_corpus):
+    a, _ = run(tmp_path, small_corpus, "--max-iters", "12", "--dropout", "0.1", name="a")
+    b, _ = run(tmp_path, small_corpus, "--max-iters", "12", "--dropout", "0.1", name="b")
+    assert a["val_loss"] == b["val_loss"]
+
+
+def test_resume_gives_the_uninterrupted_run(tmp_path, small_corpus):
+    common = ["--lr-decay-iters", "16", "--eval-interval", "8", "--dropout", "0.1"]
+    whole, whole_ckpt = run(tmp_path, small_corpus, "--max-iters", "16", *common, name="whole")
+    run(tmp_path, small_corpus, "--max-iters", "8", *common, name="split")
+    resumed, split_ckpt = run(tmp_path, small_corpus, "--max-iters", "16", "--resume", *common, name="split")
+    assert resumed["val_loss"] == whole["val_loss"]
+    a, b = torch.load(whole_ckpt, weights_only=True), torch.load(split_ckpt, weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+
+
+def test_existing_checkpoint_is_not_overwritten_without_asking(tmp_path, small_corpus):
+    _, ckpt = run(tmp_path, small_corpus, "--max-iters", "2")
+    before = open(ckpt, "rb").read()
+    with pytest.raises(UserError, match="already exists"):
+        run(tmp_path, small_corpus, "--max-iters", "2")
+    assert open(ckpt, "rb").read() == before
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, small_corpus, monkeypatch):
+    _, ckpt = run(tmp_path, small_corpus, "--max-iters", "4")
+    before = open(ckpt, "rb").read()
+    real_forward = train.build_model("transformer", dict(vocab_size=2)).__class__.forward
+
+    def nan_loss(self, idx, targets=None, kv_cache=None):
+        logits, loss = real_forward(self, idx, targets, kv_cache)
+        return logits, loss * float("nan") if loss is not None else None
+
+    monkeypatch.setattr(train.build_model("transformer", dict(vocab_size=2)).__class__, "forward", nan_loss)
+    with pytest.raises(UserError, match="nan"):
+        run(tmp_path, small_corpus, "--max-iters", "8", "--resume")
+    assert open(ckpt, "rb").read() == before
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, small_corpus, monkeypatch):
+    calls = {"n": 0}
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def interrupt_at_third_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_clip(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", interrupt_at_third_step)
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, small_corpus, "--max-iters", "10")
+    assert e.value.code == 130
+    assert torch.load(tmp_path / "run.pth", weights_only=True)["step"] == 2
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", real_clip)
+    result, _ = run(tmp_path, small_corpus, "--max-iters", "4", "--resume")
+    assert result["step"] == 4
+
+
+def test_rnn_baseline_trains(tmp_path, small_corpus):
+    result, ckpt = run(tmp_path, small_corpus, "--model", "rnn", "--rnn-cell", "lstm", "--max-iters", "10")
+    assert torch.load(ckpt, weights_only=True)["model_type"] == "rnn"
+    assert result["step"] == 10
+
+
+def test_time_limit_stops_cleanly(tmp_path, small_corpus):
+    result, ckpt = run(tmp_path, small_corpus, "--max-iters", "100000", "--time-limit", "0.5")
+    assert 0 < result["step"] < 100000 and os.path.exists(ckpt)
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "short", "cuda", "device", "not-utf8"])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case):
+    data = tmp_path / "data.txt"
+    flags = []
+    if case == "empty":
+        data.write_text("")
+    elif case == "short":
+        data.write_text("Sing, O goddess, the anger")
+    elif case == "not-utf8":
+        data.write_bytes(b"Sing\xff\xfe goddess\n" * 100)
+    elif case != "missing":
+        data.write_text("Sing, O goddess, the anger of Achilles\n" * 200)
+        flags = ["--device", "cuda" if case == "cuda" else "tpu"]
+    result = run_script("train.py", "--data", str(data), "--max-iters", "1", *flags, cwd=tmp_path)
+    assert_clean_error(result)
+    assert result.returncode == 2
+    assert sorted(os.listdir(tmp_path)) == (["data.txt"] if case != "missing" else [])
