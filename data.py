@@ -12,13 +12,9 @@ import numpy as np
 import torch
 
 from errors import UserError
-from files import atomic_write
+from files import atomic_write, cache_dir
 
 BLOCK_CHARS = 1 << 20  # read and tokenize the corpus a megabyte of text at a time
-
-
-def cache_dir():
-    return os.environ.get("B_LM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "b_lm")
 
 
 def iter_text_blocks(path):

@@ -61,9 +61,17 @@ def is_directml(device):
 
 
 def synchronize(device):
-    """Wait for queued GPU work, so wall-clock timings mean something."""
-    kind = torch.device(device).type
-    if kind == "cuda":
-        torch.cuda.synchronize()
-    elif kind == "mps":
+    """Wait until the device has finished the work queued so far.
+
+    GPUs run asynchronously: without this a clock would measure how long it
+    took to queue the kernels, not to run them.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
         torch.mps.synchronize()
+    elif is_directml(device):
+        # DirectML has no synchronize; reading a value back to the host waits
+        # for its in-order queue to drain.
+        torch.zeros(1, device=device).cpu()

@@ -7,6 +7,11 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def cache_dir():
+    """Where derived files (tokenized corpora, measured peak FLOP/s) are kept: $B_LM_CACHE or ~/.cache/b_lm."""
+    return os.environ.get("B_LM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "b_lm")
+
+
 @contextmanager
 def atomic_write(path, mode="wb", **open_kwargs):
     """Open a temporary file beside `path`; on success rename it over `path`.

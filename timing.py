@@ -17,7 +17,8 @@ Conventions:
   2*2*T*C per layer per token forward, times 3 with backward: 12*L*C*T.
   (For an untied token embedding 6N overcounts a little: it is a lookup.)
 - The peak is measured, not a datasheet figure: the best FLOP/s of a large
-  float32 matmul on this device, cached in ~/.cache/b_lm/peak_flops.json.
+  float32 matmul on this device, cached in ~/.cache/b_lm/peak_flops.json
+  ($B_LM_CACHE/peak_flops.json when that is set).
   MFU is therefore "fraction of what this device reaches on a big matmul".
 """
 import argparse
@@ -28,31 +29,14 @@ import time
 
 import torch
 
-from device import DEVICE_CHOICES, choose_device, is_directml
+from device import DEVICE_CHOICES, choose_device, synchronize
 from errors import UserError, run_main
-from files import atomic_write
+from files import atomic_write, cache_dir
 from optimizers import OPTIMIZER_NAMES, build_optimizer
 from transformer import ATTENTION_KINDS, GPTConfig, Transformer
 
 
 # ------------------------------------------------------------------- timers
-
-def synchronize(device):
-    """Wait until the device has finished the work queued so far.
-
-    CUDA and MPS run asynchronously: without this the clock would measure how
-    long it took to queue the kernels, not to run them.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-    elif is_directml(device):
-        # DirectML has no synchronize; best effort: a read back to the host
-        # waits for the device's in-order queue to drain.
-        torch.zeros(1, device=device).cpu()
-
 
 def percentile(values, q):
     """The q-th percentile (0..100) with linear interpolation, like numpy's default.
@@ -143,8 +127,7 @@ def mfu(tokens_per_s, flops_per_tok, peak):
 
 
 def default_cache_path():
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "b_lm", "peak_flops.json")
+    return os.path.join(cache_dir(), "peak_flops.json")
 
 
 def measure_matmul_flops(device, n, reps=3):

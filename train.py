@@ -24,6 +24,7 @@ from errors import ArgumentParser, UserError, run_main
 from files import atomic_write
 from optimizers import OPTIMIZER_NAMES, build_optimizer, set_lr_multiplier
 from tokenizer import CharTokenizer, tokenizer_from_dict
+from timing import mfu, model_flops_per_token, peak_flops, tokens_per_second
 from transformer import MODELS, build_model, config_dict, count_parameters
 
 # Flags that define the model and its data; a resumed run takes them from the checkpoint.
@@ -232,15 +233,19 @@ def train(args):
         history.append({"step": step, "elapsed_s": round(elapsed_before + time.time() - start, 2),
                         "train_loss": round(train_loss, 4), "val_loss": round(val, 4),
                         "val_ppl": round(math.exp(val), 3), "val_bpc": round(bpc(val), 4),
-                        "lr": optimizer.param_groups[0]["lr"], "tokens_per_s": round(tokens_per_s)})
+                        "lr": args.lr * multiplier, "tokens_per_s": round(tokens_per_s)})
+        utilization = mfu(tokens_per_s, flops_per_token, peak_flops(device))
         tqdm.write(f"step {step}: train loss {train_loss:.4f}, val loss {val:.4f}, "
-                   f"val ppl {math.exp(val):.2f}, val bits/char {bpc(val):.4f}")
+                   f"val ppl {math.exp(val):.2f}, val bits/char {bpc(val):.4f}, "
+                   f"{tokens_per_s:,.0f} tokens/s, MFU {utilization:.0%}")
         write_csv(args.metrics, history)
         return val
 
     model.train()
     start = time.time()
     tokens_per_step = args.batch_size * args.block_size
+    flops_per_token = model_flops_per_token(model)
+    multiplier = 0.0
     recent_loss, tokens_per_s = float("nan"), 0.0  # smoothed, for the progress bar
     interval_losses = []  # every step's loss since the last evaluation, for the train-loss column
     progress = tqdm(total=args.max_iters, initial=step, desc="training", dynamic_ncols=True, file=sys.stderr)
@@ -250,7 +255,8 @@ def train(args):
                 tqdm.write(f"time limit of {args.time_limit:g} s reached at step {step}")
                 break
             t0 = time.time()
-            set_lr_multiplier(optimizer, lr_multiplier(step, args.warmup_iters, decay_iters, args.min_lr_ratio))
+            multiplier = lr_multiplier(step, args.warmup_iters, decay_iters, args.min_lr_ratio)
+            set_lr_multiplier(optimizer, multiplier)
             x, y = batches.train_batch(args.batch_size)
             _, loss = model(x.to(device), y.to(device))
             loss_value = loss.item()
@@ -265,7 +271,8 @@ def train(args):
             step += 1
             interval_losses.append(loss_value)
             recent_loss = loss_value if math.isnan(recent_loss) else 0.9 * recent_loss + 0.1 * loss_value
-            tokens_per_s = tokens_per_step / max(time.time() - t0, 1e-9)
+            step_tokens_per_s = tokens_per_second(tokens_per_step, time.time() - t0)
+            tokens_per_s = step_tokens_per_s if not tokens_per_s else 0.9 * tokens_per_s + 0.1 * step_tokens_per_s
             progress.update(1)
             progress.set_postfix(loss=f"{recent_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
             if step % args.eval_interval == 0 and step < args.max_iters:
