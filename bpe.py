@@ -1,0 +1,432 @@
+"""Byte-level BPE: learn merges from a corpus, encode text to ids and back.
+
+Vocabulary layout (ids):
+    0..255                  the 256 single bytes
+    256..256+n_merges-1     one token per learned merge, in the order learned
+    then                    tokenizer.SPECIAL_TOKENS, in that order
+so vocab_size = 256 + n_merges + len(SPECIAL_TOKENS), and a requested vocab
+size counts the special tokens too (4096 means 4092 byte and merge tokens).
+
+Text is first cut into chunks by a regex (GPT-4's pattern by default), and
+merges never cross a chunk boundary. A merge's id doubles as its rank: when
+encoding, the pair with the lowest id merges first, which is the order they
+were learned in, so encoding replays training on each chunk.
+
+Our vocabulary is also a valid tiktoken `mergeable_ranks` {bytes: rank}, and
+the tests hold our ids against tiktoken's. Why: in this replay, whenever a
+stretch of bytes ends up covered exactly by some tokens, those tokens are the
+ones the stretch would get on its own (a merge reaching across its edge would
+have made a token that crosses it). So every token's bytes come from one
+merge only, and "merge the pair whose joined bytes rank lowest" (tiktoken)
+picks the same pair as "merge the pair with the lowest rank" (us).
+"""
+import heapq
+import json
+import os
+from collections import Counter, defaultdict
+from itertools import repeat
+
+import regex
+
+from errors import UserError
+from files import atomic_write
+from tokenizer import SPECIAL_TOKENS, resolve_allowed, split_on_specials
+
+# The split pattern of tiktoken's cl100k_base (GPT-4): contractions, words with
+# one leading non-letter, numbers of up to 3 digits, punctuation runs,
+# newlines, and whitespace that leaves one space for the following word.
+GPT4_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+    r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+FORMAT_VERSION = 1
+REPLACEMENT = "\ufffd".encode("utf-8")  # what decode shows for an unknown id
+N_SPECIAL = len(SPECIAL_TOKENS)
+NO_MERGE = 1 << 62  # rank of a pair that has no merge
+
+
+# ---------------------------------------------------------------------------
+# small pure helpers
+
+
+def compile_pattern(pattern):
+    """regex.compile, with a user-facing error for a broken --pattern."""
+    try:
+        return regex.compile(pattern)
+    except (regex.error, TypeError) as e:
+        raise UserError(f"the split pattern is not a valid regex ({e}): {pattern!r}") from None
+
+
+def count_chunks(text, pattern=GPT4_PATTERN, counts=None):
+    """Count the regex chunks of text (added to `counts` if given).
+
+    'the cat the' -> Counter({'the': 1, ' cat': 1, ' the': 1})
+    """
+    counts = Counter() if counts is None else counts
+    counts.update(compile_pattern(pattern).findall(text))
+    return counts
+
+
+def get_stats(ids, counts=None, weight=1):
+    """Count adjacent pairs, each occurrence adding `weight`.
+
+    [1, 2, 3, 1, 2] -> {(1, 2): 2, (2, 3): 1, (3, 1): 1}
+    """
+    counts = {} if counts is None else counts
+    for pair in zip(ids, ids[1:]):
+        counts[pair] = counts.get(pair, 0) + weight
+    return counts
+
+
+def merge(ids, pair, idx):
+    """Replace each occurrence of pair by idx, left to right, without overlaps.
+
+    ([1, 2, 3, 1, 2], (1, 2), 4) -> [4, 3, 4];  ([7, 7, 7], (7, 7), 8) -> [8, 7]
+    """
+    out, i, n = [], 0, len(ids)
+    while i < n:
+        if i < n - 1 and ids[i] == pair[0] and ids[i + 1] == pair[1]:
+            out.append(idx)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+# ---------------------------------------------------------------------------
+# reading a corpus in blocks
+
+# A cut right after a newline is a chunk boundary of GPT4_PATTERN when the
+# whitespace that follows holds no other newline and ends in a visible
+# character: the chunk holding the newline ends at the last newline of its
+# whitespace run, and no alternative carries a newline into the next word. So
+# counting block by block gives exactly the counts of the whole text. (Another
+# --pattern may count a few chunks differently at the cuts.)
+_SAFE_AFTER_NEWLINE = regex.compile(r"[^\S\r\n]*\S")
+
+
+def find_cut(buf):
+    """Index just past the last newline in buf that is safe to cut at, or 0.
+
+    b'one\\ntwo\\n  three' -> 8;  b'one\\n\\n' -> 0 (what follows is not known yet)
+    """
+    end = len(buf)
+    while True:
+        i = buf.rfind(b"\n", 0, end)
+        if i < 0:
+            return 0
+        # 64 bytes decide it unless they are all whitespace (then cut elsewhere)
+        if _SAFE_AFTER_NEWLINE.match(buf[i + 1:i + 65].decode("utf-8", "ignore")):
+            return i + 1
+        end = i
+
+
+def _decode_utf8(data, offset, path):
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text: bad byte 0x{data[e.start]:02x} "
+                        f"at byte offset {offset + e.start}") from None
+
+
+def count_file_chunks(path, pattern=GPT4_PATTERN, block_size=1 << 20, progress=None):
+    """Count the chunks of a UTF-8 file, reading it block by block.
+
+    Memory grows with the number of distinct chunks, not with the file size
+    (a single line longer than memory is the one thing it cannot handle).
+    progress(bytes_read, total_bytes) is called after each block.
+    """
+    split = compile_pattern(pattern).findall
+    counts = Counter()
+    try:
+        total = os.path.getsize(path)
+        f = open(path, "rb")
+    except OSError as e:
+        raise UserError(f"cannot read the corpus {path}: {e.strerror}") from None
+    with f:
+        buf, offset = b"", 0  # offset: file position of buf[0]
+        while True:
+            block = f.read(block_size)
+            buf += block
+            cut = find_cut(buf) if block else len(buf)
+            if cut:
+                counts.update(split(_decode_utf8(buf[:cut], offset, path)))
+                buf, offset = buf[cut:], offset + cut
+            if progress:
+                progress(offset + len(buf), total)
+            if not block:
+                return counts
+
+
+# ---------------------------------------------------------------------------
+# training
+
+
+def learn_merges(counts, n_merges, progress=None):
+    """Learn up to n_merges merges from {chunk: count}; returns [(a, b), ...].
+
+    Each step merges the most frequent adjacent pair; ties go to the smallest
+    pair (a, b) of token ids, so the order is deterministic. Stops early when
+    no pair is left.
+
+    Rather than recount every pair after every merge, we keep the pair counts
+    up to date: only the words (distinct chunks) that contain the merged pair
+    change, and only the pairs next to each merge site. A max-heap of
+    (-count, pair) finds the best pair; entries go stale as counts drop, and a
+    stale one is re-pushed with its current count when it surfaces.
+    """
+    words = [list(chunk.encode("utf-8")) for chunk in counts]
+    freqs = list(counts.values())
+    stats = defaultdict(int)  # pair -> weighted count over all words
+    where = defaultdict(set)  # pair -> ids of words that held it (maybe no longer)
+    for wi, w in enumerate(words):
+        f = freqs[wi]
+        for pair in zip(w, w[1:]):
+            stats[pair] += f
+            where[pair].add(wi)
+    heap = [(-c, pair) for pair, c in stats.items()]
+    heapq.heapify(heap)
+
+    merges = []
+    while len(merges) < n_merges and heap:
+        neg, pair = heapq.heappop(heap)
+        count = stats[pair]
+        if count != -neg:  # stale: the count dropped since this was pushed
+            if count > 0:
+                heapq.heappush(heap, (-count, pair))
+            continue
+        idx = 256 + len(merges)
+        merges.append(pair)
+        for new_pair in _merge_words(words, freqs, where.pop(pair), pair, idx, stats, where):
+            if stats[new_pair] > 0:  # adjacent sites can book a pair and take it back
+                heapq.heappush(heap, (-stats[new_pair], new_pair))
+        if progress:
+            progress(len(merges), n_merges)
+    return merges
+
+
+def _merge_words(words, freqs, word_ids, pair, idx, stats, where):
+    """Merge pair -> idx in the given words, updating stats and where in place.
+
+    At each merge site x a b y, the pairs (x, a), (a, b), (b, y) lose the
+    word's count and (x, idx), (idx, y) gain it. When sites are adjacent
+    (a b a b), the second site's x is the idx just made, which books the
+    middle pair correctly as (idx, idx). Returns the pairs that gained count:
+    they all contain idx, so they are new to the heap.
+    """
+    a, b = pair
+    new_pairs = set()
+    for wi in word_ids:
+        w = words[wi]
+        n = len(w)
+        i = 0
+        out = None
+        while i < n - 1:
+            # jump to the next a (list.index runs at C speed)
+            try:
+                i = w.index(a, i, n - 1)
+            except ValueError:
+                break
+            if w[i + 1] != b:
+                i += 1
+                continue
+            if out is None:
+                out = w[:i]
+            else:
+                out.extend(w[last:i])
+            f = freqs[wi]
+            stats[pair] -= f
+            if out:
+                x = out[-1]
+                stats[x, a] -= f
+                stats[x, idx] += f
+                where[x, idx].add(wi)
+                new_pairs.add((x, idx))
+            if i + 2 < n:
+                y = w[i + 2]
+                stats[b, y] -= f
+                stats[idx, y] += f
+                where[idx, y].add(wi)
+                new_pairs.add((idx, y))
+            out.append(idx)
+            i += 2
+            last = i
+        if out is not None:
+            out.extend(w[last:])
+            words[wi] = out
+    return new_pairs
+
+
+def merges_for_vocab_size(vocab_size):
+    """How many merges make a vocabulary of vocab_size (specials included): 4096 -> 3836."""
+    if vocab_size < 256 + N_SPECIAL:
+        raise UserError(f"vocab size {vocab_size} is too small: it must be at least "
+                        f"{256 + N_SPECIAL} (256 bytes + {N_SPECIAL} special tokens)")
+    return vocab_size - 256 - N_SPECIAL
+
+
+def train_bpe(corpus, vocab_size, pattern=GPT4_PATTERN, progress=None):
+    """Train a BPETokenizer on text or on {chunk: count} from count_file_chunks.
+
+    vocab_size counts everything: 256 bytes + merges + the special tokens.
+    progress(merges_done, merges_total) is called after each merge.
+    """
+    n_merges = merges_for_vocab_size(vocab_size)
+    counts = count_chunks(corpus, pattern) if isinstance(corpus, str) else corpus
+    if not counts:
+        raise UserError("the corpus is empty: give at least a few words of text")
+    return BPETokenizer(learn_merges(counts, n_merges, progress), pattern)
+
+
+# ---------------------------------------------------------------------------
+# the tokenizer
+
+
+class BPETokenizer:
+    """Byte-level BPE with regex pre-splitting and the shared special tokens."""
+
+    kind = "bpe"
+
+    def __init__(self, merges, pattern=GPT4_PATTERN):
+        self.merges = [tuple(pair) for pair in merges]
+        self.pattern = pattern
+        self._split = compile_pattern(pattern).findall
+        # (a, b) -> id of the merged token; lower id = learned earlier = merges first
+        self.ranks = {pair: 256 + i for i, pair in enumerate(self.merges)}
+        self._bytes = [bytes([i]) for i in range(256)]
+        for a, b in self.merges:
+            self._bytes.append(self._bytes[a] + self._bytes[b])
+        self._token_ids = {b: i for i, b in enumerate(self._bytes)}
+        n = len(self._bytes)
+        self.special_tokens = {s: n + i for i, s in enumerate(SPECIAL_TOKENS)}
+        self._special_bytes = {i: s.encode("utf-8") for s, i in self.special_tokens.items()}
+        self.vocab_size = n + N_SPECIAL
+        self._cache = {}  # chunk -> ids; text repeats its chunks a lot
+
+    # encoding
+
+    def encode(self, text, allowed_special=()):
+        """Text -> ids. A special token's text becomes its id only where allowed
+        ('all' or a collection of names); elsewhere it is encoded as plain text."""
+        allowed = resolve_allowed(allowed_special, self.special_tokens)
+        ids = []
+        for piece in split_on_specials(text, allowed):
+            if piece in allowed:
+                ids.append(self.special_tokens[piece])
+            else:
+                ids.extend(self.encode_ordinary(piece))
+        return ids
+
+    def encode_ordinary(self, text):
+        """Text -> ids, ignoring special tokens."""
+        cache, ids = self._cache, []
+        if len(cache) > 200_000:  # bound the memory on endless streams of new text
+            cache.clear()
+        for chunk in self._split(text):
+            chunk_ids = cache.get(chunk)
+            if chunk_ids is None:
+                chunk_ids = cache[chunk] = self._encode_chunk(_utf8(chunk))
+            ids += chunk_ids
+        return ids
+
+    def _encode_chunk(self, chunk_bytes):
+        """Apply merges to one chunk, lowest rank first, until none applies."""
+        whole = self._token_ids.get(chunk_bytes)
+        if whole is not None:  # a chunk that is a token encodes as it (see the top)
+            return [whole]
+        ids, rank, merges = list(chunk_bytes), self.ranks.get, self.merges
+        while len(ids) >= 2:
+            # the lowest rank among adjacent pairs, NO_MERGE where none exists
+            idx = min(map(rank, zip(ids, ids[1:]), repeat(NO_MERGE)))
+            if idx == NO_MERGE:
+                break
+            ids = merge(ids, merges[idx - 256], idx)
+        return ids
+
+    # decoding
+
+    def token_bytes(self, i):
+        """The bytes of one token; U+FFFD's bytes for an id we don't know."""
+        try:
+            i = int(i)
+        except (TypeError, ValueError, OverflowError):
+            return REPLACEMENT
+        if 0 <= i < len(self._bytes):
+            return self._bytes[i]
+        return self._special_bytes.get(i, REPLACEMENT)
+
+    def decode(self, ids):
+        """Ids -> text. Never raises: bytes that aren't valid UTF-8 become U+FFFD."""
+        return b"".join(map(self.token_bytes, ids)).decode("utf-8", errors="replace")
+
+    def mergeable_ranks(self):
+        """{token bytes: id} for the byte and merge tokens, as tiktoken takes it."""
+        return dict(self._token_ids)
+
+    # storage
+
+    def to_dict(self):
+        return {
+            "kind": self.kind,
+            "format_version": FORMAT_VERSION,
+            "pattern": self.pattern,
+            "special_tokens": list(SPECIAL_TOKENS),
+            "merges": [list(pair) for pair in self.merges],
+        }
+
+    @classmethod
+    def from_dict(cls, d):
+        """Rebuild from to_dict()'s output; UserError if it doesn't describe one."""
+        if not isinstance(d, dict) or d.get("kind") != cls.kind:
+            raise UserError("not a BPE tokenizer (its 'kind' is not 'bpe')")
+        if d.get("format_version") != FORMAT_VERSION:
+            raise UserError(f"BPE tokenizer format version {d.get('format_version')!r} is not "
+                            f"supported (this code reads version {FORMAT_VERSION})")
+        if d.get("special_tokens") != list(SPECIAL_TOKENS):
+            raise UserError(f"the tokenizer's special tokens {d.get('special_tokens')!r} "
+                            f"differ from this code's {list(SPECIAL_TOKENS)}")
+        merges, pattern = d.get("merges"), d.get("pattern")
+        if not isinstance(pattern, str) or not isinstance(merges, list):
+            raise UserError("the tokenizer lacks its 'pattern' or 'merges'")
+        for i, pair in enumerate(merges):
+            # a merge may only combine tokens that exist before it
+            if not (isinstance(pair, list) and len(pair) == 2
+                    and all(type(t) is int and 0 <= t < 256 + i for t in pair)):
+                raise UserError(f"the tokenizer's merge #{i} is invalid: {pair!r}")
+        return cls(merges, pattern)
+
+    def save(self, path):
+        """Write readable JSON, one merge per line, atomically."""
+        d = self.to_dict()
+        lines = [f"  {json.dumps(k)}: {json.dumps(v)}," for k, v in d.items() if k != "merges"]
+        merges = ",\n".join(f"    [{a}, {b}]" for a, b in d["merges"])
+        text = "{\n" + "\n".join(lines) + '\n  "merges": [\n' + merges + "\n  ]\n}\n"
+        try:
+            with atomic_write(path, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as e:
+            raise UserError(f"cannot write the tokenizer {path}: {e.strerror}") from None
+
+    @classmethod
+    def load(cls, path):
+        """Read a file written by save(); UserError if missing, corrupt or foreign."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except OSError as e:
+            raise UserError(f"cannot read the tokenizer {path}: {e.strerror}") from None
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+            msg = str(e).splitlines()[0]
+            raise UserError(f"{path} is not a valid tokenizer JSON file ({msg})") from None
+        try:
+            return cls.from_dict(d)
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
+
+
+def _utf8(chunk):
+    try:
+        return chunk.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: encode them as U+FFFD, as tiktoken does
+        return chunk.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")

@@ -1,0 +1,178 @@
+"""qa_facts.py, make_qa.py and the committed qa.jsonl, checked against data.txt itself."""
+import json
+import os
+import re
+import sys
+from collections import Counter, defaultdict
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the modules live flat at the top of the repo
+
+import make_qa  # noqa: E402
+from errors import UserError, run_main  # noqa: E402
+from qa_facts import FACTS  # noqa: E402
+
+with open(os.path.join(ROOT, "data.txt"), encoding="utf-8") as fh:
+    CORPUS = fh.read()
+QA_PATH = os.path.join(ROOT, "qa.jsonl")
+
+
+def plain(s):
+    """The test's own normalization (not make_qa's): lower case, one space, straight quotes."""
+    s = s.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
+    return " ".join(s.split()).lower()
+
+
+@pytest.fixture(scope="module")
+def records():
+    with open(QA_PATH, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+# ---- the facts --------------------------------------------------------------
+
+def test_every_evidence_is_verbatim_in_the_corpus():
+    missing = [f["id"] for f in FACTS if f["evidence"] not in CORPUS]
+    assert missing == []
+
+
+def test_every_answer_occurs_in_its_evidence():
+    wrong = [f["id"] for f in FACTS if plain(f["answer"]) not in plain(f["evidence"])]
+    assert wrong == []
+
+
+def test_at_least_300_facts_each_with_three_distinct_phrasings():
+    ids = [f["id"] for f in FACTS]
+    assert len(set(ids)) == len(ids) >= 300
+    thin = [f["id"] for f in FACTS if len({plain(q) for q in f["questions"]}) < 3]
+    assert thin == []
+
+
+def test_questions_and_answers_use_only_corpus_characters():
+    # A character-level model trained on data.txt could not encode anything else.
+    chars = set(CORPUS)
+    bad = [(f["id"], s) for f in FACTS for s in f["questions"] + [f["answer"]] if set(s) - chars]
+    assert bad == []
+
+
+def test_the_facts_pass_make_qas_own_check():
+    assert make_qa.check_facts(FACTS, CORPUS) == []
+
+
+# ---- the built dataset --------------------------------------------------------
+
+def test_exactly_one_test_phrasing_per_fact_and_unique_ids(records):
+    splits = defaultdict(Counter)
+    for r in records:
+        splits[r["fact_id"]][r["split"]] += 1
+    assert len(splits) == len(FACTS)
+    assert all(c["test"] == 1 and c["train"] >= 2 and set(c) == {"train", "test"} for c in splits.values())
+    ids = [r["id"] for r in records]
+    assert len(set(ids)) == len(ids)
+    assert all(r["id"].startswith(r["fact_id"] + "/") for r in records)
+
+
+def test_records_carry_the_schema(records):
+    for r in records:
+        assert list(r) == ["id", "fact_id", "split", "category", "question", "answer", "evidence"]
+        assert all(isinstance(v, str) and v for v in r.values())
+
+
+def test_build_is_deterministic_and_matches_the_committed_file(tmp_path):
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    make_qa.build(str(first))
+    make_qa.build(str(second))
+    assert first.read_bytes() == second.read_bytes()
+    with open(QA_PATH, "rb") as fh:
+        assert fh.read() == first.read_bytes(), "qa.jsonl is stale: run `python make_qa.py`"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "b.jsonl"]  # no temp file left
+
+
+def test_the_held_out_phrasing_depends_only_on_the_fact_id():
+    assert make_qa.test_phrasing("parent-achilles-mother", 3) == make_qa.test_phrasing("parent-achilles-mother", 3)
+    picks = Counter(make_qa.test_phrasing(f["id"], len(f["questions"])) for f in FACTS)
+    assert len(picks) >= 3  # spread over positions, not always the last one
+
+
+def test_committed_file_validates_clean():
+    assert make_qa.validate_qa(QA_PATH, CORPUS) == []
+    assert len(make_qa.load_qa(QA_PATH, split="test")) == len(FACTS)
+
+
+# ---- validation and loading of bad files ----------------------------------------
+
+def test_validator_reports_bad_lines_with_their_numbers(tmp_path, records):
+    good = json.dumps(records[0], ensure_ascii=False)
+    no_answer = json.dumps({k: v for k, v in records[1].items() if k != "answer"})
+    bad_split = json.dumps(dict(records[2], split="dev"))
+    fake = json.dumps(dict(records[0], id="x/0", fact_id="x", evidence="Hector rode a bicycle"))
+    path = write_lines(tmp_path / "qa.jsonl", [good, "{not json", no_answer, bad_split, fake])
+    problems = make_qa.validate_qa(path, CORPUS)
+    assert any("line 2: not valid JSON" in p for p in problems)
+    assert any("line 3: missing field 'answer'" in p for p in problems)
+    assert any("line 4: split must be 'train' or 'test'" in p for p in problems)
+    assert any("line 5: evidence not found" in p for p in problems)
+    assert any("line 5: answer 'Peleus' does not occur" in p for p in problems)
+    assert len(problems) == 5  # and nothing about the good line 1
+
+
+def test_validator_wants_one_test_phrasing_per_fact(tmp_path, records):
+    fact = [r for r in records if r["fact_id"] == records[0]["fact_id"]]
+    all_train = [json.dumps(dict(r, split="train"), ensure_ascii=False) for r in fact]
+    problems = make_qa.validate_qa(write_lines(tmp_path / "qa.jsonl", all_train), CORPUS)
+    assert problems == [f"{tmp_path / 'qa.jsonl'} line 1: fact {fact[0]['fact_id']!r} has 0 test "
+                        "questions, expected exactly 1"]
+
+
+def test_check_cli_exits_2_with_one_line_per_problem(tmp_path, records, capsys):
+    path = write_lines(tmp_path / "qa.jsonl", [json.dumps(records[0]), "[1, 2]", "oops"])
+    with pytest.raises(SystemExit) as exit_:
+        run_main(make_qa.main, ["--check", path])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"error: {path}: 2 problem(s)"
+    assert err[1].endswith("line 2: expected a JSON object, got list")
+    assert re.search(r"line 3: not valid JSON", err[2]) and len(err) == 3
+
+
+def test_check_cli_passes_the_committed_file(capsys):
+    assert run_main(make_qa.main, ["--check", QA_PATH]) == 0
+    assert f"{len(FACTS)} facts" in capsys.readouterr().out
+
+
+def test_load_qa_raises_user_error_naming_the_line(tmp_path, records):
+    good = json.dumps(records[0])
+    path = write_lines(tmp_path / "qa.jsonl", [good, "", good, "{oops"])
+    with pytest.raises(UserError, match=r"qa\.jsonl line 4: not valid JSON"):
+        make_qa.load_qa(path)
+    no_question = json.dumps({k: v for k, v in records[0].items() if k != "question"})
+    path = write_lines(tmp_path / "qa.jsonl", [good, no_question])
+    with pytest.raises(UserError, match=r"qa\.jsonl line 2: missing field 'question'"):
+        make_qa.load_qa(path)
+    with pytest.raises(UserError, match="cannot read"):
+        make_qa.load_qa(str(tmp_path / "absent.jsonl"))
+
+
+def test_load_qa_filters_by_split(records):
+    train = make_qa.load_qa(QA_PATH, split="train")
+    assert len(train) == len(records) - len(FACTS) and {r["split"] for r in train} == {"train"}
+    with pytest.raises(UserError, match="split must be"):
+        make_qa.load_qa(QA_PATH, split="dev")
+
+
+def test_build_refuses_facts_that_fail_the_check(tmp_path, monkeypatch):
+    import qa_facts
+    broken = [dict(FACTS[0], evidence="not in the Iliad")] + FACTS[1:]
+    monkeypatch.setattr(qa_facts, "FACTS", broken)
+    out = tmp_path / "qa.jsonl"
+    out.write_text("old\n", encoding="utf-8")
+    with pytest.raises(UserError, match="evidence not found verbatim"):
+        make_qa.build(str(out))
+    assert out.read_text(encoding="utf-8") == "old\n"  # the good file is left alone

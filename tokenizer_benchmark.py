@@ -1,0 +1,149 @@
+"""Our BPE side by side with Hugging Face `tokenizers` (training) and tiktoken (encoding).
+
+    python tokenizer_benchmark.py            # training time and encoding speed
+    python tokenizer_benchmark.py --scale    # and training on 1x, 4x, 16x the corpus
+
+Run by hand; needs the dev requirements (tokenizers, tiktoken). Times are the
+best of --repeat runs, since other work on the machine only ever adds time.
+"""
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import bpe
+from errors import ArgumentParser, run_main
+from tokenizer import SPECIAL_TOKENS
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(
+        description="Benchmark bpe.py against Hugging Face tokenizers and tiktoken.")
+    p.add_argument("--data", default="data.txt",
+                   help="corpus to train and encode on (default: data.txt)")
+    p.add_argument("--vocab-size", type=int, default=4096,
+                   help="vocabulary size, special tokens included (default: 4096)")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="time each measurement this many times and keep the best (default: 3)")
+    p.add_argument("--scale", action="store_true",
+                   help="also train on the corpus repeated 1, 4 and 16 times, each in its own "
+                        "process, reporting time and peak memory (default: off)")
+    return p.parse_args(argv)
+
+
+def best_time(fn, repeat):
+    """(fastest seconds, last result) over `repeat` calls of fn()."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), result
+
+
+def train_ours(path, vocab_size):
+    return bpe.train_bpe(bpe.count_file_chunks(path), vocab_size)
+
+
+def train_hf(path, vocab_size):
+    """HF's BpeTrainer set up like ours: the same regex split, then bytes."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(bpe.GPT4_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=list(SPECIAL_TOKENS))
+    tok.train([path], trainer)
+    return tok
+
+
+def to_tiktoken(tok):
+    import tiktoken
+    return tiktoken.Encoding(name="b_lm_bpe", pat_str=tok.pattern,
+                             mergeable_ranks=tok.mergeable_ranks(),
+                             special_tokens=tok.special_tokens)
+
+
+# Each scale run is its own process, so its peak memory is its own. We read the
+# peak from /proc (VmHWM) rather than getrusage's ru_maxrss: a child started by
+# a large parent inherits the parent's high-water mark in ru_maxrss (exec keeps
+# it), which would hide the child's real peak.
+CHILD = """
+import sys, resource, train_tokenizer
+train_tokenizer.main(sys.argv[1:])
+try:
+    kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+except OSError:  # not Linux: fall back to ru_maxrss (KB on Linux, bytes on macOS)
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print("peak_kb", kb)
+"""
+
+
+def run_measured(args):
+    """Run train_tokenizer.main(args) in a fresh process: (wall seconds, peak RSS MB)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", CHILD, *args], cwd=HERE,
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"scale run failed: {proc.stderr.strip()}")
+    return seconds, int(proc.stdout.split()[-1]) / 1024
+
+
+def scale_table(path, vocab_size):
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    print(f"\ntraining at scale (train_tokenizer.main, one fresh process each, vocab {vocab_size})")
+    print(f"{'corpus':>8} {'MB':>7} {'time s':>8} {'peak RSS MB':>12}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in (1, 4, 16):
+            corpus = os.path.join(tmp, f"x{k}.txt")
+            with open(corpus, "w", encoding="utf-8") as f:
+                for _ in range(k):
+                    f.write(text)
+            seconds, peak = run_measured(["--data", corpus, "--vocab-size", str(vocab_size),
+                                          "--out", os.path.join(tmp, "tok.json")])
+            size = os.path.getsize(corpus) / 1e6
+            print(f"{f'{k}x':>8} {size:7.1f} {seconds:8.2f} {peak:12.1f}")
+    print("(the copies add no new distinct chunks, so memory should stay flat: it grows "
+          "with distinct chunks, not with the file)")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    with open(args.data, encoding="utf-8") as f:
+        text = f.read()
+    mb = len(text.encode("utf-8")) / 1e6
+    print(f"{args.data}: {mb:.2f} MB, vocab {args.vocab_size}, best of {args.repeat}, "
+          f"{os.cpu_count()} CPUs")
+
+    ours_s, tok = best_time(lambda: train_ours(args.data, args.vocab_size), args.repeat)
+    hf_s, _ = best_time(lambda: train_hf(args.data, args.vocab_size), args.repeat)
+    print("\ntraining (read file, split, count, merge)")
+    print(f"{'':18} {'seconds':>8} {'vs HF':>7}")
+    print(f"{'ours (bpe.py)':18} {ours_s:8.3f} {ours_s / hf_s:6.2f}x")
+    print(f"{'HF tokenizers':18} {hf_s:8.3f} {1:6.2f}x")
+
+    enc = to_tiktoken(tok)
+    # cold: a fresh tokenizer whose chunk cache is empty; warm: a second pass
+    fresh = lambda: bpe.BPETokenizer(tok.merges, tok.pattern)  # noqa: E731
+    cold_s, ids = best_time(lambda: fresh().encode(text), args.repeat)
+    warm_s, _ = best_time(lambda: tok.encode(text), args.repeat + 1)
+    tt_s, tt_ids = best_time(lambda: enc.encode_ordinary(text), args.repeat)
+    print(f"\nencoding {args.data} ({len(ids):,} tokens, identical to tiktoken's: {ids == tt_ids})")
+    print(f"{'':18} {'MB/s':>8} {'vs tiktoken':>12}")
+    for name, s in [("ours, cold cache", cold_s), ("ours, warm cache", warm_s), ("tiktoken", tt_s)]:
+        print(f"{name:18} {mb / s:8.2f} {tt_s / s:11.2f}x")
+
+    if args.scale:
+        scale_table(args.data, args.vocab_size)
+
+
+if __name__ == "__main__":
+    run_main(main)

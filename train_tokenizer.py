@@ -1,0 +1,73 @@
+"""Train a byte-level BPE tokenizer on a text file and save it as JSON.
+
+    python train_tokenizer.py --data data.txt --vocab-size 4096 --out tokenizer.json
+
+The file is read in blocks, so a corpus larger than memory works: memory grows
+with the number of distinct regex chunks (roughly, distinct words), not with
+the size of the file.
+"""
+import time
+
+import bpe
+from errors import ArgumentParser, UserError, run_main
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(
+        description="Train a byte-level BPE tokenizer (see bpe.py) on a UTF-8 text file.")
+    p.add_argument("--data", default="data.txt",
+                   help="the training corpus, a UTF-8 text file (default: data.txt)")
+    p.add_argument("--vocab-size", type=int, default=4096,
+                   help="total vocabulary size, counting the 256 byte tokens and the "
+                        f"{bpe.N_SPECIAL} special tokens: it learns vocab-size - "
+                        f"{256 + bpe.N_SPECIAL} merges (default: 4096)")
+    p.add_argument("--out", default="tokenizer.json",
+                   help="where to write the tokenizer, as JSON; an existing file is replaced "
+                        "atomically (default: tokenizer.json)")
+    p.add_argument("--pattern", default=bpe.GPT4_PATTERN,
+                   help="regex (Python 'regex' package syntax) that splits text into the "
+                        "chunks that merges never cross (default: GPT-4's, bpe.GPT4_PATTERN)")
+    p.add_argument("--block-mb", type=float, default=1.0,
+                   help="read the corpus this many megabytes at a time; peak memory "
+                        "grows with it (default: 1)")
+    return p.parse_args(argv)
+
+
+class Progress:
+    """Prints 'label 40% (done/total)' each time another tenth is done (stdout,
+    so that stderr holds only errors)."""
+
+    def __init__(self, label):
+        self.label, self.shown = label, -1
+
+    def __call__(self, done, total):
+        tenth = 10 * done // max(total, 1)
+        if tenth > self.shown:
+            self.shown = tenth
+            print(f"{self.label} {10 * tenth:3d}% ({done:,}/{total:,})", flush=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    n_merges = bpe.merges_for_vocab_size(args.vocab_size)  # fail before reading a big file
+    if args.block_mb <= 0:
+        raise UserError(f"--block-mb must be positive, got {args.block_mb}")
+    t0 = time.perf_counter()
+    counts = bpe.count_file_chunks(args.data, args.pattern, max(1, int(args.block_mb * 2**20)),
+                                   progress=Progress("reading bytes"))
+    if not counts:
+        raise UserError(f"{args.data} is empty: give a corpus with at least a few words of text")
+    print(f"{sum(counts.values()):,} chunks, {len(counts):,} distinct, "
+          f"in {time.perf_counter() - t0:.2f}s", flush=True)
+    tok = bpe.train_bpe(counts, args.vocab_size, args.pattern, progress=Progress("merges"))
+    if len(tok.merges) < n_merges:
+        print(f"note: the corpus ran out of pairs after {len(tok.merges):,} merges, "
+              f"so the vocabulary is smaller than asked")
+    tok.save(args.out)
+    print(f"vocab size {tok.vocab_size} (256 bytes + {len(tok.merges)} merges + "
+          f"{bpe.N_SPECIAL} special), trained in {time.perf_counter() - t0:.2f}s, "
+          f"saved to {args.out}")
+
+
+if __name__ == "__main__":
+    run_main(main)
