@@ -35,7 +35,8 @@ def parse_args(argv=None):
     p = ArgumentParser(description="Train a GPT-style Transformer (or a CharRNN) on a text file.")
     a = p.add_argument
     a("--data", default="data.txt", help="training text, UTF-8 (default: %(default)s)")
-    a("--tokenizer", default="char", help="'char', or a tokenizer.json from train_tokenizer.py (default: %(default)s)")
+    a("--tokenizer", default=None,
+      help="'char', or a tokenizer.json from train_tokenizer.py (default: char; on --resume, the checkpoint's)")
     a("--model", default="transformer", choices=list(MODELS), help="architecture (default: %(default)s)")
     a("--n-layer", type=int, default=4, help="layers (default: %(default)s)")
     a("--n-head", type=int, default=4, help="attention heads (default: %(default)s)")
@@ -168,11 +169,18 @@ def setup(args, device):
         for name in MODEL_FLAGS:  # the checkpoint decides the model's shape
             setattr(args, name, checkpoint["train_args"].get(name, getattr(args, name)))
         tokenizer = tokenizer_from_dict(checkpoint["tokenizer"])
+        if args.tokenizer and args.tokenizer != "char":
+            from bpe import BPETokenizer
+            if BPETokenizer.load(args.tokenizer).to_dict() != checkpoint["tokenizer"]:
+                raise UserError(f"{args.tokenizer} does not match the tokenizer inside {args.ckpt}; "
+                                f"resume without --tokenizer to use the checkpoint's")
+        elif args.tokenizer == "char" and tokenizer.kind != "char":
+            raise UserError(f"{args.ckpt} was trained with a {tokenizer.kind} tokenizer, not 'char'")
     elif os.path.exists(args.ckpt) and not args.overwrite:
         raise UserError(f"{args.ckpt} already exists: pass --resume to continue it, --overwrite to replace it, "
                         f"or --ckpt to train into another file")
     else:
-        tokenizer = load_tokenizer(args.tokenizer, args.data)
+        tokenizer = load_tokenizer(args.tokenizer or "char", args.data)
 
     tokens, n_chars = tokenize_to_memmap(args.data, tokenizer)
     if len(tokens) == 0:

@@ -120,3 +120,28 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case):
     assert_clean_error(result)
     assert result.returncode == 2
     assert sorted(os.listdir(tmp_path)) == (["data.txt"] if case != "missing" else [])
+
+
+def test_bpe_model_trains_checkpoints_and_generates(tmp_path, small_corpus):
+    from bpe import train_bpe
+    from checkpoint import load_model
+    from generate import generate
+    from sampling import generate_ids
+
+    text = open(small_corpus, encoding="utf-8").read()
+    tok_path = str(tmp_path / "tok.json")
+    train_bpe(text, 300).save(tok_path)
+    result, ckpt = run(tmp_path, small_corpus, "--tokenizer", tok_path, "--max-iters", "6")
+    model, tokenizer, saved = load_model(ckpt)
+    assert tokenizer.kind == "bpe" and saved["tokenizer"]["kind"] == "bpe"
+    assert result["val_bpc"] < result["val_loss"] / 0.693 * 1.0  # BPE tokens hold >1 char each
+    prompt = tokenizer.encode("Sing, O goddess")
+    assert (list(generate_ids(model, prompt, 40, seed=1)) ==
+            list(generate_ids(model, prompt, 40, seed=1, use_cache=False)))
+    assert isinstance(generate(model, tokenizer, "Sing, ", 10, seed=0), str)
+
+    train_bpe(text, 280).save(str(tmp_path / "other.json"))
+    with pytest.raises(UserError, match="does not match"):
+        run(tmp_path, small_corpus, "--tokenizer", str(tmp_path / "other.json"), "--max-iters", "8", "--resume")
+    with pytest.raises(UserError, match="not 'char'"):
+        run(tmp_path, small_corpus, "--tokenizer", "char", "--max-iters", "8", "--resume")
