@@ -61,6 +61,19 @@ def model_from_checkpoint(checkpoint, device="cpu"):
     return model, tokenizer_from_dict(checkpoint["tokenizer"])
 
 
+def training_data(checkpoint, override=None):
+    """The text file to use with a checkpoint: override if given, else the one it was trained on.
+
+    train_args['data'] is the path as it was given to train.py, which may be
+    relative to another folder or gone by now; then the user must say.
+    """
+    path = override or (checkpoint.get("train_args") or {}).get("data") or "data.txt"
+    if not os.path.isfile(path):
+        hint = "" if override else " (the file the checkpoint was trained on); name the corpus with --data"
+        raise UserError(f"data file {path} not found{hint}")
+    return path
+
+
 def load_model(path, device="cpu"):
     """Load a checkpoint file for inference: (model, tokenizer, checkpoint)."""
     checkpoint = load_checkpoint(path)

@@ -123,10 +123,17 @@ class Batches:
         rows = torch.from_numpy(rows)
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()  # inputs and their next tokens, (B, T) each
 
-    def train_batch(self, batch_size):
+    def train_batches(self, batch_size, n, peek=False):
+        """n micro-batches of random training blocks, drawn in one go.
+
+        peek=True draws without advancing the generator (for a trial batch).
+        """
         high = len(self.train) - self.block_size - 1
-        starts = torch.randint(0, high + 1, (batch_size,), generator=self.generator).tolist()
-        return self._stack(self.train, starts)
+        state = self.generator.get_state() if peek else None
+        starts = torch.randint(0, high + 1, (n * batch_size,), generator=self.generator).tolist()
+        if peek:
+            self.generator.set_state(state)
+        return [self._stack(self.train, starts[i * batch_size: (i + 1) * batch_size]) for i in range(n)]
 
     def val_windows(self, max_tokens=None):
         """Start offsets of non-overlapping val windows, evenly spread when capped."""

@@ -1,4 +1,6 @@
-"""Choosing the device to run on: CUDA/ROCm, Apple MPS, DirectML or the CPU."""
+"""Choosing the device to run on (CUDA/ROCm, Apple MPS, DirectML or the CPU), and how to run fast there."""
+import contextlib
+
 import torch
 
 from errors import UserError
@@ -75,3 +77,55 @@ def synchronize(device):
         # DirectML has no synchronize; reading a value back to the host waits
         # for its in-order queue to drain.
         torch.zeros(1, device=device).cpu()
+
+
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+
+
+def autocast_dtype(device, name="auto"):
+    """The dtype to autocast matmuls to, or None for plain float32.
+
+    auto: bfloat16 on CUDA GPUs that support it, float16 (with a GradScaler)
+    on older ones, float32 elsewhere: most CPUs run bfloat16 matmuls far
+    slower than float32, and MPS/DirectML support for it varies.
+    """
+    device = torch.device(device)
+    if name == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name == "float32":
+        return None
+    if name == "float16" and device.type == "cpu":
+        raise UserError("--dtype float16 needs a GPU; on the CPU use float32 (fastest) or bfloat16")
+    if name not in DTYPE_CHOICES:
+        raise UserError(f"unknown dtype {name!r}: choose one of {', '.join(DTYPE_CHOICES)}")
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def autocast(device, dtype):
+    """A context that runs the forward pass in `dtype` (no-op for None)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def maybe_compile(model, example_input):
+    """torch.compile the model where that works; say why not where it doesn't.
+
+    Compilation happens lazily, on the first call, so we make that call here
+    with an example batch: a failure falls back to the eager model at once.
+    """
+    device = example_input.device
+    if device.type in ("mps",) or is_directml(device):
+        print(f"note: --compile is not supported on {device.type}; running eagerly")
+        return model
+    try:
+        compiled = torch.compile(model)
+        with torch.no_grad():
+            compiled(example_input)
+        return compiled
+    except Exception as e:  # a missing compiler, an unsupported platform, ...
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        print(f"note: torch.compile failed ({reason}); running eagerly")
+        return model

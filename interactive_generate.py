@@ -1,12 +1,19 @@
-"""An interactive prompt: load the checkpoint once, then continue whatever you type.
+"""An interactive prompt: load the checkpoint once, then continue text or chat.
 
-    python interactive_generate.py --ckpt checkpoint.pth --length 200
+    python interactive_generate.py --ckpt checkpoint.pth --length 200   # completion
+    python interactive_generate.py --ckpt chat.pth                      # chat (from sft.py)
 
-Each prompt starts a new text. An empty line continues the previous text
-(or starts from a newline). quit, exit, q, :q, Ctrl-D or Ctrl-C end the session.
+Completion mode: each prompt starts a new text; an empty line continues the
+previous text (or starts from a newline).
+
+Chat mode (a checkpoint made by sft.py, or --chat): each line is a question;
+the model sees the conversation so far, oldest turns dropped first when it
+outgrows the model's context. /reset forgets the conversation, /help lists the
+commands. quit, exit, q, :q, Ctrl-D or Ctrl-C end either session.
 """
 import sys
 
+from chat import answer_room, build_prompt, require_chat, stream_answer, trim_notice
 from checkpoint import load_model
 from device import choose_device
 from errors import ArgumentParser, UserError, run_main
@@ -14,6 +21,12 @@ from generate import stream_text
 from sampling import add_sampling_flags, check_sampling_args
 
 QUIT_WORDS = {"quit", "exit", "q", ":q"}
+CHAT_HELP = """commands:
+  /reset   forget the conversation so far
+  /help    show this help
+  quit, exit, q, :q, Ctrl-D or Ctrl-C end the session
+Any other line is a question. The model sees the conversation so far; when it
+outgrows the model's context, the oldest turns are forgotten first."""
 
 
 def completion_loop(model, tokenizer, args, read=input, write=sys.stdout.write):
@@ -43,19 +56,77 @@ def completion_loop(model, tokenizer, args, read=input, write=sys.stdout.write):
         text = prompt + "".join(out)
 
 
+def chat_loop(model, tokenizer, args, read=input, write=sys.stdout.write):
+    """Read questions until a quit word or end of input; stream each answer, keeping the history."""
+    history = []  # [(question, answer), ...], oldest first
+    block = model.config.block_size
+    budget = block - answer_room(block, args.length)  # prompt tokens; the rest is for the answer
+    while True:
+        try:
+            line = read("you> ").strip()
+        except EOFError:
+            write("\n")
+            return
+        if line in QUIT_WORDS:
+            return
+        if not line:
+            continue
+        if line == "/reset":
+            history.clear()
+            write("(conversation reset)\n")
+            continue
+        if line == "/help":
+            write(CHAT_HELP + "\n")
+            continue
+        if line.startswith("/"):
+            write(f"unknown command {line.split()[0]}: /help lists the commands\n")
+            continue
+        try:
+            prompt = build_prompt(tokenizer, history, line, budget)
+        except UserError as e:  # e.g. characters the model never saw: say so, keep going
+            write(f"error: {e}\n")
+            continue
+        # Forget what no longer fits for good, so an old turn does not flicker back
+        # into view when a shorter question happens to leave room for it.
+        del history[:prompt.dropped_turns]
+        if prompt.trimmed_tokens:
+            write(trim_notice(prompt, block) + "\n")
+        write("model> ")
+        pieces = []
+        for piece in stream_answer(model, tokenizer, prompt.ids, args.length, args.temp, args.top_k, args.top_p,
+                                   args.seed, not args.no_cache):
+            pieces.append(piece)
+            write(piece)
+            sys.stdout.flush()
+        write("\n")
+        history.append((line, "".join(pieces)))
+
+
 def main(argv=None):
     parser = ArgumentParser(
-        description="Interactive generation: type a prompt, get its continuation streamed back. "
-                    "An empty line continues the previous text (the first one starts from a newline). "
-                    "quit, exit, q, :q, Ctrl-D or Ctrl-C end the session.")
+        description="Interactive generation. Completion mode: type a prompt, get its continuation streamed "
+                    "back; an empty line continues the previous text. Chat mode (checkpoints from sft.py, or "
+                    "--chat): a multi-turn conversation, with /reset and /help. quit, exit, q, :q, Ctrl-D or "
+                    "Ctrl-C end the session.")
     add_sampling_flags(parser)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--chat", action="store_true",
+                      help="chat mode; the default for chat checkpoints, an error for others")
+    mode.add_argument("--completion", action="store_true",
+                      help="completion mode even for a chat checkpoint (chat models keep their prose)")
     parser.set_defaults(length=200)
     args = parser.parse_args(argv)
     check_sampling_args(args)
-    model, tokenizer, _ = load_model(args.ckpt, choose_device(args.device))
-    print(f"loaded {args.ckpt}; type a prompt, an empty line to continue, 'quit' to leave")
+    model, tokenizer, checkpoint = load_model(args.ckpt, choose_device(args.device))
+    if args.chat:
+        require_chat(checkpoint, args.ckpt)
+    chat = checkpoint.get("chat", False) and not args.completion
+    if chat:
+        print(f"loaded {args.ckpt}, a chat model; ask a question, /help for the commands, 'quit' to leave")
+    else:
+        print(f"loaded {args.ckpt}; type a prompt, an empty line to continue, 'quit' to leave")
     try:
-        completion_loop(model, tokenizer, args)
+        (chat_loop if chat else completion_loop)(model, tokenizer, args)
     except KeyboardInterrupt:
         print()
     print("bye")

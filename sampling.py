@@ -9,6 +9,7 @@ import torch
 
 from device import DEVICE_CHOICES
 from errors import UserError
+from tokenizer import StreamDecoder
 
 
 class KVCache:
@@ -26,10 +27,13 @@ class KVCache:
             B, nh, _, hs = k.shape
             self.keys[layer] = k.new_empty(B, nh, self.max_len, hs)
             self.values[layer] = v.new_empty(B, nh, self.max_len, hs)
-        end = self.length + k.size(2)
-        self.keys[layer][:, :, self.length:end] = k
-        self.values[layer][:, :, self.length:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        # narrow() rather than [:, :, a:b]: the same views, but a decoding step
+        # calls this twice per layer per token, and indexing with slices costs
+        # several times more Python and dispatch overhead.
+        T, end = k.size(2), self.length + k.size(2)
+        self.keys[layer].narrow(2, self.length, T).copy_(k)
+        self.values[layer].narrow(2, self.length, T).copy_(v)
+        return self.keys[layer].narrow(2, 0, end), self.values[layer].narrow(2, 0, end)
 
 
 def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None, banned_ids=()):
@@ -100,6 +104,26 @@ def generate_ids(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=0, to
         yield token
         if token in stop_ids:
             return
+
+
+def stream_pieces(model, tokenizer, prompt_ids, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0,
+                  seed=None, use_cache=True, stop_ids=(), banned_ids=()):
+    """Yield the text of the tokens sampled after prompt_ids, piece by piece, as they come.
+
+    A token in stop_ids ends the text and is not shown: it marks the end, it is
+    not part of what the model said.
+    """
+    decoder = StreamDecoder(tokenizer)
+    for token in generate_ids(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache,
+                              stop_ids, banned_ids):
+        if token in stop_ids:
+            break
+        piece = decoder.push(token)
+        if piece:
+            yield piece
+    tail = decoder.flush()
+    if tail:
+        yield tail
 
 
 def add_sampling_flags(parser):

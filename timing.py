@@ -133,8 +133,9 @@ def default_cache_path():
 def measure_matmul_flops(device, n, reps=3):
     """Best FLOP/s of an n x n float32 matmul (2*n^3 FLOPs) over `reps` runs."""
     device = torch.device(device)
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+    g = torch.Generator().manual_seed(0)  # our own: measuring must not move the training RNG
+    a = torch.randn(n, n, generator=g).to(device)
+    b = torch.randn(n, n, generator=g).to(device)
     a @ b  # warm-up: first call pays for allocation and kernel selection
     best = math.inf
     for _ in range(reps):

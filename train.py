@@ -8,6 +8,7 @@ The last --val-fraction of the token stream is held out for validation. Every
 --eval-interval steps we print train and val loss, val perplexity and val bits
 per character (comparable across tokenizers), and save checkpoint.pth.
 """
+import contextlib
 import csv
 import math
 import os
@@ -15,11 +16,13 @@ import sys
 import time
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from data import Batches, corpus_chars, tokenize_to_memmap
-from device import DEVICE_CHOICES, choose_device
+from device import DEVICE_CHOICES, DTYPE_CHOICES, autocast, autocast_dtype, choose_device, maybe_compile
+from distributed import init_processes, mean_across, replicas_identical, shutdown
 from errors import ArgumentParser, UserError, run_main
 from files import atomic_write
 from optimizers import OPTIMIZER_NAMES, build_optimizer, set_lr_multiplier
@@ -47,7 +50,9 @@ def parse_args(argv=None):
     a("--attention", default="sdpa", choices=["sdpa", "explicit"],
       help="sdpa: F.scaled_dot_product_attention; explicit: matmul-softmax, for DirectML (default: %(default)s)")
     a("--rnn-cell", default="gru", choices=["gru", "lstm"], help="cell of --model rnn (default: %(default)s)")
-    a("--batch-size", type=int, default=32, help="sequences per step (default: %(default)s)")
+    a("--batch-size", type=int, default=32, help="sequences per micro-batch (default: %(default)s)")
+    a("--grad-accum", type=int, default=1,
+      help="micro-batches per optimizer step, summed over all torchrun processes (default: %(default)s)")
     a("--max-iters", type=int, default=1900, help="optimizer steps in total (default: %(default)s)")
     a("--time-limit", type=float, default=0,
       help="stop cleanly after this many seconds of this run, then evaluate and save; 0 = none (default: %(default)s)")
@@ -67,6 +72,10 @@ def parse_args(argv=None):
       help="val tokens per periodic evaluation; the final one uses all (default: %(default)s)")
     a("--seed", type=int, default=1337, help="seeds everything (default: %(default)s)")
     a("--device", default="auto", choices=DEVICE_CHOICES, help="auto: cuda, mps, dml, then cpu (default: %(default)s)")
+    a("--dtype", default="auto", choices=DTYPE_CHOICES,
+      help="autocast precision; auto: bfloat16 on CUDA GPUs that have it, else float16, float32 off CUDA "
+           "(default: %(default)s)")
+    a("--compile", action="store_true", help="torch.compile the model where that works")
     a("--ckpt", "--checkpoint", dest="ckpt", default="checkpoint.pth", help="checkpoint file (default: %(default)s)")
     a("--resume", action="store_true", help="continue training from --ckpt")
     a("--overwrite", action="store_true", help="start afresh even though --ckpt exists, replacing it")
@@ -78,7 +87,8 @@ def parse_args(argv=None):
 
 
 def check_args(args):
-    positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "eval_interval", "eval_tokens")
+    positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "eval_interval",
+                "eval_tokens")
     for name in positive:
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
@@ -104,13 +114,17 @@ def lr_multiplier(step, warmup, decay_iters, min_ratio):
 
 @torch.no_grad()
 def evaluate(model, batches, batch_size, device, max_tokens=None):
-    """Mean next-token loss over the validation windows (nats per token)."""
+    """Mean next-token loss over the validation windows (nats per token).
+
+    Targets of -1 (masked out, as in sft.py's chat rows) count for nothing.
+    """
     model.eval()
     total, count = 0.0, 0
     for x, y in batches.val_batches(batch_size, max_tokens):
         _, loss = model(x.to(device), y.to(device))
-        total += loss.item() * y.numel()
-        count += y.numel()
+        n = int((y != -1).sum())
+        total += loss.item() * n if n else 0.0
+        count += n
     model.train()
     return total / count if count else float("nan")
 
@@ -213,15 +227,38 @@ def setup(args, device):
 
 def train(args):
     device = choose_device(args.device)
+    procs, device = init_processes(device)
+    try:
+        return run_training(args, procs, device)
+    finally:
+        shutdown(procs)
+
+
+def run_training(args, procs, device):
+    """The training loop; under torchrun every process runs it, rank 0 also evaluates and saves."""
     model, tokenizer, optimizer, batches, tokens_per_char, resumed = setup(args, device)
+    if args.grad_accum % procs.world_size:
+        raise UserError(f"--grad-accum {args.grad_accum} must be a multiple of the {procs.world_size} processes")
+    local_micro_steps = args.grad_accum // procs.world_size
     step = resumed["step"] if resumed else 0
     history = list(resumed.get("history", [])) if resumed else []
     best_val = resumed.get("best_val_loss") if resumed else None
     elapsed_before = resumed.get("elapsed_s", 0.0) if resumed else 0.0
     decay_iters = args.lr_decay_iters or args.max_iters
-    print(f"{args.model}: {count_parameters(model) / 1e6:.2f}M parameters, {tokenizer.kind} tokenizer "
-          f"({tokenizer.vocab_size} tokens), {len(batches.train):,} train / {len(batches.val):,} val tokens, "
-          f"device {device}" + (f", resuming at step {step}" if resumed else ""))
+    dtype = autocast_dtype(device, args.dtype)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)  # float16 gradients underflow
+    # rank 0 prints and saves; the others only train
+    say = tqdm.write if procs.is_main else (lambda *a, **k: None)
+    say(f"{args.model}: {count_parameters(model) / 1e6:.2f}M parameters, {tokenizer.kind} tokenizer "
+        f"({tokenizer.vocab_size} tokens), {len(batches.train):,} train / {len(batches.val):,} val tokens, "
+        f"device {device}" + (f", {procs.world_size} processes" if procs.enabled else "")
+        + (f", autocast {str(dtype).replace('torch.', '')}" if dtype else "")
+        + (f", resuming at step {step}" if resumed else ""))
+    forward = model  # what the training step calls: the model, maybe compiled, maybe wrapped in DDP
+    if args.compile:
+        forward = maybe_compile(model, batches.train_batches(1, 1, peek=True)[0][0].to(device))
+    if procs.enabled:
+        forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
 
     def bpc(loss):
         return loss / math.log(2) * tokens_per_char
@@ -236,13 +273,14 @@ def train(args):
 
     def record(train_loss, max_tokens, tokens_per_s):
         nonlocal best_val
-        val = evaluate(model, batches, args.batch_size, device, max_tokens)
+        with autocast(device, dtype):
+            val = evaluate(model, batches, args.batch_size, device, max_tokens)
         best_val = val if best_val is None or val < best_val else best_val
         history.append({"step": step, "elapsed_s": round(elapsed_before + time.time() - start, 2),
                         "train_loss": round(train_loss, 4), "val_loss": round(val, 4),
                         "val_ppl": round(math.exp(val), 3), "val_bpc": round(bpc(val), 4),
                         "lr": args.lr * multiplier, "tokens_per_s": round(tokens_per_s)})
-        utilization = mfu(tokens_per_s, flops_per_token, peak_flops(device))
+        utilization = mfu(tokens_per_s, flops_per_token, peak_flops(device) * procs.world_size)
         tqdm.write(f"step {step}: train loss {train_loss:.4f}, val loss {val:.4f}, "
                    f"val ppl {math.exp(val):.2f}, val bits/char {bpc(val):.4f}, "
                    f"{tokens_per_s:,.0f} tokens/s, MFU {utilization:.0%}")
@@ -251,31 +289,43 @@ def train(args):
 
     model.train()
     start = time.time()
-    tokens_per_step = args.batch_size * args.block_size
+    tokens_per_step = args.batch_size * args.grad_accum * args.block_size  # over all processes
     flops_per_token = model_flops_per_token(model)
     multiplier = 0.0
     recent_loss, tokens_per_s = float("nan"), 0.0  # smoothed, for the progress bar
     interval_losses = []  # every step's loss since the last evaluation, for the train-loss column
-    progress = tqdm(total=args.max_iters, initial=step, desc="training", dynamic_ncols=True, file=sys.stderr)
+    progress = tqdm(total=args.max_iters, initial=step, desc="training", dynamic_ncols=True, file=sys.stderr,
+                    disable=not procs.is_main)
     try:
         while step < args.max_iters:
-            if args.time_limit and time.time() - start >= args.time_limit:
-                tqdm.write(f"time limit of {args.time_limit:g} s reached at step {step}")
-                break
             t0 = time.time()
             multiplier = lr_multiplier(step, args.warmup_iters, decay_iters, args.min_lr_ratio)
             set_lr_multiplier(optimizer, multiplier)
-            x, y = batches.train_batch(args.batch_size)
-            _, loss = model(x.to(device), y.to(device))
-            loss_value = loss.item()
+            # Every process draws the same global set of blocks and trains on its own share,
+            # so N processes take exactly the step one process takes with the whole batch.
+            micro_batches = batches.train_batches(args.batch_size, args.grad_accum)
+            mine = micro_batches[procs.rank * local_micro_steps: (procs.rank + 1) * local_micro_steps]
+            losses = []
+            for i, (x, y) in enumerate(mine):
+                last = i == len(mine) - 1
+                # DDP averages gradients across processes after a backward; skip it until the last micro-batch
+                sync = contextlib.nullcontext() if last or not procs.enabled else forward.no_sync()
+                with sync:
+                    with autocast(device, dtype):
+                        _, loss = forward(x.to(device), y.to(device))
+                    scaler.scale(loss / len(mine)).backward()
+                losses.append(loss.item())
+            out_of_time = bool(args.time_limit) and time.time() - start >= args.time_limit
+            loss_value, out_of_time = mean_across(procs, [mean(losses), float(out_of_time)], device)
             if not math.isfinite(loss_value):
                 raise UserError(f"the loss became {loss_value} at step {step}; stopped without saving, so "
                                 f"{args.ckpt} keeps its last good state. Try a lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             if args.grad_clip > 0:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
             step += 1
             interval_losses.append(loss_value)
             recent_loss = loss_value if math.isnan(recent_loss) else 0.9 * recent_loss + 0.1 * loss_value
@@ -283,17 +333,27 @@ def train(args):
             tokens_per_s = step_tokens_per_s if not tokens_per_s else 0.9 * tokens_per_s + 0.1 * step_tokens_per_s
             progress.update(1)
             progress.set_postfix(loss=f"{recent_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+            if out_of_time:
+                say(f"time limit of {args.time_limit:g} s reached at step {step}")
+                break
             if step % args.eval_interval == 0 and step < args.max_iters:
-                record(mean(interval_losses), args.eval_tokens, tokens_per_s)
+                if procs.is_main:
+                    record(mean(interval_losses), args.eval_tokens, tokens_per_s)
+                    save_checkpoint(args.ckpt, snapshot())
                 interval_losses.clear()
-                save_checkpoint(args.ckpt, snapshot())
     except KeyboardInterrupt:
         progress.close()
-        save_checkpoint(args.ckpt, snapshot())
-        print(f"\ninterrupted at step {step}: saved {args.ckpt}; continue with --resume", file=sys.stderr)
+        if procs.is_main:
+            save_checkpoint(args.ckpt, snapshot())
+            print(f"\ninterrupted at step {step}: saved {args.ckpt}; continue with --resume", file=sys.stderr)
         sys.exit(130)
     progress.close()
 
+    identical = replicas_identical(procs, model)
+    if not procs.is_main:
+        return None
+    if procs.enabled:
+        print(f"parameters identical on all {procs.world_size} processes: {'yes' if identical else 'NO'}")
     val = record(mean(interval_losses), None, tokens_per_s)
     save_checkpoint(args.ckpt, snapshot())
     plot_history(args.plot, history)

@@ -1,0 +1,89 @@
+"""Training on several processes with DistributedDataParallel, launched by torchrun.
+
+    torchrun --standalone --nproc_per_node=2 train.py --grad-accum 2
+
+torchrun starts one process per GPU (or CPU worker) and tells each its RANK,
+LOCAL_RANK and WORLD_SIZE through the environment. Every process holds a full
+copy of the model; after each backward pass DDP averages the gradients across
+processes, so every copy takes the same optimizer step and stays identical.
+Without torchrun there is one process and none of this is switched on.
+"""
+import os
+import signal
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from errors import UserError
+
+
+@dataclass
+class Processes:
+    rank: int = 0  # this process, 0..world_size-1; rank 0 evaluates, logs and saves
+    local_rank: int = 0  # this process on its machine: which GPU it uses
+    world_size: int = 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def enabled(self):
+        return self.world_size > 1
+
+
+def launched_by_torchrun():
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_processes(device):
+    """Join the process group when launched by torchrun; returns (Processes, device).
+
+    NCCL moves gradients between CUDA GPUs; gloo does it for CPU processes.
+    On CUDA each process takes the GPU of its local rank.
+    """
+    if not launched_by_torchrun():
+        return Processes(), device
+    procs = Processes(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
+    if device.type == "cuda":
+        device = torch.device("cuda", procs.local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    elif device.type == "cpu":
+        backend = "gloo"
+    else:
+        raise UserError(f"torchrun training supports CUDA and CPU devices, not {device.type}")
+    dist.init_process_group(backend=backend)
+    # torchrun stops its workers with SIGTERM: treat it like Ctrl-C, so rank 0 saves and all exit cleanly
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    return procs, device
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def shutdown(procs):
+    if procs.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def mean_across(procs, values, device):
+    """Average a list of floats over all processes (every process gets the result)."""
+    if not procs.enabled:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return (t / procs.world_size).tolist()
+
+
+def replicas_identical(procs, model):
+    """True when every process holds exactly the same parameters."""
+    if not procs.enabled:
+        return True
+    flat = torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])
+    low, high = flat.clone(), flat.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    return bool(torch.equal(low, high))

@@ -1,0 +1,26 @@
+import os
+import subprocess
+import sys
+
+import torch
+
+from conftest import ROOT, TINY
+
+
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path, small_corpus):
+    flags = ["--data", small_corpus, *TINY, "--max-iters", "6", "--grad-accum", "2", "--device", "cpu",
+             "--metrics", ""]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          os.path.join(ROOT, "train.py"), *flags, "--ckpt", str(tmp_path / "two.pth")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "parameters identical on all 2 processes: yes" in two.stdout
+    assert two.stdout.count("final: ") == 1  # only rank 0 reports and saves
+    one = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *flags, "--ckpt", str(tmp_path / "one.pth")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    a = torch.load(tmp_path / "two.pth", weights_only=True)["model"]
+    b = torch.load(tmp_path / "one.pth", weights_only=True)["model"]
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
