@@ -43,7 +43,7 @@ def parse_args(argv=None):
     a("--model", default="transformer", choices=list(MODELS), help="architecture (default: %(default)s)")
     a("--n-layer", type=int, default=4, help="layers (default: %(default)s)")
     a("--n-head", type=int, default=4, help="attention heads (default: %(default)s)")
-    a("--n-embd", type=int, default=192, help="embedding width; RNN hidden size (default: %(default)s)")
+    a("--n-embd", type=int, default=128, help="embedding width; RNN hidden size (default: %(default)s)")
     a("--block-size", type=int, default=128, help="context length in tokens (default: %(default)s)")
     a("--dropout", type=float, default=0.0, help="dropout rate (default: %(default)s)")
     a("--bias", action="store_true", help="use biases in Linear and LayerNorm layers")
@@ -53,7 +53,7 @@ def parse_args(argv=None):
     a("--batch-size", type=int, default=32, help="sequences per micro-batch (default: %(default)s)")
     a("--grad-accum", type=int, default=1,
       help="micro-batches per optimizer step, summed over all torchrun processes (default: %(default)s)")
-    a("--max-iters", type=int, default=1900, help="optimizer steps in total (default: %(default)s)")
+    a("--max-iters", type=int, default=1800, help="optimizer steps in total (default: %(default)s)")
     a("--time-limit", type=float, default=0,
       help="stop cleanly after this many seconds of this run, then evaluate and save; 0 = none (default: %(default)s)")
     a("--optimizer", default="adamw", choices=OPTIMIZER_NAMES, help="(default: %(default)s)")
