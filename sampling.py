@@ -44,7 +44,7 @@ def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None, ban
     Sampling runs on the CPU with our own generator, so a seed gives the same
     tokens on every device.
     """
-    logits = logits.detach().float().cpu()
+    logits = logits.detach().to("cpu", torch.float32, copy=True)  # ours to modify: the caller's stays intact
     if banned_ids:
         logits[list(banned_ids)] = float("-inf")
     if temperature == 0:

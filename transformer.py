@@ -64,18 +64,22 @@ def attend(q, k, v, kind="sdpa", dropout=0.0):
     """
     Tq, Tk = q.size(-2), k.size(-2)
     if kind == "sdpa":
-        if Tq == Tk:
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-        if Tq == 1:  # one new token sees everything before it: no mask needed
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-    allowed = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
-    if kind == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
+        # A square is plain causal attention, and a single query (a decoding step
+        # with the cache) sees every key: neither needs a mask tensor.
+        if Tq == Tk or Tq == 1:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=Tq > 1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(Tq, Tk, q.device), dropout_p=dropout)
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, Tq, Tk)
-    att = att.masked_fill(~allowed, float("-inf"))
+    if Tq > 1:
+        att = att.masked_fill(~causal_mask(Tq, Tk, q.device), float("-inf"))
     att = F.softmax(att, dim=-1)
     att = F.dropout(att, p=dropout, training=dropout > 0)
     return att @ v  # (B, nh, Tq, hs)
+
+
+def causal_mask(Tq, Tk, device):
+    """(Tq, Tk) booleans, True where query i (the last Tq of Tk positions) may attend."""
+    return torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(diagonal=Tk - Tq)
 
 
 class MLP(nn.Module):
