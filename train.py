@@ -53,11 +53,15 @@ def parse_args(argv=None):
     a("--batch-size", type=int, default=32, help="sequences per micro-batch (default: %(default)s)")
     a("--grad-accum", type=int, default=1,
       help="micro-batches per optimizer step, summed over all torchrun processes (default: %(default)s)")
-    a("--max-iters", type=int, default=1800, help="optimizer steps in total (default: %(default)s)")
+    a("--max-iters", type=int, default=1500, help="optimizer steps in total (default: %(default)s)")
     a("--time-limit", type=float, default=0,
       help="stop cleanly after this many seconds of this run, then evaluate and save; 0 = none (default: %(default)s)")
-    a("--optimizer", default="adamw", choices=OPTIMIZER_NAMES, help="(default: %(default)s)")
-    a("--lr", type=float, default=3e-3, help="peak learning rate (default: %(default)s)")
+    a("--optimizer", default="muon", choices=OPTIMIZER_NAMES,
+      help="muon: Muon for hidden matrices + AdamW for the rest; or adamw, adam, sgd, torch-adamw (default: %(default)s)")
+    a("--lr", type=float, default=3e-3,
+      help="peak learning rate of AdamW, Adam or SGD (with muon: of the embeddings, norms and head) "
+           "(default: %(default)s)")
+    a("--muon-lr", type=float, default=0.02, help="peak learning rate of Muon's matrices (default: %(default)s)")
     a("--min-lr-ratio", type=float, default=0.1,
       help="final learning rate as a fraction of --lr (default: %(default)s)")
     a("--warmup-iters", type=int, default=100, help="linear warm-up steps (default: %(default)s)")
@@ -92,8 +96,10 @@ def check_args(args):
     for name in positive:
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
-    if args.max_iters < 0 or args.time_limit < 0 or args.lr <= 0 or args.grad_clip < 0:
-        raise UserError("--max-iters, --time-limit and --grad-clip must be >= 0, --lr > 0")
+    if args.max_iters < 0 or args.time_limit < 0 or args.grad_clip < 0:
+        raise UserError("--max-iters, --time-limit and --grad-clip must be >= 0")
+    if args.lr <= 0 or args.muon_lr <= 0:
+        raise UserError("--lr and --muon-lr must be > 0")
     if not 0 <= args.val_fraction < 1:
         raise UserError("--val-fraction must be in [0, 1)")
     if not 0 <= args.dropout < 1:
@@ -217,7 +223,7 @@ def setup(args, device):
         model.load_state_dict(checkpoint["model"])
     model.to(device)
     optimizer = build_optimizer(model, args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-                                betas=(0.9, args.beta2))
+                                betas=(0.9, args.beta2), muon_lr=args.muon_lr)
     if checkpoint:
         optimizer.load_state_dict(checkpoint["optimizer"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
