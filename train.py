@@ -73,7 +73,9 @@ def parse_args(argv=None):
     a("--val-fraction", type=float, default=0.1, help="last fraction of the tokens held out (default: %(default)s)")
     a("--eval-interval", type=int, default=250, help="evaluate and save every N steps (default: %(default)s)")
     a("--eval-tokens", type=int, default=32768,
-      help="val tokens per periodic evaluation; the final one uses all (default: %(default)s)")
+      help="val tokens per periodic evaluation (default: %(default)s)")
+    a("--final-eval-tokens", type=int, default=1_000_000,
+      help="val tokens for the final evaluation; 0 = the whole validation split (default: %(default)s)")
     a("--seed", type=int, default=1337, help="seeds everything (default: %(default)s)")
     a("--device", default="auto", choices=DEVICE_CHOICES, help="auto: cuda, mps, dml, then cpu (default: %(default)s)")
     a("--dtype", default="auto", choices=DTYPE_CHOICES,
@@ -96,8 +98,8 @@ def check_args(args):
     for name in positive:
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
-    if args.max_iters < 0 or args.time_limit < 0 or args.grad_clip < 0:
-        raise UserError("--max-iters, --time-limit and --grad-clip must be >= 0")
+    if min(args.max_iters, args.time_limit, args.grad_clip, args.final_eval_tokens) < 0:
+        raise UserError("--max-iters, --time-limit, --grad-clip and --final-eval-tokens must be >= 0")
     if args.lr <= 0 or args.muon_lr <= 0:
         raise UserError("--lr and --muon-lr must be > 0")
     if not 0 <= args.val_fraction < 1:
@@ -360,7 +362,7 @@ def run_training(args, procs, device):
         return None
     if procs.enabled:
         print(f"parameters identical on all {procs.world_size} processes: {'yes' if identical else 'NO'}")
-    val = record(mean(interval_losses), None, tokens_per_s)
+    val = record(mean(interval_losses), args.final_eval_tokens, tokens_per_s)
     save_checkpoint(args.ckpt, snapshot())
     plot_history(args.plot, history)
     elapsed = elapsed_before + time.time() - start
