@@ -26,6 +26,7 @@ from distributed import init_processes, mean_across, replicas_identical, shutdow
 from errors import ArgumentParser, UserError, run_main
 from files import atomic_write
 from optimizers import OPTIMIZER_NAMES, build_optimizer, set_lr_multiplier
+from plots import plot_history
 from tokenizer import CharTokenizer, tokenizer_from_dict
 from timing import mfu, model_flops_per_token, peak_flops, tokens_per_second
 from transformer import MODELS, build_model, config_dict, count_parameters
@@ -159,26 +160,6 @@ def write_csv(path, rows):
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-
-
-def plot_history(path, rows):
-    if not path or not rows:
-        return
-    import matplotlib
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4))
-    steps = [r["step"] for r in rows]
-    ax.plot(steps, [r["train_loss"] for r in rows], label="train")
-    ax.plot(steps, [r["val_loss"] for r in rows], label="val")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
 
 
 def setup(args, device):
