@@ -62,3 +62,16 @@ def assert_clean_error(result, *fragments):
     assert len(lines) == 1, result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+QA = os.path.join(ROOT, "qa.jsonl")
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_ckpt(tmp_path_factory, tiny_ckpt):
+    """tiny_ckpt fine-tuned by sft.py on qa.jsonl for 30 steps: a (poor) chat model."""
+    ckpt = str(tmp_path_factory.mktemp("tiny-chat") / "chat.pth")
+    import sft
+    sft.main(["--init-from", tiny_ckpt, "--qa", QA, "--ckpt", ckpt, "--max-iters", "30", "--batch-size", "8",
+              "--eval-interval", "15", "--eval-tokens", "256", "--warmup-iters", "2", "--lr", "1e-2"])
+    return ckpt

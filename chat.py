@@ -1,0 +1,159 @@
+"""The chat format: conversations as token ids, for fine-tuning and for answering.
+
+A conversation is a list of turns (question, answer). Each turn renders as
+
+    <|user|>{question}<|end|><|assistant|>{answer}<|end|>
+
+with the special tokens every tokenizer reserves (tokenizer.py), so the format
+works with characters and with BPE alike. The user's text is encoded with no
+special tokens allowed: typing "<|end|>" cannot forge a turn boundary.
+
+Fine-tuning learns from the assistant's side only: the loss mask marks the
+answer tokens and the <|end|> that closes them, since the model is to learn to
+answer, not to predict the user's questions. Answering feeds the history plus
+`<|user|>{question}<|end|><|assistant|>` and samples until <|end|>.
+"""
+from collections import namedtuple
+
+from errors import UserError
+from sampling import stream_pieces
+from tokenizer import ASSISTANT, END_OF_TURN, ENDOFTEXT, USER
+
+# A prompt for generation. dropped_turns: how many of the oldest history turns
+# did not fit; trimmed_tokens: how many tokens were cut from the start of the
+# question because it alone did not fit (0 when it fit whole).
+Prompt = namedtuple("Prompt", "ids dropped_turns trimmed_tokens")
+
+
+def specials(tokenizer):
+    """(user, assistant, end) token ids."""
+    s = tokenizer.special_tokens
+    return s[USER], s[ASSISTANT], s[END_OF_TURN]
+
+
+def banned_ids(tokenizer):
+    """Tokens an answer must never contain: they would open a new turn or a new document.
+
+    <|end|> is the one special token an answer may produce: it ends the answer.
+    """
+    s = tokenizer.special_tokens
+    return (s[USER], s[ASSISTANT], s[ENDOFTEXT])
+
+
+def stop_ids(tokenizer):
+    return (tokenizer.special_tokens[END_OF_TURN],)
+
+
+def encode_turn(tokenizer, question, answer):
+    """One turn as (ids, mask): mask[i] is 1 where ids[i] is an answer token or its closing <|end|>.
+
+    With the char tokenizer, ("Hi", "Yo") -> ids <|user|> H i <|end|> <|assistant|> Y o <|end|>,
+    mask 0 0 0 0 0 1 1 1.
+    """
+    user, assistant, end = specials(tokenizer)
+    q, a = tokenizer.encode(question), tokenizer.encode(answer)
+    ids = [user, *q, end, assistant, *a, end]
+    mask = [0] * (len(q) + 3) + [1] * (len(a) + 1)
+    return ids, mask
+
+
+def render(tokenizer, turns):
+    """A whole conversation [(question, answer), ...] as (ids, mask), turn after turn."""
+    ids, mask = [], []
+    for question, answer in turns:
+        turn_ids, turn_mask = encode_turn(tokenizer, question, answer)
+        ids += turn_ids
+        mask += turn_mask
+    return ids, mask
+
+
+def targets_from_mask(ids, mask):
+    """The (inputs, targets) pair of a rendered row: predict ids[t + 1] where it is masked in, -1 elsewhere.
+
+    The model's loss ignores targets of -1, so only the answers teach it.
+    """
+    inputs = ids[:-1]
+    targets = [i if m else -1 for i, m in zip(ids[1:], mask[1:])]
+    return inputs, targets
+
+
+def fit_turn(ids, mask, max_len):
+    """Shorten one rendered turn to at most max_len tokens by cutting the start of its question.
+
+    The end of a question ("... father of Hector?") carries more of what is
+    asked than its start, and the answer must stay whole to be learned.
+    Returns None when even a one-token question leaves no room for the answer.
+    """
+    excess = len(ids) - max_len
+    if excess <= 0:
+        return ids, mask
+    question_len = mask.index(1) - 3  # the answer starts after <|user|> q <|end|> <|assistant|>
+    if excess >= question_len:
+        return None
+    return [ids[0], *ids[1 + excess:]], [mask[0], *mask[1 + excess:]]
+
+
+def answer_room(block_size, max_new_tokens):
+    """Context tokens kept free for the answer: max_new_tokens, but at most a quarter of the context.
+
+    The cap stops a long --length from crowding out the question. An answer
+    that outgrows its room still goes on (generation slides its window); it
+    just loses sight of the start of the conversation.
+    """
+    return max(1, min(max_new_tokens, block_size // 4))
+
+
+def build_prompt(tokenizer, history, question, max_tokens):
+    """The ids to generate an answer from: as much history as fits, then the question.
+
+    history is [(question, answer), ...], oldest first. The newest turns matter
+    most, so the oldest are dropped first until the prompt fits in max_tokens.
+    If the question alone does not fit, its end is kept (see fit_turn) and the
+    Prompt says how many tokens were cut, so the interface can say so.
+    """
+    user, assistant, end = specials(tokenizer)
+    q = tokenizer.encode(question)
+    if max_tokens < 4:
+        raise ValueError(f"a prompt needs at least 4 tokens, got a budget of {max_tokens}")
+    trimmed = max(0, len(q) + 3 - max_tokens)
+    tail = [user, *q[trimmed:], end, assistant]
+    kept = []  # rendered turns, newest first
+    room = max_tokens - len(tail)
+    for old_question, old_answer in reversed(history):
+        ids, _ = encode_turn(tokenizer, old_question, old_answer)
+        if len(ids) > room:
+            break
+        kept.append(ids)
+        room -= len(ids)
+    ids = [i for turn in reversed(kept) for i in turn] + tail
+    return Prompt(ids, len(history) - len(kept), trimmed)
+
+
+def stream_answer(model, tokenizer, prompt_ids, max_new_tokens, temperature=0.8, top_k=0, top_p=1.0,
+                  seed=None, use_cache=True):
+    """Yield the answer's text as it is sampled; it ends at <|end|>, which is not shown."""
+    yield from stream_pieces(model, tokenizer, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed,
+                             use_cache, stop_ids(tokenizer), banned_ids(tokenizer))
+
+
+def answer(model, tokenizer, question, history=(), max_new_tokens=48, **sampling):
+    """The model's answer to question after history, as one string (greedy unless sampling says otherwise)."""
+    sampling.setdefault("temperature", 0.0)
+    block = model.config.block_size
+    prompt = build_prompt(tokenizer, history, question, block - answer_room(block, max_new_tokens))
+    return "".join(stream_answer(model, tokenizer, prompt.ids, max_new_tokens, **sampling))
+
+
+def trim_notice(prompt, block_size):
+    """What the interface tells the user when their question did not fit the context, or ''."""
+    if not prompt.trimmed_tokens:
+        return ""
+    return (f"(your question is too long for the model's context of {block_size} tokens: "
+            f"its first {prompt.trimmed_tokens} tokens were left out)")
+
+
+def require_chat(checkpoint, path):
+    """A UserError unless the checkpoint is an instruction-tuned chat model."""
+    if not checkpoint.get("chat", False):
+        raise UserError(f"{path} is not a chat model: fine-tune it first with "
+                        f"'python sft.py --init-from {path}', or leave out --chat")

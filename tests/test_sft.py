@@ -1,0 +1,119 @@
+"""sft.py: instruction tuning on the train questions, with pretraining text mixed in."""
+import json
+
+import pytest
+import torch
+
+import sft
+from checkpoint import load_checkpoint
+from conftest import QA, assert_clean_error, run_script
+from errors import UserError
+from make_qa import load_qa
+from tokenizer import CharTokenizer
+
+FAST = ["--batch-size", "8", "--eval-tokens", "256", "--warmup-iters", "2", "--lr", "1e-2"]
+
+
+def run(tmp_path, init_from, *flags, name="chat"):
+    ckpt = str(tmp_path / f"{name}.pth")
+    return sft.main(["--init-from", init_from, "--qa", QA, "--ckpt", ckpt, *FAST, *flags]), ckpt
+
+
+def test_fine_tuning_saves_a_chat_checkpoint_and_the_answer_loss_falls(tmp_path, tiny_ckpt, capsys):
+    result, ckpt = run(tmp_path, tiny_ckpt, "--max-iters", "30", "--eval-interval", "15")
+    assert result["step"] == 30
+    assert result["qa_loss"] < 0.8 * result["qa_loss_start"]
+    final = capsys.readouterr().out.strip().splitlines()[-1]
+    assert final.startswith("final: step=30 qa_loss=") and "val_loss=" in final and "val_bpc=" in final
+
+    saved, base = load_checkpoint(ckpt), load_checkpoint(tiny_ckpt)
+    assert saved["chat"] is True and base["chat"] is False
+    assert set(saved) == set(base)  # the layout train.py writes
+    assert saved["train_args"]["init_from"] == tiny_ckpt and saved["train_args"]["max_iters"] == 30
+    assert saved["train_args"]["n_layer"] == base["train_args"]["n_layer"]  # the base's model flags carry over
+    assert saved["model_config"] == base["model_config"] and saved["step"] == 30
+    assert [row["step"] for row in saved["history"]] == [0, 15, 30]
+    assert saved["best_val_loss"] == pytest.approx(min(row["val_loss"] for row in saved["history"]), abs=1e-4)
+
+
+def test_same_seed_same_result(tmp_path, tiny_ckpt):
+    a, _ = run(tmp_path, tiny_ckpt, "--max-iters", "4", name="a")
+    b, _ = run(tmp_path, tiny_ckpt, "--max-iters", "4", name="b")
+    assert a["qa_loss"] == b["qa_loss"] and a["val_loss"] == b["val_loss"]
+
+
+def test_chat_rows_target_only_the_answers():
+    tok = CharTokenizer(open(QA, encoding="utf-8").read())
+    records = load_qa(QA, "train")[:40]
+    rows = sft.ChatRows(tok, records, 65, torch.Generator().manual_seed(0))
+    answer_ids = {i for r in records for i in tok.encode(r["answer"])} | {tok.special_tokens["<|end|>"]}
+    x, y = rows.train_batch(6)
+    assert x.shape == y.shape == (6, 64)
+    assert set(y[y != -1].tolist()) <= answer_ids
+    assert all((row != -1).any() for row in y)  # every row holds at least one whole turn
+    # evaluation sees every answer token exactly once
+    assert sum(int((y != -1).sum()) for _, y in rows.val_batches(4)) == rows.n_answer_tokens
+    assert rows.n_answer_tokens == sum(len(tok.encode(r["answer"])) + 1 for r in records)
+
+
+def test_the_loss_weights_chat_and_text_by_the_mix():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 5, 7)
+    y = torch.randint(0, 7, (4, 5))
+    y[:2, :3] = -1
+    chat = torch.nn.functional.cross_entropy(logits[:2].reshape(-1, 7), y[:2].reshape(-1), ignore_index=-1)
+    text = torch.nn.functional.cross_entropy(logits[2:].reshape(-1, 7), y[2:].reshape(-1))
+    assert torch.allclose(sft.sft_loss(logits, y, 2, 0.5), 0.5 * chat + 0.5 * text)
+    assert torch.allclose(sft.sft_loss(logits[:2], y[:2], 2, 0.0), chat)
+
+
+def test_existing_checkpoint_is_not_overwritten_without_asking(tmp_path, tiny_ckpt):
+    _, ckpt = run(tmp_path, tiny_ckpt, "--max-iters", "1")
+    before = open(ckpt, "rb").read()
+    with pytest.raises(UserError, match="already exists"):
+        run(tmp_path, tiny_ckpt, "--max-iters", "1")
+    assert open(ckpt, "rb").read() == before
+    run(tmp_path, tiny_ckpt, "--max-iters", "2", "--overwrite")
+    assert load_checkpoint(ckpt)["step"] == 2
+
+
+def test_ctrl_c_saves_the_chat_checkpoint(tmp_path, tiny_ckpt, monkeypatch):
+    calls = {"n": 0}
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def interrupt_at_third_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_clip(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", interrupt_at_third_step)
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, tiny_ckpt, "--max-iters", "10")
+    assert e.value.code == 130
+    saved = load_checkpoint(str(tmp_path / "chat.pth"))
+    assert saved["step"] == 2 and saved["chat"] is True
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("bad-json", "line 2: not valid JSON"),
+    ("missing-field", "line 1: missing field 'answer'"),
+    ("mix", "--pretrain-mix"),
+    ("no-base", "not found"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_ckpt, case, fragment):
+    qa = tmp_path / "qa.jsonl"
+    good = open(QA, encoding="utf-8").readline()
+    flags = ["--init-from", tiny_ckpt, "--qa", str(qa), "--ckpt", str(tmp_path / "chat.pth")]
+    if case == "bad-json":
+        qa.write_text(good + "{oops\n", encoding="utf-8")
+    elif case == "missing-field":
+        record = json.loads(good)
+        del record["answer"]
+        qa.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    else:
+        qa.write_text(good, encoding="utf-8")
+        flags += ["--pretrain-mix", "1"] if case == "mix" else ["--init-from", str(tmp_path / "none.pth")]
+    result = run_script("sft.py", *flags)
+    assert_clean_error(result, fragment)
+    assert result.returncode == 2 and not (tmp_path / "chat.pth").exists()
