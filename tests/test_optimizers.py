@@ -15,16 +15,6 @@ from optimizers import (SGD, Adam, AdamW, Muon, MuonAdamW, build_optimizer,
                         newton_schulz, set_lr_multiplier)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tensors here are tiny: extra threads only add overhead (a lot of it when
-    other processes share the cores), so run each test on one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 SHAPES = [(5, 3), (7,), (2, 3, 4)]
 
 

@@ -14,16 +14,6 @@ from errors import UserError
 from optimizers import build_optimizer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tensors here are tiny: extra threads only add overhead (a lot of it when
-    other processes share the cores), so run each test on one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class TinyLM(nn.Module):
     """Just enough of a GPT for the timing code: config, wte, wpe, head, (logits, loss)."""
 

@@ -12,14 +12,6 @@ TINY = ["--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--block-size", "32
         "--new-tokens", "10", "--prompt-tokens", "8", "--repeats", "1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def rows(output):
     """{row name: its columns} of the table timing.py generate prints."""
     table = {}
