@@ -47,6 +47,24 @@ def tiny_ckpt(tmp_path_factory, small_corpus):
     return ckpt
 
 
+def interrupt_at_third_step(monkeypatch):
+    """Make the third training step raise KeyboardInterrupt, as Ctrl-C would.
+
+    The step is caught at its gradient clipping; returns the real clip function.
+    """
+    real_clip = torch.nn.utils.clip_grad_norm_
+    calls = {"n": 0}
+
+    def clip(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_clip(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    return real_clip
+
+
 def run_script(script, *args, stdin=None, cwd=None):
     """Run one of the project's scripts in a subprocess; returns CompletedProcess."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")

@@ -6,7 +6,7 @@ import torch
 
 import sft
 from checkpoint import load_checkpoint
-from conftest import QA, assert_clean_error, run_script
+from conftest import QA, assert_clean_error, interrupt_at_third_step, run_script
 from errors import UserError
 from make_qa import load_qa
 from tokenizer import CharTokenizer
@@ -78,16 +78,7 @@ def test_existing_checkpoint_is_not_overwritten_without_asking(tmp_path, tiny_ck
 
 
 def test_ctrl_c_saves_the_chat_checkpoint(tmp_path, tiny_ckpt, monkeypatch):
-    calls = {"n": 0}
-    real_clip = torch.nn.utils.clip_grad_norm_
-
-    def interrupt_at_third_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_clip(*args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", interrupt_at_third_step)
+    interrupt_at_third_step(monkeypatch)
     with pytest.raises(SystemExit) as e:
         run(tmp_path, tiny_ckpt, "--max-iters", "10")
     assert e.value.code == 130

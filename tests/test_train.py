@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import train
-from conftest import TINY, assert_clean_error, run_script
+from conftest import TINY, assert_clean_error, interrupt_at_third_step, run_script
 from errors import UserError
 
 
@@ -73,16 +73,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, small_corpu
 
 
 def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, small_corpus, monkeypatch):
-    calls = {"n": 0}
-    real_clip = torch.nn.utils.clip_grad_norm_
-
-    def interrupt_at_third_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_clip(*args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", interrupt_at_third_step)
+    real_clip = interrupt_at_third_step(monkeypatch)
     with pytest.raises(SystemExit) as e:
         run(tmp_path, small_corpus, "--max-iters", "10")
     assert e.value.code == 130
