@@ -12,7 +12,8 @@ utilization: achieved model FLOP/s as a fraction of the device's peak).
 times greedy generation at batch 1 on the CPU: our generate_ids with and
 without the KV cache, and Hugging Face transformers' GPT-2 generate() for the
 same shape (a dev requirement, imported only by this mode). It reports new
-tokens per second and the time to the first token after a long prompt.
+tokens per second, the time to the first token after a long prompt, and the
+ceiling that memory bandwidth puts on any batch-1 decoder of that shape.
 
 Conventions:
 - A training step costs flops_per_token = 6N + 12*L*C*T per token (the PaLM
@@ -227,6 +228,26 @@ def best_seconds(fn, repeats):
     return best, result
 
 
+def matrix_weights(model):
+    """How many weights a batch-1 decoding step reads: every Linear layer's (embeddings are one-row lookups)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def weight_read_seconds(n_weights, repeats):
+    """Fastest seconds to read n_weights float32 numbers once, as one matrix-vector product.
+
+    At batch 1 a decoding step multiplies every weight matrix by a single
+    vector: it reads each weight once and does 2 FLOPs with it, so memory
+    bandwidth, not arithmetic, sets the pace. This is that read alone, with
+    no per-layer calls and nothing else to do: a ceiling no decoder beats.
+    """
+    cols = 1024
+    weights = torch.randn(math.ceil(n_weights / cols), cols)
+    vector = torch.randn(cols)
+    torch.mv(weights, vector)  # warm-up
+    return best_seconds(lambda: torch.mv(weights, vector), 20 * repeats)[0]
+
+
 def generate_ours(model, prompt_ids, new_tokens, use_cache):
     """Greedy ids from our generation loop (sampling.generate_ids)."""
     return list(generate_ids(model, prompt_ids, new_tokens, temperature=0, use_cache=use_cache))
@@ -384,7 +405,7 @@ def cmd_generate(args):
     print(f"greedy: {args.new_tokens} new tokens after a 1-token prompt; first token after a "
           f"prompt of {args.prompt_tokens}; best of {args.repeats} run{'s' * (args.repeats > 1)}")
     results = {}
-    with torch.no_grad():
+    with torch.inference_mode():  # what our generate_ids uses; transformers gets it too
         for name, generate in runs:
             results[name] = time_generation(generate, prompt, args.new_tokens, long_prompt, args.repeats)
     base = results["transformers GPT-2"][0] if hf is not None else None
@@ -395,6 +416,14 @@ def cmd_generate(args):
               f"{1000 * first:15.1f}")
     same = results["ours, KV cache"][2] == results["ours, no cache"][2]
     print(f"ours with and without the cache gave the same {args.new_tokens} tokens: {same}")
+    n_weights = matrix_weights(ours)
+    read = weight_read_seconds(n_weights, args.repeats)
+    ceiling = f"at most {1 / read:.0f} tokens/s"
+    if base is not None:
+        ceiling += f", {base / (read * args.new_tokens):.1f}x transformers"
+    print(f"ceiling: each step reads all {n_weights / 1e6:.2f}M matrix weights ({4 * n_weights / 1e6:.1f} MB); "
+          f"reading them once takes {1000 * read:.3f} ms here ({4 * n_weights / read / 1e9:.0f} GB/s), "
+          f"so {ceiling}")
     return 0
 
 

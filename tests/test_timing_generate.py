@@ -31,6 +31,14 @@ def test_generate_without_transformers(capsys):
         assert float(tok_s) > 0 and ratio == "-" and float(first_ms) > 0
     assert "gave the same 10 tokens: True" in out
     assert "2 layers, 32 wide, 2 heads, block 32, vocab 68" in out
+    assert "ceiling: each step reads all 0.03M matrix weights" in out
+
+
+def test_a_decoding_step_reads_every_matrix_weight_once():
+    model = timing.Transformer(timing.GPTConfig(vocab_size=68, n_layer=3, n_embd=64, n_head=4))
+    # Per block: qkv (C x 3C), attention out (C x C), MLP in and out (C x 4C each): 12 C^2; then the head.
+    assert timing.matrix_weights(model) == 3 * 12 * 64 * 64 + 68 * 64
+    assert timing.weight_read_seconds(1000, repeats=1) > 0
 
 
 def test_generate_against_transformers(capsys):
