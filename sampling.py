@@ -7,7 +7,7 @@ keys and values the cache kept from earlier positions.
 """
 import torch
 
-from device import DEVICE_CHOICES
+from device import DEVICE_CHOICES, is_directml
 from errors import UserError
 from tokenizer import StreamDecoder
 
@@ -66,9 +66,17 @@ def supports_cache(model):
     return hasattr(model, "blocks")  # the Transformer; the RNN reruns its window
 
 
-# inference_mode rather than no_grad: it also skips autograd's version
-# counters on every tensor, which is ~8% of a one-token decoding step here.
-@torch.inference_mode()
+def gradients_off(device):
+    """A context for forward passes that need no gradients.
+
+    inference_mode rather than no_grad: it also skips autograd's version
+    counters, ~8% of a one-token decoding step on the CPU. torch-directml
+    fails under it ("Cannot set version_counter for inference tensor",
+    microsoft/DirectML#602), so DirectML keeps no_grad.
+    """
+    return torch.no_grad() if is_directml(device) else torch.inference_mode()
+
+
 def generate_ids(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0,
                  seed=None, use_cache=True, stop_ids=(), banned_ids=()):
     """Yield up to max_new_tokens sampled ids, one at a time, after prompt_ids.
@@ -96,11 +104,13 @@ def generate_ids(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=0, to
             if cache is None:
                 cache, fed = KVCache(len(model.blocks), block), start
             new = torch.tensor([tokens[fed:]], dtype=torch.long, device=device)
-            logits, _ = model(new, kv_cache=cache)
+            with gradients_off(device):
+                logits, _ = model(new, kv_cache=cache)
             fed = len(tokens)
         else:
             context = torch.tensor([tokens[start:]], dtype=torch.long, device=device)
-            logits, _ = model(context)
+            with gradients_off(device):
+                logits, _ = model(context)
         token = sample_next(logits[0, -1], temperature, top_k, top_p, generator, banned_ids)
         tokens.append(token)
         yield token

@@ -405,7 +405,7 @@ def cmd_generate(args):
     print(f"greedy: {args.new_tokens} new tokens after a 1-token prompt; first token after a "
           f"prompt of {args.prompt_tokens}; best of {args.repeats} run{'s' * (args.repeats > 1)}")
     results = {}
-    with torch.inference_mode():  # what our generate_ids uses; transformers gets it too
+    with torch.inference_mode():  # what generate_ids uses on the CPU; transformers gets it too
         for name, generate in runs:
             results[name] = time_generation(generate, prompt, args.new_tokens, long_prompt, args.repeats)
     base = results["transformers GPT-2"][0] if hf is not None else None

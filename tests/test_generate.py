@@ -4,7 +4,7 @@ import torch
 from checkpoint import load_model
 from conftest import assert_clean_error, run_script
 from generate import generate
-from sampling import generate_ids, sample_next
+from sampling import generate_ids, gradients_off, sample_next
 
 
 def test_seed_example_runs_and_is_reproducible(tiny_ckpt):
@@ -62,3 +62,9 @@ def test_bad_checkpoint_files(tmp_path, tiny_ckpt):
     data = open(tiny_ckpt, "rb").read()
     (tmp_path / "cut.pth").write_bytes(data[: len(data) // 3])
     assert_clean_error(run_script("generate.py", "--ckpt", str(tmp_path / "cut.pth")), "checkpoint")
+
+
+def test_generation_turns_gradients_off_in_a_way_each_device_supports():
+    assert isinstance(gradients_off(torch.device("cpu")), torch.inference_mode)
+    # torch-directml fails under inference_mode (microsoft/DirectML#602); DirectML shows up as privateuseone.
+    assert isinstance(gradients_off(torch.device("privateuseone")), torch.no_grad)
