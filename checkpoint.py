@@ -21,6 +21,7 @@ import os
 
 import torch
 
+from device import attention_for
 from errors import UserError
 from files import atomic_write
 from tokenizer import tokenizer_from_dict
@@ -54,8 +55,12 @@ def load_checkpoint(path, map_location="cpu"):
 
 
 def model_from_checkpoint(checkpoint, device="cpu"):
-    """Rebuild (model, tokenizer) from a loaded checkpoint, in eval mode."""
-    model = build_model(checkpoint["model_type"], checkpoint["model_config"])
+    """Rebuild (model, tokenizer) from a loaded checkpoint, in eval mode, for `device`."""
+    config = dict(checkpoint["model_config"])
+    if checkpoint["model_type"] == "transformer":
+        # Both attention kinds compute the same function: pick the one the device runs natively.
+        config["attention"] = attention_for(device, config.get("attention", "auto"))
+    model = build_model(checkpoint["model_type"], config)
     model.load_state_dict(checkpoint["model"])
     model.to(device).eval()
     return model, tokenizer_from_dict(checkpoint["tokenizer"])

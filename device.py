@@ -62,6 +62,19 @@ def is_directml(device):
     return torch.device(device).type == "privateuseone"
 
 
+def attention_for(device, requested="auto"):
+    """The attention kind ('sdpa' or 'explicit') to build a Transformer with, for `device`.
+
+    DirectML has no scaled_dot_product_attention kernel: PyTorch would copy
+    q, k and v to the CPU and back in every layer. 'explicit' computes the
+    same function with plain matmuls, so on DirectML it is always the one;
+    elsewhere 'auto' means 'sdpa', the fused kernels.
+    """
+    if is_directml(device):
+        return "explicit"
+    return "sdpa" if requested == "auto" else requested
+
+
 def synchronize(device):
     """Wait until the device has finished the work queued so far.
 

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from data import Batches, corpus_chars, tokenize_to_memmap
-from device import DEVICE_CHOICES, DTYPE_CHOICES, autocast, autocast_dtype, choose_device, maybe_compile
+from device import (DEVICE_CHOICES, DTYPE_CHOICES, attention_for, autocast, autocast_dtype, choose_device,
+                    maybe_compile)
 from distributed import init_processes, mean_across, replicas_identical, shutdown
 from errors import ArgumentParser, UserError, run_main
 from files import atomic_write
@@ -48,8 +49,9 @@ def parse_args(argv=None):
     a("--block-size", type=int, default=128, help="context length in tokens (default: %(default)s)")
     a("--dropout", type=float, default=0.0, help="dropout rate (default: %(default)s)")
     a("--bias", action="store_true", help="use biases in Linear and LayerNorm layers")
-    a("--attention", default="sdpa", choices=["sdpa", "explicit"],
-      help="sdpa: F.scaled_dot_product_attention; explicit: matmul-softmax, for DirectML (default: %(default)s)")
+    a("--attention", default="auto", choices=["auto", "sdpa", "explicit"],
+      help="sdpa: F.scaled_dot_product_attention; explicit: matmul-softmax, which DirectML runs natively; "
+           "auto: explicit on DirectML, else sdpa (default: %(default)s)")
     a("--rnn-cell", default="gru", choices=["gru", "lstm"], help="cell of --model rnn (default: %(default)s)")
     a("--batch-size", type=int, default=32, help="sequences per micro-batch (default: %(default)s)")
     a("--grad-accum", type=int, default=1,
@@ -197,7 +199,7 @@ def setup(args, device):
     if args.model == "transformer":
         config = dict(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
                       n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, bias=args.bias,
-                      attention=args.attention)
+                      attention=attention_for(device, args.attention))
     else:
         config = dict(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
                       n_embd=args.n_embd, cell=args.rnn_cell, dropout=args.dropout)

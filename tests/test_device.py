@@ -10,8 +10,10 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import device
 import timing
-from device import choose_device, is_directml
+from checkpoint import load_checkpoint, model_from_checkpoint
+from device import attention_for, choose_device, is_directml
 from errors import UserError
 from optimizers import build_optimizer
 from sampling import KVCache
@@ -96,6 +98,23 @@ def test_cpu_always_works(no_gpu, without_directml):
 def test_unknown_device_name():
     with pytest.raises(UserError, match="choose one of"):
         choose_device("quantum")
+
+
+@pytest.mark.parametrize("device, requested, expected", [
+    ("cpu", "auto", "sdpa"), ("cpu", "explicit", "explicit"), ("cpu", "sdpa", "sdpa"),
+    (DML, "auto", "explicit"), (DML, "sdpa", "explicit"),  # DirectML has no SDPA kernel
+])
+def test_attention_for_the_device(device, requested, expected):
+    assert attention_for(device, requested) == expected
+
+
+def test_a_checkpoint_loaded_for_directml_gets_explicit_attention(tiny_ckpt, monkeypatch):
+    # The model cannot really move to a stand-in device, so the CPU plays DirectML here.
+    monkeypatch.setattr(device, "is_directml", lambda d: True)
+    checkpoint = load_checkpoint(tiny_ckpt)
+    assert checkpoint["model_config"]["attention"] == "sdpa"
+    model, _ = model_from_checkpoint(checkpoint, "cpu")
+    assert all(block.attn.attention == "explicit" for block in model.blocks)
 
 
 def test_is_directml_recognises_privateuseone():
