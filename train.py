@@ -32,8 +32,10 @@ from tokenizer import CharTokenizer, tokenizer_from_dict
 from timing import mfu, model_flops_per_token, peak_flops, tokens_per_second
 from transformer import MODELS, build_model, config_dict, count_parameters
 
-# Flags that define the model and its data; a resumed run takes them from the checkpoint.
-MODEL_FLAGS = ("model", "n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "attention", "rnn_cell")
+# Flags that define the model and its data, and the optimizer whose saved state
+# only fits itself: a resumed run takes them from the checkpoint.
+RESUMED_FLAGS = ("model", "n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "attention", "rnn_cell",
+                 "optimizer")
 
 
 def parse_args(argv=None):
@@ -60,7 +62,8 @@ def parse_args(argv=None):
     a("--time-limit", type=float, default=0,
       help="stop cleanly after this many seconds of this run, then evaluate and save; 0 = none (default: %(default)s)")
     a("--optimizer", default="muon", choices=OPTIMIZER_NAMES,
-      help="muon: Muon for hidden matrices + AdamW for the rest; or adamw, adam, sgd, torch-adamw (default: %(default)s)")
+      help="muon: Muon for hidden matrices + AdamW for the rest; or adamw, adam, sgd, torch-adamw "
+           "(default: %(default)s; on --resume, the checkpoint's)")
     a("--lr", type=float, default=3e-3,
       help="peak learning rate of AdamW, Adam or SGD (with muon: of the embeddings, norms and head) "
            "(default: %(default)s)")
@@ -171,7 +174,7 @@ def setup(args, device):
         checkpoint = load_checkpoint(args.ckpt)
         if checkpoint.get("optimizer") is None:
             raise UserError(f"{args.ckpt} holds no optimizer state, so it cannot be resumed")
-        for name in MODEL_FLAGS:  # the checkpoint decides the model's shape
+        for name in RESUMED_FLAGS:
             setattr(args, name, checkpoint["train_args"].get(name, getattr(args, name)))
         tokenizer = tokenizer_from_dict(checkpoint["tokenizer"])
         if args.tokenizer and args.tokenizer != "char":

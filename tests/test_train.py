@@ -49,6 +49,14 @@ def test_resume_gives_the_uninterrupted_run(tmp_path, small_corpus):
     assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
 
 
+def test_resume_keeps_the_checkpoint_optimizer(tmp_path, small_corpus):
+    # Its saved state fits only itself: sgd's momenta would not load into muon (the default).
+    run(tmp_path, small_corpus, "--max-iters", "3", "--optimizer", "sgd", "--lr", "0.1")
+    _, ckpt = run(tmp_path, small_corpus, "--max-iters", "5", "--resume")
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["step"] == 5 and saved["train_args"]["optimizer"] == "sgd"
+
+
 def test_existing_checkpoint_is_not_overwritten_without_asking(tmp_path, small_corpus):
     _, ckpt = run(tmp_path, small_corpus, "--max-iters", "2")
     before = open(ckpt, "rb").read()
