@@ -9,7 +9,6 @@ processes, so every copy takes the same optimizer step and stays identical.
 Without torchrun there is one process and none of this is switched on.
 """
 import os
-import signal
 from dataclasses import dataclass
 
 import torch
@@ -54,14 +53,10 @@ def init_processes(device):
         backend = "gloo"
     else:
         raise UserError(f"torchrun training supports CUDA and CPU devices, not {device.type}")
+    # torchrun stops its workers with SIGTERM, which errors.run_main turns into
+    # a KeyboardInterrupt: rank 0 saves, as on Ctrl-C, and all exit cleanly.
     dist.init_process_group(backend=backend)
-    # torchrun stops its workers with SIGTERM: treat it like Ctrl-C, so rank 0 saves and all exit cleanly
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     return procs, device
-
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def shutdown(procs):

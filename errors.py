@@ -1,5 +1,6 @@
 """The one exception users see, and the wrapper that turns it into one line on stderr."""
 import argparse
+import signal
 import sys
 
 
@@ -12,12 +13,26 @@ class UserError(Exception):
 
 
 def run_main(main, argv=None):
-    """Call main(argv); turn a UserError into 'error: ...' on stderr and exit 2."""
+    """Call main(argv); turn a UserError into 'error: ...' on stderr and exit 2.
+
+    A stop from outside, Ctrl-C or a SIGTERM (from kill, a job scheduler's
+    time limit, or torchrun stopping its workers), arrives as a
+    KeyboardInterrupt: scripts with work to save catch it and save; in the
+    rest it ends the run with one line and status 130, not a traceback.
+    """
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         return main(argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 class ArgumentParser(argparse.ArgumentParser):
