@@ -75,6 +75,16 @@ def attention_for(device, requested="auto"):
     return "sdpa" if requested == "auto" else requested
 
 
+def flush_denormals():
+    """Compute with denormal floats (magnitudes below 1.2e-38) as zeros on the CPU.
+
+    x86 CPUs handle denormals in slow microcode. An SGD run here drifted into
+    them late in training and slowed from 0.13 to 0.66 s per step; flushing
+    restores the speed and costs training nothing it could notice.
+    """
+    torch.set_flush_denormal(True)  # a no-op where the CPU lacks the mode
+
+
 def synchronize(device):
     """Wait until the device has finished the work queued so far.
 

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from chat import encode_turn, fit_turn, targets_from_mask
 from checkpoint import FORMAT_VERSION, load_checkpoint, model_from_checkpoint, save_checkpoint, training_data
 from data import Batches, tokenize_to_memmap
-from device import DEVICE_CHOICES, choose_device
+from device import DEVICE_CHOICES, choose_device, flush_denormals
 from errors import ArgumentParser, UserError, run_main
 from make_qa import load_qa
 from optimizers import OPTIMIZER_NAMES, build_optimizer, set_lr_multiplier
@@ -186,6 +186,7 @@ def fine_tune(args):
         raise UserError(f"{args.ckpt} already exists: pass --overwrite to replace it, or --ckpt to write "
                         f"another file")
     device = choose_device(args.device)
+    flush_denormals()
     base = load_checkpoint(args.init_from)
     model, tokenizer = model_from_checkpoint(base, device)
     records = load_qa(args.qa, "train")

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from data import Batches, corpus_chars, tokenize_to_memmap
 from device import (DEVICE_CHOICES, DTYPE_CHOICES, attention_for, autocast, autocast_dtype, choose_device,
-                    maybe_compile)
+                    flush_denormals, maybe_compile)
 from distributed import init_processes, mean_across, replicas_identical, shutdown
 from errors import ArgumentParser, UserError, run_main
 from files import atomic_write
@@ -221,6 +221,7 @@ def setup(args, device):
 
 def train(args):
     device = choose_device(args.device)
+    flush_denormals()
     procs, device = init_processes(device)
     try:
         return run_training(args, procs, device)

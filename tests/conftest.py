@@ -26,6 +26,13 @@ def _token_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("B_LM_CACHE", str(tmp_path_factory.getbasetemp() / "token-cache"))
 
 
+@pytest.fixture(autouse=True)
+def _denormals_kept():
+    """Training turns on flush-to-zero for the whole process; keep it from leaking into the next test."""
+    yield
+    torch.set_flush_denormal(False)
+
+
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory):
     """The first 20,000 characters of the Iliad."""

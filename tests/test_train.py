@@ -114,6 +114,13 @@ def test_sigterm_saves_a_resumable_checkpoint_like_ctrl_c(tmp_path, small_corpus
     assert torch.load(ckpt, weights_only=True)["step"] >= 2
 
 
+def test_training_computes_with_denormals_as_zero(tmp_path, small_corpus):
+    denormal = torch.tensor([1e-39])  # below float32's smallest normal number, 1.2e-38
+    assert (denormal * 1.0).item() != 0.0
+    run(tmp_path, small_corpus, "--max-iters", "1")
+    assert (denormal * 1.0).item() == 0.0  # the CPU handles denormals in slow microcode
+
+
 def test_rnn_baseline_trains(tmp_path, small_corpus):
     result, ckpt = run(tmp_path, small_corpus, "--model", "rnn", "--rnn-cell", "lstm", "--max-iters", "10")
     assert torch.load(ckpt, weights_only=True)["model_type"] == "rnn"
