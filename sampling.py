@@ -100,16 +100,15 @@ def generate_ids(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=0, to
         if len(tokens) - start > block:
             start = len(tokens) - block // 2
             cache = None
-        if use_cache:
-            if cache is None:
-                cache, fed = KVCache(len(model.blocks), block), start
-            new = torch.tensor([tokens[fed:]], dtype=torch.long, device=device)
-            with gradients_off(device):
+        with gradients_off(device):
+            if use_cache:
+                if cache is None:
+                    cache, fed = KVCache(len(model.blocks), block), start
+                new = torch.tensor([tokens[fed:]], dtype=torch.long, device=device)
                 logits, _ = model(new, kv_cache=cache)
-            fed = len(tokens)
-        else:
-            context = torch.tensor([tokens[start:]], dtype=torch.long, device=device)
-            with gradients_off(device):
+                fed = len(tokens)
+            else:
+                context = torch.tensor([tokens[start:]], dtype=torch.long, device=device)
                 logits, _ = model(context)
         token = sample_next(logits[0, -1], temperature, top_k, top_p, generator, banned_ids)
         tokens.append(token)
