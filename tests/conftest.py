@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -70,6 +71,20 @@ def interrupt_at_third_step(monkeypatch):
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
     return real_clip
+
+
+def signal_training_run(command, ckpt, signum):
+    """Start a long training run (command, a list), send it signum once it first saves ckpt; (returncode, stderr)."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        while not os.path.exists(ckpt) and proc.poll() is None:  # the first save: training is under way
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return proc.returncode, err
 
 
 def run_script(script, *args, stdin=None, cwd=None):

@@ -2,11 +2,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import torch
 
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, signal_training_run
 
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path, small_corpus):
@@ -30,18 +29,10 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
 
 def test_ctrl_c_stops_every_process_and_rank_0_saves(tmp_path, small_corpus):
     ckpt = tmp_path / "run.pth"
-    torchrun = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                                 os.path.join(ROOT, "train.py"), "--data", small_corpus, *TINY, "--device", "cpu",
-                                 "--grad-accum", "2", "--max-iters", "1000000", "--eval-interval", "2",
-                                 "--metrics", "", "--ckpt", str(ckpt)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=dict(os.environ, OMP_NUM_THREADS="1"))
-    try:
-        while not ckpt.exists() and torchrun.poll() is None:  # the first evaluation's save: training is under way
-            time.sleep(0.05)
-        torchrun.send_signal(signal.SIGINT)  # Ctrl-C in the terminal; torchrun passes it to its workers
-        _, err = torchrun.communicate(timeout=120)
-    finally:
-        torchrun.kill()
+    # SIGINT is Ctrl-C in the terminal; torchrun passes it on to its workers.
+    _, err = signal_training_run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         os.path.join(ROOT, "train.py"), "--data", small_corpus, *TINY, "--device", "cpu", "--grad-accum", "2",
+         "--max-iters", "1000000", "--eval-interval", "2", "--metrics", "", "--ckpt", str(ckpt)], ckpt, signal.SIGINT)
     assert err.count("interrupted at step") == 1, err[-2000:]  # rank 0 saved; rank 1 left quietly
     assert torch.load(ckpt, weights_only=True)["step"] >= 2

@@ -1,15 +1,13 @@
 import csv
 import os
 import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 import train
-from conftest import ROOT, TINY, assert_clean_error, interrupt_at_third_step, run_script
+from conftest import ROOT, TINY, assert_clean_error, interrupt_at_third_step, run_script, signal_training_run
 from errors import UserError
 
 
@@ -98,18 +96,10 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, small_corpus, monkeypatch
 def test_sigterm_saves_a_resumable_checkpoint_like_ctrl_c(tmp_path, small_corpus):
     # kill, a job scheduler's time limit and torchrun all stop a run with SIGTERM.
     ckpt = tmp_path / "run.pth"
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), "--data", small_corpus, *TINY,
-                             "--ckpt", str(ckpt), "--metrics", "", "--max-iters", "1000000", "--eval-interval", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    try:
-        while not ckpt.exists() and proc.poll() is None:  # the first evaluation's save: training is under way
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err[-2000:]
+    returncode, err = signal_training_run(
+        [sys.executable, os.path.join(ROOT, "train.py"), "--data", small_corpus, *TINY, "--ckpt", str(ckpt),
+         "--metrics", "", "--max-iters", "1000000", "--eval-interval", "2"], ckpt, signal.SIGTERM)
+    assert returncode == 130, err[-2000:]
     assert "interrupted at step" in err and "Traceback" not in err
     assert torch.load(ckpt, weights_only=True)["step"] >= 2
 
