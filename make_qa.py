@@ -1,275 +1,41 @@
-"""Build qa.jsonl (question/answer pairs about the Iliad) from qa_facts.py, check it, load it.
+"""Build qa.jsonl (question/answer pairs about the Iliad) from qa_facts.jsonl, or check a built one.
 
-    python make_qa.py                    # write qa.jsonl from qa_facts.py
+    python make_qa.py                    # write qa.jsonl from qa_facts.jsonl
     python make_qa.py --check qa.jsonl   # report problems, one line each; exit 2 if any
 
-A record (one JSON object per line of qa.jsonl):
+The formats and the train/test split are described in qa.py, which does the work.
 
-    {"id": "parent-achilles-mother/2",   # fact id + "/" + phrasing index (0-based)
-     "fact_id": "parent-achilles-mother",
-     "split": "test",                    # "train" or "test"
-     "category": "parentage",
-     "question": "Which goddess bore Achilles?",
-     "answer": "Thetis",
-     "evidence": "sends his mother Thetis to ask Jove"}   # verbatim span of data.txt
+Writing facts. Each fact's `evidence` is a span copied verbatim from data.txt
+(Butler's translation), curly quotes, em dashes and line breaks ("\\n")
+included, and its `answer` occurs in that evidence (case and whitespace
+aside), so every fact is checked by machine rather than taken on trust. Names
+are spelled as Butler spells them (Jove, Juno, Minerva, Ulysses, Diomed,
+Aeneas, ...), because that is what a model trained on data.txt saw; for the
+same reason questions use only characters the corpus has, so an apostrophe is
+Butler's ’ (a straight ' would not even encode with the character tokenizer).
 
-Each fact has one test phrasing and the rest are train, so a model scored on the
-test split must have learned the fact, not memorised the question's wording.
-Which phrasing is held out is fixed by a hash of the fact id (see
-`test_phrasing`), not by its position, so writing the oddest phrasing last does
-not skew the test set. (Adding or removing a phrasing of a fact may move its
-held-out phrasing; the other facts keep theirs.)
+To add a fact: find the passage (grep data.txt), copy the shortest span that
+holds the answer, add a line to qa_facts.jsonl with at least three phrasings
+of the same question, and run `python make_qa.py`, which refuses facts whose
+evidence or answer does not check out.
+
+Categories: parentage, kills (and wounds), places, catalogue (ship counts),
+gods, objects, people, games (the funeral games), books (what each book holds).
 """
-import argparse
-import hashlib
-import json
-import os
-import re
-import tempfile
-
-from errors import UserError, run_main
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_OUT = os.path.join(HERE, "qa.jsonl")
-DEFAULT_CORPUS = os.path.join(HERE, "data.txt")
-
-# Field -> type, in the order the fields are written.
-FIELDS = {"id": str, "fact_id": str, "split": str, "category": str,
-          "question": str, "answer": str, "evidence": str}
-SPLITS = ("train", "test")
-MIN_PHRASINGS = 3
-MAX_SHOWN = 50  # problems listed on the command line; a wrong corpus would otherwise flood it
-
-
-def normalize(s):
-    """Fold case, curly quotes and runs of whitespace: 'Achilles’\\n son' -> "achilles' son"."""
-    s = s.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
-    return re.sub(r"\s+", " ", s).strip().casefold()
-
-
-def answer_in_evidence(answer, evidence):
-    return normalize(answer) in normalize(evidence)
-
-
-def foreign_chars(text, corpus_chars):
-    """Characters of text that never occur in the corpus: "Achilles' son" -> "'" for Butler's text.
-
-    A character-level model trained on data.txt cannot even encode them (it has
-    no straight apostrophe, only ’), so questions and answers must avoid them."""
-    return "".join(sorted(set(text) - corpus_chars))
-
-
-def test_phrasing(fact_id, n):
-    """Index of the phrasing held out for the test split: a stable hash of the id, mod n.
-
-    sha256 rather than hash(), which Python salts per process."""
-    return int(hashlib.sha256(fact_id.encode("utf-8")).hexdigest(), 16) % n
-
-
-def check_facts(facts, corpus_text):
-    """Problems in the hand-written facts, as strings; [] when they are all sound."""
-    problems, seen, corpus_chars = [], set(), set(corpus_text)
-    asked = {}  # normalized question -> id of the fact that asks it
-    for i, f in enumerate(facts):
-        where = f"fact {i} ({f.get('id', '?')})"
-        bad = [f"{where}: {key} must be a non-empty string"
-               for key in ("id", "category", "answer", "evidence")
-               if not isinstance(f.get(key), str) or not f[key].strip()]
-        qs = f.get("questions")
-        if not isinstance(qs, list) or not all(isinstance(q, str) and q.strip() for q in qs):
-            bad.append(f"{where}: questions must be a list of non-empty strings")
-        if bad:  # the checks below need well-formed fields
-            problems += bad
-            continue
-        distinct = len({normalize(q) for q in qs})
-        if distinct != len(qs) or distinct < MIN_PHRASINGS:
-            problems.append(f"{where}: needs at least {MIN_PHRASINGS} questions, all distinct; "
-                            f"has {len(qs)}, {distinct} distinct")
-        for q in qs:  # one question with two answers would teach a contradiction
-            other = asked.setdefault(normalize(q), f["id"])
-            if other != f["id"]:
-                problems.append(f"{where}: question {q!r} is also asked by fact {other!r}")
-        if f["id"] in seen:
-            problems.append(f"{where}: duplicate fact id")
-        seen.add(f["id"])
-        if "/" in f["id"]:
-            problems.append(f"{where}: fact id must not contain '/' (it separates the phrasing index)")
-        if f["evidence"] not in corpus_text:
-            problems.append(f"{where}: evidence not found verbatim in the corpus: {f['evidence']!r}")
-        if not answer_in_evidence(f["answer"], f["evidence"]):
-            problems.append(f"{where}: answer {f['answer']!r} does not occur in its evidence")
-        for label, text in [("answer", f["answer"])] + [(f"question {j}", q) for j, q in enumerate(qs)]:
-            if foreign_chars(text, corpus_chars):
-                problems.append(f"{where}: {label} has characters the corpus lacks: "
-                                f"{foreign_chars(text, corpus_chars)!r} (use Butler's ’ for an apostrophe)")
-    return problems
-
-
-def build_records(facts):
-    """Facts -> records, in the order of the facts and of their phrasings."""
-    records = []
-    for f in facts:
-        held_out = test_phrasing(f["id"], len(f["questions"]))
-        for j, q in enumerate(f["questions"]):
-            records.append({"id": f"{f['id']}/{j}", "fact_id": f["id"],
-                            "split": "test" if j == held_out else "train",
-                            "category": f["category"], "question": q,
-                            "answer": f["answer"], "evidence": f["evidence"]})
-    return records
-
-
-def to_jsonl(records):
-    # ensure_ascii=False keeps Butler's curly quotes readable; the file is UTF-8.
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-
-
-def write_atomic(path, text):
-    """Write text to path via a temporary file in the same folder, so a failure leaves the old file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + "-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def read_corpus(path):
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
-    except OSError as e:
-        raise UserError(f"cannot read the corpus {path}: {e.strerror}") from None
-
-
-def _record_problem(line):
-    """The first schema problem of one line of qa.jsonl, or (None, record) when it is sound."""
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError as e:
-        return f"not valid JSON ({e.msg} at column {e.colno})", None
-    if not isinstance(rec, dict):
-        return f"expected a JSON object, got {type(rec).__name__}", None
-    for key, typ in FIELDS.items():
-        if key not in rec:
-            return f"missing field {key!r}", None
-        if not isinstance(rec[key], typ) or not rec[key].strip():
-            return f"field {key!r} must be a non-empty string, got {rec[key]!r}", None
-    if rec["split"] not in SPLITS:
-        return f"split must be 'train' or 'test', got {rec['split']!r}", None
-    return None, rec
-
-
-def _lines(path):
-    """(line number, text) of the non-blank lines of a file; UserError if it cannot be read."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text: {e.reason} at byte {e.start}") from None
-    return [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
-
-
-def load_qa(path, split=None):
-    """Records of a qa.jsonl file, optionally only one split ("train" or "test").
-
-    Raises UserError naming the first bad line: "qa.jsonl line 12: not valid JSON (...)".
-    Blank lines are skipped."""
-    if split is not None and split not in SPLITS:
-        raise UserError(f"split must be 'train' or 'test', got {split!r}")
-    records = []
-    for n, line in _lines(path):
-        problem, rec = _record_problem(line)
-        if problem:
-            raise UserError(f"{path} line {n}: {problem}")
-        records.append(rec)
-    if not records:
-        raise UserError(f"{path} holds no records: build it with `python make_qa.py`")
-    return [r for r in records if split is None or r["split"] == split]
-
-
-def validate_qa(path, corpus_text=None):
-    """Every problem in a qa.jsonl file, one string each, with its line number; [] when clean.
-
-    Checks the schema, unique ids, one test phrasing per fact, that each evidence
-    occurs verbatim in the corpus (data.txt beside this script unless corpus_text
-    is given) and that each answer occurs in its evidence (case and whitespace aside)."""
-    if corpus_text is None:
-        corpus_text = read_corpus(DEFAULT_CORPUS)
-    problems, ids, tests, first_line, asked = [], {}, {}, {}, {}
-    corpus_chars = set(corpus_text)
-    for n, line in _lines(path):
-        problem, rec = _record_problem(line)
-        if problem:
-            problems.append(f"{path} line {n}: {problem}")
-            continue
-        if rec["id"] in ids:
-            problems.append(f"{path} line {n}: duplicate id {rec['id']!r} (first on line {ids[rec['id']]})")
-        ids.setdefault(rec["id"], n)
-        q = normalize(rec["question"])
-        if q in asked and asked[q][1] != normalize(rec["answer"]):
-            problems.append(f"{path} line {n}: question asked again with a different answer "
-                            f"(first on line {asked[q][0]})")
-        asked.setdefault(q, (n, normalize(rec["answer"])))
-        first_line.setdefault(rec["fact_id"], n)
-        tests[rec["fact_id"]] = tests.get(rec["fact_id"], 0) + (rec["split"] == "test")
-        if rec["evidence"] not in corpus_text:
-            problems.append(f"{path} line {n}: evidence not found in the corpus: {rec['evidence']!r}")
-        if not answer_in_evidence(rec["answer"], rec["evidence"]):
-            problems.append(f"{path} line {n}: answer {rec['answer']!r} does not occur in its evidence")
-        for key in ("question", "answer"):
-            if foreign_chars(rec[key], corpus_chars):
-                problems.append(f"{path} line {n}: {key} has characters the corpus lacks: "
-                                f"{foreign_chars(rec[key], corpus_chars)!r}")
-    for fact_id, count in tests.items():
-        if count != 1:
-            problems.append(f"{path} line {first_line[fact_id]}: fact {fact_id!r} has {count} test "
-                            "questions, expected exactly 1")
-    if not ids and not problems:
-        problems.append(f"{path}: no records")
-    return problems
-
-
-def problem_report(header, problems):
-    """One line per problem under a header, at most MAX_SHOWN of them."""
-    shown = problems[:MAX_SHOWN]
-    if len(problems) > MAX_SHOWN:
-        shown.append(f"... and {len(problems) - MAX_SHOWN} more")
-    return f"{header}: {len(problems)} problem(s)\n" + "\n".join(shown)
-
-
-def build(out=DEFAULT_OUT, corpus=DEFAULT_CORPUS):
-    """Check qa_facts.py against the corpus and write its records to `out`; returns the records."""
-    # Imported here so that load_qa and validate_qa work without the facts file.
-    from qa_facts import FACTS
-    problems = check_facts(FACTS, read_corpus(corpus))
-    if problems:
-        raise UserError(problem_report("qa_facts.py", problems))
-    records = build_records(FACTS)
-    write_atomic(out, to_jsonl(records))
-    return records
-
-
-def summary(records):
-    """'N facts, N questions (train N, test N); by category: ...' for the command line."""
-    facts = {r["fact_id"] for r in records}
-    split = {s: sum(r["split"] == s for r in records) for s in SPLITS}
-    cats = {}
-    for r in records:
-        cats.setdefault(r["category"], set()).add(r["fact_id"])
-    by_cat = ", ".join(f"{c} {len(f)}" for c, f in sorted(cats.items()))
-    return (f"{len(facts)} facts, {len(records)} questions (train {split['train']}, "
-            f"test {split['test']}); facts by category: {by_cat}")
+from errors import ArgumentParser, UserError, run_main
+# load_qa is also imported from here by sft.py and evaluate.py until they import it from qa.
+from qa import (DEFAULT_CORPUS, DEFAULT_FACTS, DEFAULT_OUT, build, load_qa, problem_report,
+                read_corpus, summary, validate_qa)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=DEFAULT_OUT,
-                   help="where to write the dataset (default: qa.jsonl beside this script)")
+                   help="where to write the dataset (default: qa.jsonl beside this script); "
+                        "must not be the facts file or the corpus")
+    p.add_argument("--facts", default=DEFAULT_FACTS,
+                   help="the hand-written facts, one JSON object a line "
+                        "(default: qa_facts.jsonl beside this script)")
     p.add_argument("--check", metavar="PATH",
                    help="instead of building, validate an existing qa.jsonl: one line per problem, "
                         "exit 2 if there are any")
@@ -282,7 +48,7 @@ def main(argv=None):
             raise UserError(problem_report(args.check, problems))
         print(f"{args.check}: ok; " + summary(load_qa(args.check)))
         return 0
-    records = build(args.out, args.corpus)
+    records = build(args.out, args.facts, args.corpus)
     print(f"wrote {args.out}: " + summary(records))
     return 0
 

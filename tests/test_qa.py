@@ -1,4 +1,4 @@
-"""qa_facts.py, make_qa.py and the committed qa.jsonl, checked against data.txt itself."""
+"""qa_facts.jsonl, qa.py, make_qa.py and the committed qa.jsonl, checked against data.txt itself."""
 import json
 import os
 import re
@@ -11,16 +11,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the modules live flat at the top of the repo
 
 import make_qa  # noqa: E402
+import qa  # noqa: E402
 from errors import UserError, run_main  # noqa: E402
-from qa_facts import FACTS  # noqa: E402
 
 with open(os.path.join(ROOT, "data.txt"), encoding="utf-8") as fh:
     CORPUS = fh.read()
 QA_PATH = os.path.join(ROOT, "qa.jsonl")
+FACTS_PATH = os.path.join(ROOT, "qa_facts.jsonl")
+# Read with plain json, not qa.load_facts, so the checks below do not rest on the code they test.
+with open(FACTS_PATH, encoding="utf-8") as fh:
+    FACTS = [json.loads(line) for line in fh]
 
 
 def plain(s):
-    """The test's own normalization (not make_qa's): lower case, one space, straight quotes."""
+    """The test's own normalization (not qa's): lower case, one space, straight quotes."""
     s = s.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
     return " ".join(s.split()).lower()
 
@@ -62,8 +66,13 @@ def test_questions_and_answers_use_only_corpus_characters():
     assert bad == []
 
 
-def test_the_facts_pass_make_qas_own_check():
-    assert make_qa.check_facts(FACTS, CORPUS) == []
+def test_the_facts_pass_qas_own_check():
+    assert qa.check_facts(FACTS, CORPUS) == []
+
+
+def test_facts_file_has_one_fact_a_line_with_the_fields_in_order():
+    assert all(list(f) == ["id", "category", "answer", "evidence", "questions"] for f in FACTS)
+    assert qa.load_facts(FACTS_PATH) == FACTS
 
 
 # ---- the built dataset --------------------------------------------------------
@@ -87,8 +96,8 @@ def test_records_carry_the_schema(records):
 
 def test_build_is_deterministic_and_matches_the_committed_file(tmp_path):
     first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    make_qa.build(str(first))
-    make_qa.build(str(second))
+    qa.build(str(first))
+    assert run_main(make_qa.main, ["--out", str(second)]) == 0
     assert first.read_bytes() == second.read_bytes()
     with open(QA_PATH, "rb") as fh:
         assert fh.read() == first.read_bytes(), "qa.jsonl is stale: run `python make_qa.py`"
@@ -96,14 +105,14 @@ def test_build_is_deterministic_and_matches_the_committed_file(tmp_path):
 
 
 def test_the_held_out_phrasing_depends_only_on_the_fact_id():
-    assert make_qa.test_phrasing("parent-achilles-mother", 3) == make_qa.test_phrasing("parent-achilles-mother", 3)
-    picks = Counter(make_qa.test_phrasing(f["id"], len(f["questions"])) for f in FACTS)
+    assert qa.test_phrasing("parent-achilles-mother", 3) == qa.test_phrasing("parent-achilles-mother", 3)
+    picks = Counter(qa.test_phrasing(f["id"], len(f["questions"])) for f in FACTS)
     assert len(picks) >= 3  # spread over positions, not always the last one
 
 
 def test_committed_file_validates_clean():
-    assert make_qa.validate_qa(QA_PATH, CORPUS) == []
-    assert len(make_qa.load_qa(QA_PATH, split="test")) == len(FACTS)
+    assert qa.validate_qa(QA_PATH, CORPUS) == []
+    assert len(qa.load_qa(QA_PATH, split="test")) == len(FACTS)
 
 
 # ---- validation and loading of bad files ----------------------------------------
@@ -114,7 +123,7 @@ def test_validator_reports_bad_lines_with_their_numbers(tmp_path, records):
     bad_split = json.dumps(dict(records[2], split="dev"))
     fake = json.dumps(dict(records[0], id="x/0", fact_id="x", evidence="Hector rode a bicycle"))
     path = write_lines(tmp_path / "qa.jsonl", [good, "{not json", no_answer, bad_split, fake])
-    problems = make_qa.validate_qa(path, CORPUS)
+    problems = qa.validate_qa(path, CORPUS)
     assert any("line 2: not valid JSON" in p for p in problems)
     assert any("line 3: missing field 'answer'" in p for p in problems)
     assert any("line 4: split must be 'train' or 'test'" in p for p in problems)
@@ -126,7 +135,7 @@ def test_validator_reports_bad_lines_with_their_numbers(tmp_path, records):
 def test_validator_wants_one_test_phrasing_per_fact(tmp_path, records):
     fact = [r for r in records if r["fact_id"] == records[0]["fact_id"]]
     all_train = [json.dumps(dict(r, split="train"), ensure_ascii=False) for r in fact]
-    problems = make_qa.validate_qa(write_lines(tmp_path / "qa.jsonl", all_train), CORPUS)
+    problems = qa.validate_qa(write_lines(tmp_path / "qa.jsonl", all_train), CORPUS)
     assert problems == [f"{tmp_path / 'qa.jsonl'} line 1: fact {fact[0]['fact_id']!r} has 0 test "
                         "questions, expected exactly 1"]
 
@@ -151,28 +160,80 @@ def test_load_qa_raises_user_error_naming_the_line(tmp_path, records):
     good = json.dumps(records[0])
     path = write_lines(tmp_path / "qa.jsonl", [good, "", good, "{oops"])
     with pytest.raises(UserError, match=r"qa\.jsonl line 4: not valid JSON"):
-        make_qa.load_qa(path)
+        qa.load_qa(path)
     no_question = json.dumps({k: v for k, v in records[0].items() if k != "question"})
     path = write_lines(tmp_path / "qa.jsonl", [good, no_question])
     with pytest.raises(UserError, match=r"qa\.jsonl line 2: missing field 'question'"):
-        make_qa.load_qa(path)
+        qa.load_qa(path)
     with pytest.raises(UserError, match="cannot read"):
-        make_qa.load_qa(str(tmp_path / "absent.jsonl"))
+        qa.load_qa(str(tmp_path / "absent.jsonl"))
 
 
 def test_load_qa_filters_by_split(records):
-    train = make_qa.load_qa(QA_PATH, split="train")
+    train = qa.load_qa(QA_PATH, split="train")
     assert len(train) == len(records) - len(FACTS) and {r["split"] for r in train} == {"train"}
     with pytest.raises(UserError, match="split must be"):
-        make_qa.load_qa(QA_PATH, split="dev")
+        qa.load_qa(QA_PATH, split="dev")
 
 
-def test_build_refuses_facts_that_fail_the_check(tmp_path, monkeypatch):
-    import qa_facts
-    broken = [dict(FACTS[0], evidence="not in the Iliad")] + FACTS[1:]
-    monkeypatch.setattr(qa_facts, "FACTS", broken)
+def write_facts(path, facts):
+    return write_lines(path, [json.dumps(f, ensure_ascii=False) for f in facts])
+
+
+def test_build_refuses_facts_that_fail_the_check(tmp_path):
+    facts = write_facts(tmp_path / "facts.jsonl", [dict(FACTS[0], evidence="not in the Iliad")] + FACTS[1:])
     out = tmp_path / "qa.jsonl"
     out.write_text("old\n", encoding="utf-8")
     with pytest.raises(UserError, match="evidence not found verbatim"):
-        make_qa.build(str(out))
+        qa.build(str(out), facts)
     assert out.read_text(encoding="utf-8") == "old\n"  # the good file is left alone
+
+
+@pytest.mark.parametrize("line, problem", [
+    ("{oops", "not valid JSON"),
+    ("[1, 2]", "expected a JSON object, got list"),
+    ('{"id": "x", "category": "gods", "answer": "Jove", "questions": ["a?", "b?", "c?"]}',
+     "missing field 'evidence'"),
+    ('{"id": "x", "category": "gods", "answer": 7, "evidence": "Jove", "questions": ["a?", "b?", "c?"]}',
+     "field 'answer' must be a non-empty string, got 7"),
+    ('{"id": "x", "category": "gods", "answer": "Jove", "evidence": "Jove", "questions": "a?"}',
+     "field 'questions' must be a list of non-empty strings"),
+    ('{"id": "x", "category": "gods", "answer": "Jove", "evidence": "Jove", "questions": ["a?"], "note": 1}',
+     "unknown field 'note'"),
+])
+def test_a_malformed_facts_line_is_one_error_naming_the_line(tmp_path, capsys, line, problem):
+    good = json.dumps(FACTS[0], ensure_ascii=False)
+    facts = write_lines(tmp_path / "facts.jsonl", [good, "", good, line, "{also bad"])
+    with pytest.raises(UserError) as err:
+        qa.load_facts(facts)
+    assert str(err.value).startswith(f"{facts} line 4: {problem}")
+    out = tmp_path / "qa.jsonl"
+    with pytest.raises(SystemExit) as exit_:
+        run_main(make_qa.main, ["--facts", facts, "--out", str(out)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {facts} line 4: {problem}")
+    assert not out.exists()
+
+
+def test_load_facts_refuses_an_empty_or_unreadable_file(tmp_path):
+    with pytest.raises(UserError, match="holds no facts"):
+        qa.load_facts(write_lines(tmp_path / "facts.jsonl", ["", "  "]))
+    with pytest.raises(UserError, match="cannot read"):
+        qa.load_facts(str(tmp_path / "absent.jsonl"))
+
+
+def test_build_refuses_an_out_path_that_would_harm_an_input_or_cannot_be_a_file(tmp_path, capsys):
+    facts = write_facts(tmp_path / "facts.jsonl", FACTS)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS, encoding="utf-8")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for out, message in [(facts, "is the facts file"), (str(corpus), "is the corpus"),
+                         (str(tmp_path), "is a directory"),
+                         (str(tmp_path / "absent" / "qa.jsonl"), "does not exist")]:
+        with pytest.raises(SystemExit) as exit_:
+            run_main(make_qa.main, ["--facts", facts, "--corpus", str(corpus), "--out", out])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written or touched
