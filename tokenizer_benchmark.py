@@ -13,7 +13,8 @@ import tempfile
 import time
 
 import bpe
-from errors import ArgumentParser, run_main
+from errors import ArgumentParser, UserError, run_main
+from timing import best_seconds
 from tokenizer import SPECIAL_TOKENS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -31,17 +32,10 @@ def parse_args(argv=None):
     p.add_argument("--scale", action="store_true",
                    help="also train on the corpus repeated 1, 4 and 16 times, each in its own "
                         "process, reporting time and peak memory (default: off)")
-    return p.parse_args(argv)
-
-
-def best_time(fn, repeat):
-    """(fastest seconds, last result) over `repeat` calls of fn()."""
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), result
+    args = p.parse_args(argv)
+    if args.repeat < 1:
+        raise UserError(f"--repeat must be at least 1, got {args.repeat}")
+    return args
 
 
 def train_ours(path, vocab_size):
@@ -123,8 +117,8 @@ def main(argv=None):
     print(f"{args.data}: {mb:.2f} MB, vocab {args.vocab_size}, best of {args.repeat}, "
           f"{os.cpu_count()} CPUs")
 
-    ours_s, tok = best_time(lambda: train_ours(args.data, args.vocab_size), args.repeat)
-    hf_s, _ = best_time(lambda: train_hf(args.data, args.vocab_size), args.repeat)
+    ours_s, tok = best_seconds(lambda: train_ours(args.data, args.vocab_size), args.repeat)
+    hf_s, _ = best_seconds(lambda: train_hf(args.data, args.vocab_size), args.repeat)
     print("\ntraining (read file, split, count, merge)")
     print(f"{'':18} {'seconds':>8} {'vs HF':>7}")
     print(f"{'ours (bpe.py)':18} {ours_s:8.3f} {ours_s / hf_s:6.2f}x")
@@ -133,9 +127,9 @@ def main(argv=None):
     enc = to_tiktoken(tok)
     # cold: a fresh tokenizer whose chunk cache is empty; warm: a second pass
     fresh = lambda: bpe.BPETokenizer(tok.merges, tok.pattern)  # noqa: E731
-    cold_s, ids = best_time(lambda: fresh().encode(text), args.repeat)
-    warm_s, _ = best_time(lambda: tok.encode(text), args.repeat + 1)
-    tt_s, tt_ids = best_time(lambda: enc.encode_ordinary(text), args.repeat)
+    cold_s, ids = best_seconds(lambda: fresh().encode(text), args.repeat)
+    warm_s, _ = best_seconds(lambda: tok.encode(text), args.repeat + 1)
+    tt_s, tt_ids = best_seconds(lambda: enc.encode_ordinary(text), args.repeat)
     print(f"\nencoding {args.data} ({len(ids):,} tokens, identical to tiktoken's: {ids == tt_ids})")
     print(f"{'':18} {'MB/s':>8} {'vs tiktoken':>12}")
     for name, s in [("ours, cold cache", cold_s), ("ours, warm cache", warm_s), ("tiktoken", tt_s)]:

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import benchmark
 import device
-import timing
 from checkpoint import load_checkpoint, model_from_checkpoint
 from device import attention_for, choose_device, is_directml
-from errors import UserError
+from errors import UserError, run_main
 from optimizers import build_optimizer
 from sampling import KVCache
 from transformer import GPTConfig, Transformer
@@ -57,7 +57,7 @@ def test_dml_without_torch_directml_says_how_to_install_it(without_directml):
 
 def test_dml_from_the_cli_is_one_line_on_stderr(without_directml, capsys):
     with pytest.raises(SystemExit) as e:
-        timing.run_main(timing.main, ["--device", "dml", "--steps", "1"])
+        run_main(benchmark.main, ["--device", "dml", "--steps", "1"])
     assert e.value.code == 2
     assert "pip install torch-directml" in capsys.readouterr().err
 

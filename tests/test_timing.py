@@ -1,5 +1,7 @@
-"""Timers, FLOP counts and MFU; no assertions about wall-clock speed."""
+"""The meter (timing.py) and the step benchmark built on it; no assertions about wall-clock speed."""
 import json
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -7,10 +9,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
 
+import benchmark
 import timing
-from errors import UserError
+from conftest import ROOT
+from errors import UserError, run_main
 from optimizers import build_optimizer
 
 
@@ -37,6 +40,16 @@ def fake_clock(times):
     return lambda: next(it)
 
 
+def test_importing_the_meter_pulls_in_no_benchmark():
+    # Training imports timing: it must not drag transformers (or the benchmarks) along.
+    code = ('import sys, timing; loaded = [m for m in ("transformers", "benchmark") '
+            'if m in sys.modules]; assert not loaded, loaded')
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+# ------------------------------------------------------------- FLOPs, MFU
+
 def test_flops_per_token_formula():
     # 6N + 12*L*C*T
     assert timing.flops_per_token(1000, 2, 8, 16) == 6 * 1000 + 12 * 2 * 8 * 16
@@ -58,8 +71,11 @@ def test_model_flops_per_token_on_the_transformer():
 
 def test_mfu_and_tokens_per_second():
     assert timing.tokens_per_second(1200, 0.5) == 2400
+    assert timing.tokens_per_second(1200, 0) == float("inf")
     assert timing.mfu(tokens_per_s=1000, flops_per_tok=1e6, peak=1e10) == pytest.approx(0.1)
 
+
+# ---------------------------------------------------------------- timers
 
 def test_step_timer_ignores_warmup_and_reports_median_p90():
     # start/stop pairs: durations 5 (warm-up), then 1, 2, 3, 4 seconds
@@ -75,24 +91,34 @@ def test_step_timer_ignores_warmup_and_reports_median_p90():
 
 def test_step_timer_record_and_empty():
     timer = timing.StepTimer(warmup=2)
-    assert np.isnan(timer.median_ms())
+    assert np.isnan(timer.median_ms()) and np.isnan(timer.p90_ms())
     for s in (9.0, 9.0, 0.010, 0.030, 0.020):
         timer.record(s)
     assert timer.durations == [0.010, 0.030, 0.020]
     assert timer.median_ms() == pytest.approx(20)
 
 
-@settings(max_examples=50, deadline=None)
-@given(st.lists(st.floats(0, 1e3), min_size=1, max_size=30), st.floats(0, 100))
-def test_percentile_matches_numpy(values, q):
-    assert timing.percentile(values, q) == pytest.approx(np.percentile(values, q))
+def test_best_seconds_keeps_the_fastest_run_and_the_last_result():
+    calls = iter([1, 2, 3])
+    clock = fake_clock([0, 5, 10, 12, 20, 23])  # runs of 5, 2 and 3 seconds
+    assert timing.best_seconds(lambda: next(calls), repeats=3, clock=clock) == (2, 3)
+
+
+# ------------------------------------------------------------ peak FLOP/s
+
+def test_measure_matmul_flops_counts_2n_cubed(monkeypatch):
+    def half_a_second(fn, repeats):
+        fn()
+        return 0.5, None
+    monkeypatch.setattr(timing, "best_seconds", half_a_second)
+    assert timing.measure_matmul_flops("cpu", n=4, reps=1) == 2 * 4 ** 3 / 0.5
 
 
 def test_peak_flops_is_measured_once_then_cached(tmp_path, monkeypatch):
-    cache = tmp_path / "sub" / "peak_flops.json"
+    cache = tmp_path / "sub" / "peak_flops.json"  # a missing folder is made
     first = timing.peak_flops("cpu", n=32, reps=1, cache_path=str(cache))
-    assert first > 0
-    [key] = json.loads(cache.read_text())
+    [(key, stored)] = json.loads(cache.read_text()).items()
+    assert stored == first
     assert "cpu" in key and torch.__version__ in key and "threads" in key
 
     def boom(*a, **k):
@@ -104,16 +130,18 @@ def test_peak_flops_is_measured_once_then_cached(tmp_path, monkeypatch):
 def test_peak_flops_survives_a_damaged_cache(tmp_path):
     cache = tmp_path / "peak_flops.json"
     cache.write_text("{not json")
-    assert timing.peak_flops("cpu", n=16, reps=1, cache_path=str(cache)) > 0
-    assert len(json.loads(cache.read_text())) == 1
+    peak = timing.peak_flops("cpu", n=16, reps=1, cache_path=str(cache))
+    assert list(json.loads(cache.read_text()).values()) == [peak]
 
+
+# ------------------------------------------- the step benchmark (benchmark.py)
 
 def test_time_training_steps_structure():
     torch.manual_seed(0)
     model = TinyLM()
     opt = build_optimizer(model, "muon", lr=1e-3, weight_decay=0.1)
     x = torch.randint(11, (2, 8))
-    t = timing.time_training_steps(model, opt, x, x, steps=3, warmup=1)
+    t = benchmark.time_training_steps(model, opt, x, x, steps=3, warmup=1)
     assert set(t) == {"forward", "backward", "optimizer", "total"}
     assert all(len(timer.durations) == 3 for timer in t.values())
     phases = sum(np.array(t[k].durations) for k in ("forward", "backward", "optimizer"))
@@ -123,23 +151,28 @@ def test_time_training_steps_structure():
 
 def test_cli_rejects_unknown_optimizer(capsys):
     with pytest.raises(SystemExit) as e:
-        timing.run_main(timing.main, ["--optimizers", "adamw,lion"])
+        run_main(benchmark.main, ["--optimizers", "adamw,lion"])
     assert e.value.code == 2
     assert "unknown lion" in capsys.readouterr().err
 
 
 def test_cli_rejects_bad_sizes():
     with pytest.raises(UserError, match="--n-embd 10 must be a multiple of --n-head 4"):
-        timing.main(["--n-embd", "10"])
+        benchmark.main(["--n-embd", "10"])
     with pytest.raises(UserError, match="--steps must be at least 1"):
-        timing.main(["--steps", "0"])
+        benchmark.main(["--steps", "0"])
+    with pytest.raises(UserError, match="--warmup must be >= 0"):
+        benchmark.main(["--warmup", "-1"])
 
 
 def test_cli_prints_one_row_per_optimizer(capsys, monkeypatch):
-    monkeypatch.setattr(timing, "peak_flops", lambda device: 1e11)  # no measuring in tests
-    timing.main(["--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--block-size", "8",
-                 "--batch-size", "2", "--steps", "1", "--warmup", "0",
-                 "--optimizers", "adamw,muon", "--device", "cpu"])
+    monkeypatch.setattr(benchmark, "peak_flops", lambda device: 1e11)  # no measuring in tests
+    benchmark.main(["--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--block-size", "8",
+                    "--batch-size", "2", "--steps", "1", "--warmup", "0",
+                    "--optimizers", "adamw,muon", "--device", "cpu"])
     rows = capsys.readouterr().out.splitlines()
+    assert "measured peak 100.0 GFLOP/s" in rows[0]
     assert rows[-2].startswith("adamw") and rows[-1].startswith("muon")
-    assert rows[-1].endswith("%")
+    # MFU is the row's own GFLOP/s over the 100 GFLOP/s peak
+    gflops, mfu = rows[-1].split()[-2:]
+    assert float(mfu.rstrip("%")) == pytest.approx(float(gflops), abs=0.06)
