@@ -30,7 +30,7 @@ import regex
 
 from errors import UserError
 from files import atomic_write
-from tokenizer import SPECIAL_TOKENS, resolve_allowed, split_on_specials
+from tokenizer import REPLACEMENT, SPECIAL_TOKENS, Tokenizer
 
 # The split pattern of tiktoken's cl100k_base (GPT-4): contractions, words with
 # one leading non-letter, numbers of up to 3 digits, punctuation runs,
@@ -40,7 +40,6 @@ GPT4_PATTERN = (
     r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
 FORMAT_VERSION = 1
-REPLACEMENT = "\ufffd".encode("utf-8")  # what decode shows for an unknown id
 N_SPECIAL = len(SPECIAL_TOKENS)
 NO_MERGE = 1 << 62  # rank of a pair that has no merge
 
@@ -283,7 +282,7 @@ def train_bpe(corpus, vocab_size, pattern=GPT4_PATTERN, progress=None):
 # the tokenizer
 
 
-class BPETokenizer:
+class BPETokenizer(Tokenizer):
     """Byte-level BPE with regex pre-splitting and the shared special tokens."""
 
     kind = "bpe"
@@ -305,18 +304,6 @@ class BPETokenizer:
         self._cache = {}  # chunk -> ids; text repeats its chunks a lot
 
     # encoding
-
-    def encode(self, text, allowed_special=()):
-        """Text -> ids. A special token's text becomes its id only where allowed
-        ('all' or a collection of names); elsewhere it is encoded as plain text."""
-        allowed = resolve_allowed(allowed_special, self.special_tokens)
-        ids = []
-        for piece in split_on_specials(text, allowed):
-            if piece in allowed:
-                ids.append(self.special_tokens[piece])
-            else:
-                ids.extend(self.encode_ordinary(piece))
-        return ids
 
     def encode_ordinary(self, text):
         """Text -> ids, ignoring special tokens."""
@@ -355,10 +342,6 @@ class BPETokenizer:
         if 0 <= i < len(self._bytes):
             return self._bytes[i]
         return self._special_bytes.get(i, REPLACEMENT)
-
-    def decode(self, ids):
-        """Ids -> text. Never raises: bytes that aren't valid UTF-8 become U+FFFD."""
-        return b"".join(map(self.token_bytes, ids)).decode("utf-8", errors="replace")
 
     def mergeable_ranks(self):
         """{token bytes: id} for the byte and merge tokens, as tiktoken takes it."""

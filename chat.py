@@ -14,9 +14,10 @@ answer, not to predict the user's questions. Answering feeds the history plus
 `<|user|>{question}<|end|><|assistant|>` and samples until <|end|>.
 """
 from collections import namedtuple
+from dataclasses import replace
 
 from errors import UserError
-from sampling import stream_pieces
+from sampling import stream_text
 from tokenizer import ASSISTANT, END_OF_TURN, ENDOFTEXT, USER
 
 # A prompt for generation. dropped_turns: how many of the oldest history turns
@@ -54,16 +55,6 @@ def encode_turn(tokenizer, question, answer):
     q, a = tokenizer.encode(question), tokenizer.encode(answer)
     ids = [user, *q, end, assistant, *a, end]
     mask = [0] * (len(q) + 3) + [1] * (len(a) + 1)
-    return ids, mask
-
-
-def render(tokenizer, turns):
-    """A whole conversation [(question, answer), ...] as (ids, mask), turn after turn."""
-    ids, mask = [], []
-    for question, answer in turns:
-        turn_ids, turn_mask = encode_turn(tokenizer, question, answer)
-        ids += turn_ids
-        mask += turn_mask
     return ids, mask
 
 
@@ -129,19 +120,16 @@ def build_prompt(tokenizer, history, question, max_tokens):
     return Prompt(ids, len(history) - len(kept), trimmed)
 
 
-def stream_answer(model, tokenizer, prompt_ids, max_new_tokens, temperature=0.8, top_k=0, top_p=1.0,
-                  seed=None, use_cache=True):
-    """Yield the answer's text as it is sampled; it ends at <|end|>, which is not shown."""
-    yield from stream_pieces(model, tokenizer, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed,
-                             use_cache, stop_ids(tokenizer), banned_ids(tokenizer))
+def answer_settings(tokenizer, settings):
+    """settings for sampling an answer: it ends at <|end|> and opens no new turn or document."""
+    return replace(settings, stop_ids=stop_ids(tokenizer), banned_ids=banned_ids(tokenizer))
 
 
-def answer(model, tokenizer, question, history=(), max_new_tokens=48, **sampling):
-    """The model's answer to question after history, as one string (greedy unless sampling says otherwise)."""
-    sampling.setdefault("temperature", 0.0)
+def answer(model, tokenizer, question, settings, history=()):
+    """The model's answer to question after history, as one string."""
     block = model.config.block_size
-    prompt = build_prompt(tokenizer, history, question, block - answer_room(block, max_new_tokens))
-    return "".join(stream_answer(model, tokenizer, prompt.ids, max_new_tokens, **sampling))
+    prompt = build_prompt(tokenizer, history, question, block - answer_room(block, settings.max_new_tokens))
+    return "".join(stream_text(model, tokenizer, prompt.ids, answer_settings(tokenizer, settings)))
 
 
 def trim_notice(prompt, block_size):

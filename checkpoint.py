@@ -1,4 +1,4 @@
-"""Checkpoint files: written atomically, loaded without running any code.
+"""Checkpoint files: the one place that builds, writes, reads and checks them.
 
 A checkpoint is a dict of tensors and plain Python values (dict, list, str,
 int, float, bool, None), so `torch.load(..., weights_only=True)` can read it
@@ -13,32 +13,60 @@ and a malicious file cannot execute anything. Its keys:
     train_args      the training flags, as a dict
     step            optimizer steps taken
     best_val_loss   lowest validation loss seen (float or None)
+    elapsed_s       seconds of training so far, over all resumed runs
     rng             {'torch': ByteTensor, 'batches': ByteTensor} generator states
-    history         list of metric rows (dicts), one per evaluation
+    history         list of metric rows (dicts), as in the metrics CSV
     chat            True for instruction-tuned chat models
 """
+import math
 import os
+from dataclasses import asdict, dataclass, field
+from typing import Optional
 
 import torch
 
 from device import attention_for
 from errors import UserError
 from files import atomic_write
-from tokenizer import tokenizer_from_dict
-from transformer import build_model
+from tokenizer_io import tokenizer_from_dict
+from transformer import MODELS, build_model, model_type_of
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model_type", "model_config", "model", "tokenizer")
 
 
+@dataclass
+class Progress:
+    """Where a training run stands: what a checkpoint must hold to continue it exactly."""
+    step: int = 0
+    best_val_loss: Optional[float] = None
+    elapsed_s: float = 0.0
+    history: list = field(default_factory=list)
+    rng: Optional[dict] = None  # {'torch': ..., 'batches': ...} generator states
+
+
+def build_checkpoint(model, tokenizer, optimizer=None, progress=None, train_args=None, chat=False):
+    """The checkpoint dict of a model (and, while training, of its run)."""
+    return {"format_version": FORMAT_VERSION, "model_type": model_type_of(model),
+            "model_config": asdict(model.config), "model": model.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "tokenizer": tokenizer.to_dict(), "train_args": dict(train_args or {}), "chat": bool(chat),
+            **asdict(progress or Progress())}
+
+
 def save_checkpoint(path, checkpoint):
     """Write the checkpoint atomically: `path` holds the old file or the new, never half of one."""
-    with atomic_write(path) as f:
-        torch.save(checkpoint, f)
+    try:
+        with atomic_write(path) as f:
+            torch.save(checkpoint, f)
+    except OSError as e:
+        raise UserError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
 
 
 def load_checkpoint(path, map_location="cpu"):
     """Read a checkpoint, turning every way a file can be wrong into a UserError."""
+    if os.path.isdir(path):
+        raise UserError(f"checkpoint {path} is a folder, not a file")
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} not found: train one with 'python train.py'")
     try:
@@ -48,22 +76,80 @@ def load_checkpoint(path, map_location="cpu"):
         raise UserError(f"{path} is not a readable b_lm checkpoint (truncated or another format): {reason[:120]}")
     if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in REQUIRED_KEYS):
         raise UserError(f"{path} is not a b_lm checkpoint (it lacks the model, tokenizer or format version)")
-    if checkpoint["format_version"] != FORMAT_VERSION:
-        raise UserError(f"{path} has checkpoint format {checkpoint['format_version']}; "
-                        f"this version of b_lm reads format {FORMAT_VERSION}")
+    version = checkpoint["format_version"]
+    if type(version) is not int:
+        raise UserError(f"{path}: format_version must be an integer, not {version!r}")
+    if version != FORMAT_VERSION:
+        raise UserError(f"{path} has checkpoint format {version}; this version of b_lm reads format "
+                        f"{FORMAT_VERSION} only")
+    problem = _content_problem(checkpoint)
+    if problem:
+        raise UserError(f"{path} is damaged: {problem}")
     return checkpoint
 
 
-def model_from_checkpoint(checkpoint, device="cpu"):
+def _content_problem(c):
+    """What is wrong inside a checkpoint whose keys are all there, or None."""
+    if c["model_type"] not in MODELS:
+        return f"unknown model_type {c['model_type']!r}"
+    if not isinstance(c["model_config"], dict) or not isinstance(c["tokenizer"], dict):
+        return "model_config and tokenizer must be dicts"
+    if not isinstance(c["model"], dict) or not all(isinstance(t, torch.Tensor) for t in c["model"].values()):
+        return "its model weights are not a dict of tensors"
+    if not all(torch.isfinite(t).all() for t in c["model"].values() if t.is_floating_point()):
+        return "its model weights hold NaN or infinite values"
+    if not isinstance(c.get("train_args", {}) or {}, dict):
+        return "train_args must be a dict"
+    return None
+
+
+def progress_of(checkpoint, path):
+    """The Progress a checkpoint holds, checked, to resume from; UserError if it cannot resume."""
+    if checkpoint.get("optimizer") is None:
+        raise UserError(f"{path} holds no optimizer state, so it cannot be resumed")
+    rng = checkpoint.get("rng")
+    p = Progress(checkpoint.get("step"), checkpoint.get("best_val_loss"), checkpoint.get("elapsed_s", 0.0),
+                 checkpoint.get("history", []), rng)
+    fine = (type(p.step) is int and p.step >= 0
+            and (p.best_val_loss is None or isinstance(p.best_val_loss, float))
+            and isinstance(p.elapsed_s, (int, float)) and math.isfinite(p.elapsed_s)
+            and isinstance(p.history, list) and all(isinstance(row, dict) for row in p.history)
+            and isinstance(rng, dict)
+            and all(isinstance(rng.get(k), torch.Tensor) and rng[k].dtype == torch.uint8 for k in ("torch", "batches")))
+    if not fine:
+        raise UserError(f"{path} cannot be resumed: its step, history or random-generator states are damaged")
+    return p
+
+
+def model_from_checkpoint(checkpoint, device="cpu", path="the checkpoint"):
     """Rebuild (model, tokenizer) from a loaded checkpoint, in eval mode, for `device`."""
     config = dict(checkpoint["model_config"])
     if checkpoint["model_type"] == "transformer":
         # Both attention kinds compute the same function: pick the one the device runs natively.
         config["attention"] = attention_for(device, config.get("attention", "auto"))
-    model = build_model(checkpoint["model_type"], config)
-    model.load_state_dict(checkpoint["model"])
+    try:
+        with torch.device("meta"):  # shapes only, no memory: a damaged config could ask for terabytes
+            skeleton = build_model(checkpoint["model_type"], config)
+        expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in checkpoint["model"].items()}
+        if expected != found:
+            name = sorted(set(expected) ^ set(found)) or [k for k in expected if expected[k] != found[k]]
+            raise ValueError(f"{name[0]} is {found.get(name[0], 'missing')}, the config makes it "
+                             f"{expected.get(name[0], 'absent')}")
+        model = build_model(checkpoint["model_type"], config)
+        model.load_state_dict(checkpoint["model"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: its weights do not fit the model its config describes ({reason})") from None
+    try:
+        tokenizer = tokenizer_from_dict(checkpoint["tokenizer"])
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise UserError(f"{path}: its tokenizer has {tokenizer.vocab_size} tokens but the model "
+                        f"{model.config.vocab_size}")
     model.to(device).eval()
-    return model, tokenizer_from_dict(checkpoint["tokenizer"])
+    return model, tokenizer
 
 
 def training_data(checkpoint, override=None):
@@ -82,5 +168,5 @@ def training_data(checkpoint, override=None):
 def load_model(path, device="cpu"):
     """Load a checkpoint file for inference: (model, tokenizer, checkpoint)."""
     checkpoint = load_checkpoint(path)
-    model, tokenizer = model_from_checkpoint(checkpoint, device)
+    model, tokenizer = model_from_checkpoint(checkpoint, device, path)
     return model, tokenizer, checkpoint

@@ -94,10 +94,19 @@ def tokenize_to_memmap(path, tokenizer):
     return tokens, n_chars
 
 
+def corpus_batches(path, tokenizer, block_size, val_fraction, seed):
+    """The corpus at path, tokenized (and cached), split into train and val Batches."""
+    tokens, _ = tokenize_to_memmap(path, tokenizer)
+    if len(tokens) == 0:
+        raise UserError(f"data file {path} is empty: give it some text to learn from")
+    return Batches(tokens, block_size, val_fraction, seed)
+
+
 class Batches:
     """Train/val split of a token stream, random training blocks, fixed val windows.
 
-    The last val_fraction of the stream is validation. Training blocks start at
+    The last val_fraction of the stream is validation: this is the one place
+    the split is made, for training, fine-tuning and evaluation alike. Training blocks start at
     random offsets drawn from a generator of our own, whose state goes into the
     checkpoint so a resumed run draws the very same batches.
     """
@@ -123,16 +132,10 @@ class Batches:
         rows = torch.from_numpy(rows)
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()  # inputs and their next tokens, (B, T) each
 
-    def train_batches(self, batch_size, n, peek=False):
-        """n micro-batches of random training blocks, drawn in one go.
-
-        peek=True draws without advancing the generator (for a trial batch).
-        """
+    def train_batches(self, batch_size, n):
+        """n micro-batches of random training blocks, drawn in one go."""
         high = len(self.train) - self.block_size - 1
-        state = self.generator.get_state() if peek else None
         starts = torch.randint(0, high + 1, (n * batch_size,), generator=self.generator).tolist()
-        if peek:
-            self.generator.set_state(state)
         return [self._stack(self.train, starts[i * batch_size: (i + 1) * batch_size]) for i in range(n)]
 
     def val_windows(self, max_tokens=None):

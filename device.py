@@ -1,5 +1,6 @@
 """Choosing the device to run on (CUDA/ROCm, Apple MPS, DirectML or the CPU), and how to run fast there."""
 import contextlib
+import os
 
 import torch
 
@@ -152,3 +153,25 @@ def maybe_compile(model, example_input):
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         print(f"note: torch.compile failed ({reason}); running eagerly")
         return model
+
+
+def check_fits_in_memory(n_parameters, device):
+    """UserError if training that many parameters surely cannot fit in the device's memory.
+
+    Training holds each float32 parameter four times (weights, gradients and
+    Adam's two moments): 16 bytes. Refusing now beats an allocation that
+    fails (or swaps the machine to a halt) after minutes of start-up.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+    else:
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):  # no sysconf (Windows): nothing to check against
+            return
+    need = 16 * n_parameters
+    if need > total:
+        raise UserError(f"the model would have {n_parameters / 1e6:,.0f}M parameters, about {need / 2**30:,.1f} GiB "
+                        f"to train, more than the {total / 2**30:,.1f} GiB this {device.type} has: "
+                        f"choose a smaller --n-embd or --n-layer")

@@ -20,174 +20,27 @@ Three groups of numbers, printed as a table and written to --report as JSON:
 """
 import json
 import math
-import re
-import sys
 import time
-import unicodedata
-from collections import Counter
 
-from tqdm import tqdm
-
-from chat import answer
 from checkpoint import load_model, training_data
-from data import Batches, iter_text_blocks, tokenize_to_memmap
+from data import corpus_batches, iter_text_blocks
 from device import DEVICE_CHOICES, choose_device
 from errors import ArgumentParser, UserError, run_main
-from files import atomic_write
-from generate import stream_text
-from make_qa import load_qa
-from train import evaluate
+from files import atomic_write, check_output_path
+from qa import load_qa
+from scores import qa_scores, sample_scores
+from validation import evaluate_loss
 
-SAMPLE_PROMPT = "Sing, "
 EVAL_BATCH_SIZE = 32
 
 
-# ------------------------------------------------------------- answer scores
-
-def normalize_answer(s):
-    """SQuAD's normalization: lower case, no punctuation, no articles, single spaces.
-
-    'The Shield of Achilles!' -> 'shield of achilles'. Punctuation is any
-    Unicode punctuation, so Butler's curly quotes and dashes go too.
-    """
-    s = "".join(ch for ch in s.lower() if not unicodedata.category(ch).startswith("P"))
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
-
-
-def exact_match(prediction, gold):
-    """1.0 when the normalized strings are equal, else 0.0."""
-    return float(normalize_answer(prediction) == normalize_answer(gold))
-
-
-def token_f1(prediction, gold):
-    """F1 of the normalized words the two share, counted with multiplicity (SQuAD's F1).
-
-    ('son of Peleus', 'Peleus') -> precision 1/3, recall 1 -> 0.5.
-    """
-    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    if not pred or not ref:
-        return float(pred == ref)  # both empty is a match; one empty scores nothing
-    same = sum((Counter(pred) & Counter(ref)).values())
-    if same == 0:
-        return 0.0
-    precision, recall = same / len(pred), same / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def qa_scores(model, tokenizer, records, max_new_tokens, progress=True):
-    """Greedy answers to every record's question, scored against its answer.
-
-    A question with characters the model's vocabulary lacks is scored as
-    unanswered and counted in 'unencodable'.
-    """
-    predictions, unencodable = [], 0
-    for r in tqdm(records, desc="answering", dynamic_ncols=True, file=sys.stderr, disable=not progress):
-        try:
-            prediction = answer(model, tokenizer, r["question"], max_new_tokens=max_new_tokens)
-        except UserError:  # characters a char vocabulary lacks: the model cannot even read it
-            prediction, unencodable = "", unencodable + 1
-        predictions.append({"id": r["id"], "category": r["category"], "question": r["question"],
-                            "answer": r["answer"], "prediction": prediction,
-                            "em": exact_match(prediction, r["answer"]), "f1": token_f1(prediction, r["answer"])})
-    by_category = {}
-    for p in predictions:
-        by_category.setdefault(p["category"], []).append(p)
-    return {"n": len(predictions), "unencodable": unencodable, "exact_match": average(p["em"] for p in predictions),
-            "f1": average(p["f1"] for p in predictions),
-            "by_category": {c: {"n": len(ps), "exact_match": average(p["em"] for p in ps),
-                                "f1": average(p["f1"] for p in ps)} for c, ps in sorted(by_category.items())},
-            "predictions": predictions}
-
-
-def average(values):
-    values = list(values)
-    return sum(values) / len(values) if values else float("nan")
-
-
-# ---------------------------------------------------------- text and samples
-
-def text_scores(model, tokenizer, data_path, val_fraction, device):
-    """Validation loss, perplexity and bits per character on the split train.py holds out."""
-    tokens, n_chars = tokenize_to_memmap(data_path, tokenizer)
-    if len(tokens) == 0:
-        raise UserError(f"data file {data_path} is empty")
-    batches = Batches(tokens, model.config.block_size, val_fraction, seed=0)  # the seed only draws train blocks
-    if len(batches.val) == 0:
-        return {"val_loss": None, "val_ppl": None, "val_bpc": None, "val_tokens": 0}
-    loss = evaluate(model, batches, EVAL_BATCH_SIZE, device)
-    model.eval()  # train.evaluate hands the model back in training mode: dropout would make answers random
-    tokens_per_char = len(tokens) / n_chars  # nats/token -> bits/char, comparable across tokenizers
-    return {"val_loss": loss, "val_ppl": math.exp(loss), "val_bpc": loss / math.log(2) * tokens_per_char,
-            "val_tokens": len(batches.val)}
-
-
-def words(text):
-    """Lower-case words, apostrophes inside kept: 'Achilles’ son—Thetis’s' -> ['achilles', 'son', 'thetis’s']."""
-    return re.findall(r"[^\W\d_]+(?:['’][^\W\d_]+)*", text.lower())
-
-
-def complete_words(text):
-    """words(text), less a last word that the end of a sample may have cut short."""
-    ws = words(text)
-    return ws[:-1] if ws and text[-1:].isalpha() else ws
-
-
-def ngrams(ws, n):
-    return [tuple(ws[i: i + n]) for i in range(len(ws) - n + 1)]
-
-
-def distinct_n(texts, n):
-    """Unique word n-grams / all word n-grams, over all the texts together (Li et al., 2016)."""
-    grams = [g for t in texts for g in ngrams(complete_words(t), n)]
-    return len(set(grams)) / len(grams) if grams else float("nan")
-
-
-def repetition_rate(texts, n=4):
-    """Share of word n-grams that repeat an n-gram seen earlier in the same text.
-
-    0 for text that never repeats itself; a model stuck in a loop nears 1.
-    """
-    repeats = total = 0
-    for t in texts:
-        seen = set()
-        for g in ngrams(complete_words(t), n):
-            repeats += g in seen
-            seen.add(g)
-            total += 1
-    return repeats / total if total else float("nan")
-
-
-def vocab_share(texts, vocabulary):
-    """Share of the texts' words that occur in the vocabulary (a set of words(corpus))."""
-    ws = [w for t in texts for w in complete_words(t)]
-    return sum(w in vocabulary for w in ws) / len(ws) if ws else float("nan")
-
-
-def corpus_passages(corpus, lengths):
-    """One passage per length, spread evenly over the corpus, each starting at a line."""
-    passages = []
-    for i, length in enumerate(lengths):
-        start = corpus.find("\n", len(corpus) * i // len(lengths)) + 1
-        passages.append(corpus[start: start + length])
-    return passages
-
-
-def sample_scores(model, tokenizer, corpus, n, length, temp, seed):
-    """Score n samples from SAMPLE_PROMPT (seeds seed, seed + 1, ...) and same-length corpus passages."""
-    texts = ["".join(stream_text(model, tokenizer, SAMPLE_PROMPT, length, temp, seed=seed + i)) for i in range(n)]
-    reference = corpus_passages(corpus, [len(t) for t in texts])
-    vocabulary = set(words(corpus))
-
-    def scores(ts):
-        return {"distinct_1": distinct_n(ts, 1), "distinct_2": distinct_n(ts, 2),
-                "repetition_4gram": repetition_rate(ts, 4), "vocab_share": vocab_share(ts, vocabulary)}
-
-    return {"prompt": SAMPLE_PROMPT, "n": n, "length": length, "temp": temp, "seed": seed, **scores(texts),
-            "reference": scores(reference), "texts": texts}
-
-
 # ------------------------------------------------------------------- script
+
+def text_scores(model, tokenizer, data_path, val_fraction):
+    """Validation loss, perplexity and bits per character on the split train.py holds out."""
+    batches = corpus_batches(data_path, tokenizer, model.config.block_size, val_fraction, seed=0)
+    return {**evaluate_loss(model, batches, EVAL_BATCH_SIZE, tokenizer.token_chars()), "val_tokens": len(batches.val)}
+
 
 def parse_args(argv=None):
     p = ArgumentParser(description="Evaluate a checkpoint: validation loss, Q&A exact match and F1, and "
@@ -215,25 +68,31 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.max_answer_tokens <= 0 or args.sample_length <= 0:
         raise UserError("--max-answer-tokens and --sample-length must be positive")
-    if args.samples < 0 or args.temp < 0:
+    if args.samples < 0 or not 0 <= args.temp < math.inf:
         raise UserError("--samples and --temp must be >= 0")
+    if not 0 <= args.seed < 2 ** 63 - args.samples:
+        raise UserError(f"--seed must be in [0, 2**63 - --samples), got {args.seed}")
     return args
 
 
 def run_evaluation(args):
     """All three groups of scores for args.ckpt, as the report's dict."""
+    if args.report:
+        check_output_path(args.report, "--report", [args.qa, args.ckpt, args.data])
     records = load_qa(args.qa, args.split)  # bad files fail here, before the slow parts
     if not records:
         raise UserError(f"{args.qa} has no {args.split} questions")
     device = choose_device(args.device)
     model, tokenizer, checkpoint = load_model(args.ckpt, device)
     data = training_data(checkpoint, args.data)
+    if args.report:
+        check_output_path(args.report, "--report", [data])
     val_fraction = (checkpoint.get("train_args") or {}).get("val_fraction", 0.1)
     report = {"checkpoint": args.ckpt, "chat": bool(checkpoint.get("chat", False)), "data": data,
               "qa_file": args.qa, "split": args.split, "elapsed_s": {}}
 
     t0 = time.time()
-    report["text"] = text_scores(model, tokenizer, data, val_fraction, device)
+    report["text"] = text_scores(model, tokenizer, data, val_fraction)
     t1 = time.time()
     report["qa"] = qa_scores(model, tokenizer, records, args.max_answer_tokens)
     t2 = time.time()

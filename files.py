@@ -3,6 +3,8 @@ import os
 import tempfile
 from contextlib import contextmanager
 
+from errors import UserError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -33,3 +35,15 @@ def atomic_write(path, mode="wb", **open_kwargs):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def check_output_path(path, flag, inputs=()):
+    """UserError unless `path` can be written: its folder exists, it is no folder itself, and no input file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path} is a folder: name a file")
+    if not os.path.isdir(folder):
+        raise UserError(f"{flag} {path}: folder {folder} does not exist")
+    for source in inputs:
+        if source and os.path.exists(source) and os.path.realpath(source) == os.path.realpath(path):
+            raise UserError(f"{flag} {path} is also an input of this run: writing it would destroy it")

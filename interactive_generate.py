@@ -13,12 +13,11 @@ commands. quit, exit, q, :q, Ctrl-D or Ctrl-C end either session.
 """
 import sys
 
-from chat import answer_room, build_prompt, require_chat, stream_answer, trim_notice
+from chat import answer_room, answer_settings, build_prompt, require_chat, trim_notice
 from checkpoint import load_model
 from device import choose_device
 from errors import ArgumentParser, UserError, run_main
-from generate import stream_text
-from sampling import add_sampling_flags, check_sampling_args
+from sampling import add_sampling_flags, sampling_from_args, stream_text, text_prompt
 
 QUIT_WORDS = {"quit", "exit", "q", ":q"}
 CHAT_HELP = """commands:
@@ -29,7 +28,7 @@ Any other line is a question. The model sees the conversation so far; when it
 outgrows the model's context, the oldest turns are forgotten first."""
 
 
-def completion_loop(model, tokenizer, args, read=input, write=sys.stdout.write):
+def completion_loop(model, tokenizer, settings, read=input, write=sys.stdout.write):
     """Read prompts until a quit word or end of input; stream each continuation."""
     text = ""  # the latest prompt and its continuation, for an empty line to extend
     while True:
@@ -42,10 +41,9 @@ def completion_loop(model, tokenizer, args, read=input, write=sys.stdout.write):
             return
         prompt = line if line else text
         try:
-            pieces = stream_text(model, tokenizer, prompt, args.length, args.temp, args.top_k, args.top_p,
-                                 args.seed, not args.no_cache)
+            ids, text_settings = text_prompt(tokenizer, prompt, settings)
             out = []
-            for piece in pieces:
+            for piece in stream_text(model, tokenizer, ids, text_settings):
                 out.append(piece)
                 write(piece)
                 sys.stdout.flush()
@@ -56,11 +54,12 @@ def completion_loop(model, tokenizer, args, read=input, write=sys.stdout.write):
         text = prompt + "".join(out)
 
 
-def chat_loop(model, tokenizer, args, read=input, write=sys.stdout.write):
+def chat_loop(model, tokenizer, settings, read=input, write=sys.stdout.write):
     """Read questions until a quit word or end of input; stream each answer, keeping the history."""
     history = []  # [(question, answer), ...], oldest first
     block = model.config.block_size
-    budget = block - answer_room(block, args.length)  # prompt tokens; the rest is for the answer
+    budget = block - answer_room(block, settings.max_new_tokens)  # prompt tokens; the rest is for the answer
+    settings = answer_settings(tokenizer, settings)
     while True:
         try:
             line = read("you> ").strip()
@@ -93,8 +92,7 @@ def chat_loop(model, tokenizer, args, read=input, write=sys.stdout.write):
             write(trim_notice(prompt, block) + "\n")
         write("model> ")
         pieces = []
-        for piece in stream_answer(model, tokenizer, prompt.ids, args.length, args.temp, args.top_k, args.top_p,
-                                   args.seed, not args.no_cache):
+        for piece in stream_text(model, tokenizer, prompt.ids, settings):
             pieces.append(piece)
             write(piece)
             sys.stdout.flush()
@@ -116,7 +114,7 @@ def main(argv=None):
                       help="completion mode even for a chat checkpoint (chat models keep their prose)")
     parser.set_defaults(length=200)
     args = parser.parse_args(argv)
-    check_sampling_args(args)
+    settings = sampling_from_args(args)
     model, tokenizer, checkpoint = load_model(args.ckpt, choose_device(args.device))
     if args.chat:
         require_chat(checkpoint, args.ckpt)
@@ -126,7 +124,7 @@ def main(argv=None):
     else:
         print(f"loaded {args.ckpt}; type a prompt, an empty line to continue, 'quit' to leave")
     try:
-        (chat_loop if chat else completion_loop)(model, tokenizer, args)
+        (chat_loop if chat else completion_loop)(model, tokenizer, settings)
     except KeyboardInterrupt:
         print()
     print("bye")

@@ -15,6 +15,8 @@ group['initial_lr']; a schedule sets group['lr'] = group['initial_lr'] * mult
 for every group (set_lr_multiplier does exactly that). Muon groups and AdamW
 groups have very different base rates, and one multiplier scales both.
 """
+import math
+
 import torch
 import torch.nn as nn
 
@@ -354,6 +356,16 @@ def build_optimizer(model, name, lr, weight_decay, betas=(0.9, 0.95), eps=1e-8,
     if name == "sgd":
         return SGD(groups, lr=lr, momentum=momentum)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)  # torch-adamw
+
+
+def lr_multiplier(step, warmup, decay_iters, min_ratio):
+    """The schedule: linear warm-up to 1, then a cosine down to min_ratio at decay_iters."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if step >= decay_iters:
+        return min_ratio
+    progress = (step - warmup) / max(1, decay_iters - warmup)
+    return min_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_ratio)
 
 
 def set_lr_multiplier(optimizer, multiplier):

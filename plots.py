@@ -1,14 +1,44 @@
-"""Loss curves: one run's train and val loss, or several runs' val loss side by side.
+"""The metrics CSV that training writes, and the loss curves drawn from it.
 
     python plots.py --out assets/optimizers.png muon=muon.csv adamw=adamw.csv
 
-takes the metrics CSVs that train.py writes and draws val loss against wall
-time, one line per run.
+draws val loss against wall time for several runs, one line per run.
 """
 import csv
+import math
 
 from errors import ArgumentParser, UserError, run_main
 from files import atomic_write
+
+
+def write_metrics(path, rows):
+    """Rewrite the whole CSV atomically, so it always matches the checkpoint's history.
+
+    Rows hold different columns (only evaluations have val scores): a row
+    lacking a column leaves its cell empty.
+    """
+    if not path or not rows:
+        return
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    try:
+        with atomic_write(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def read_metrics(path):
+    """The rows of a metrics CSV, as dicts of strings."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not rows or not {"elapsed_s", "val_loss"} <= set(rows[0]):
+        raise UserError(f"{path} is not a metrics CSV from train.py")
+    return rows
 
 
 def _figure():
@@ -21,22 +51,37 @@ def _figure():
 def _save(plt, fig, ax, path, xlabel):
     ax.set_xlabel(xlabel)
     ax.set_ylabel("loss (nats/token)")
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_write(path) as f:
+            fig.savefig(f, format="png", dpi=110)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)
+
+
+def _points(rows, column):
+    """(steps, values) of the rows that have a finite value in column."""
+    pairs = [(float(r["step"]), float(r[column])) for r in rows if r.get(column) not in (None, "")]
+    pairs = [(s, v) for s, v in pairs if math.isfinite(v)]
+    return [s for s, _ in pairs], [v for _, v in pairs]
 
 
 def plot_history(path, rows):
-    """Train and val loss against step for one run (rows as in metrics.csv)."""
+    """One run: the train loss as logged (every few steps) and the val loss of each evaluation, against step.
+
+    The loss falls fastest at the start, so the y-axis is logarithmic: the
+    early drop and the late gains both stay visible.
+    """
     if not path or not rows:
         return
     plt, fig, ax = _figure()
-    steps = [r["step"] for r in rows]
-    ax.plot(steps, [r["train_loss"] for r in rows], label="train")
-    ax.plot(steps, [r["val_loss"] for r in rows], label="val")
+    ax.plot(*_points(rows, "train_loss"), label="train (mean since the last point)", linewidth=1)
+    ax.plot(*_points(rows, "val_loss"), "o-", label="val", markersize=4)
+    ax.set_yscale("log")
     _save(plt, fig, ax, path, "step")
 
 
@@ -44,19 +89,9 @@ def plot_runs(path, runs):
     """Val loss against wall time for several runs: {label: rows}."""
     plt, fig, ax = _figure()
     for label, rows in runs.items():
+        rows = [r for r in rows if r.get("val_loss") not in (None, "")]
         ax.plot([float(r["elapsed_s"]) for r in rows], [float(r["val_loss"]) for r in rows], marker=".", label=label)
     _save(plt, fig, ax, path, "wall time (s)")
-
-
-def read_metrics(path):
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}")
-    if not rows or not {"elapsed_s", "val_loss"} <= set(rows[0]):
-        raise UserError(f"{path} is not a metrics CSV from train.py")
-    return rows
 
 
 def main(argv=None):

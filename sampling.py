@@ -5,11 +5,15 @@ forward pass over the whole context; with one, the prompt is prefilled in a
 single pass and each later step feeds just the newest token, attending to the
 keys and values the cache kept from earlier positions.
 """
+import math
+from dataclasses import dataclass, replace
+from typing import Optional
+
 import torch
 
 from device import DEVICE_CHOICES, is_directml
 from errors import UserError
-from tokenizer import StreamDecoder
+from tokenizer import ENDOFTEXT, StreamDecoder
 
 
 class KVCache:
@@ -36,17 +40,29 @@ class KVCache:
         return self.keys[layer].narrow(2, 0, end), self.values[layer].narrow(2, 0, end)
 
 
-def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None, banned_ids=()):
-    """Pick the next token id from a (vocab,) row of logits.
+@dataclass(frozen=True)
+class Sampling:
+    """How to sample: the settings every front end hands to generate_ids and stream_text."""
+    max_new_tokens: int = 500
+    temperature: float = 0.8  # 0 is greedy
+    top_k: int = 0  # > 0 keeps the k likeliest tokens
+    top_p: float = 1.0  # < 1 keeps the smallest set of likeliest tokens whose probability reaches it
+    seed: Optional[int] = None
+    stop_ids: tuple = ()  # generation ends after one of these
+    banned_ids: tuple = ()  # never sampled
+    use_cache: bool = True
 
-    banned_ids are never picked; temperature 0 is greedy; top_k > 0 keeps the k likeliest tokens; top_p < 1
-    keeps the smallest set of likeliest tokens whose probability reaches top_p.
+
+def sample_next(logits, settings, generator=None):
+    """Pick the next token id from a (vocab,) row of logits, as settings say.
+
     Sampling runs on the CPU with our own generator, so a seed gives the same
     tokens on every device.
     """
+    temperature, top_k, top_p = settings.temperature, settings.top_k, settings.top_p
     logits = logits.detach().to("cpu", torch.float32, copy=True)  # ours to modify: the caller's stays intact
-    if banned_ids:
-        logits[list(banned_ids)] = float("-inf")
+    if settings.banned_ids:
+        logits[list(settings.banned_ids)] = float("-inf")
     if temperature == 0:
         return int(torch.argmax(logits))
     logits = logits / temperature
@@ -77,26 +93,25 @@ def gradients_off(device):
     return torch.no_grad() if is_directml(device) else torch.inference_mode()
 
 
-def generate_ids(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0,
-                 seed=None, use_cache=True, stop_ids=(), banned_ids=()):
-    """Yield up to max_new_tokens sampled ids, one at a time, after prompt_ids.
+def generate_ids(model, prompt_ids, settings):
+    """Yield up to settings.max_new_tokens sampled ids, one at a time, after prompt_ids.
 
     The context is a window of at most block_size tokens. When it is full we
     slide it, keeping the newest half, and (with the cache) prefill that half
     again. The window rule is the same with and without the cache, so both
     paths see the same context and, for a seed, produce the same tokens.
-    Stops early after yielding an id in stop_ids; never yields one in banned_ids.
+    Stops early after yielding a stop id; never yields a banned one.
     """
     if not prompt_ids:
         raise ValueError("generation needs at least one prompt token")
     device = next(model.parameters()).device
     block = model.config.block_size
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    generator = torch.Generator().manual_seed(settings.seed) if settings.seed is not None else None
     tokens = list(prompt_ids)
     start = max(0, len(tokens) - block)  # the model's context is tokens[start:]
-    use_cache = use_cache and supports_cache(model)
+    use_cache = settings.use_cache and supports_cache(model)
     cache, fed = None, start  # fed: tokens[:fed] are already in the cache
-    for _ in range(max_new_tokens):
+    for _ in range(settings.max_new_tokens):
         if len(tokens) - start > block:
             start = len(tokens) - block // 2
             cache = None
@@ -110,24 +125,22 @@ def generate_ids(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=0, to
             else:
                 context = torch.tensor([tokens[start:]], dtype=torch.long, device=device)
                 logits, _ = model(context)
-        token = sample_next(logits[0, -1], temperature, top_k, top_p, generator, banned_ids)
+        token = sample_next(logits[0, -1], settings, generator)
         tokens.append(token)
         yield token
-        if token in stop_ids:
+        if token in settings.stop_ids:
             return
 
 
-def stream_pieces(model, tokenizer, prompt_ids, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0,
-                  seed=None, use_cache=True, stop_ids=(), banned_ids=()):
-    """Yield the text of the tokens sampled after prompt_ids, piece by piece, as they come.
+def stream_text(model, tokenizer, prompt_ids, settings):
+    """Yield the text sampled after prompt_ids, piece by piece, as it comes: the one way every front end samples.
 
-    A token in stop_ids ends the text and is not shown: it marks the end, it is
-    not part of what the model said.
+    A stop id ends the text and is not shown: it marks the end, it is not part
+    of what the model said.
     """
     decoder = StreamDecoder(tokenizer)
-    for token in generate_ids(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache,
-                              stop_ids, banned_ids):
-        if token in stop_ids:
+    for token in generate_ids(model, prompt_ids, settings):
+        if token in settings.stop_ids:
             break
         piece = decoder.push(token)
         if piece:
@@ -137,28 +150,47 @@ def stream_pieces(model, tokenizer, prompt_ids, max_new_tokens, temperature=1.0,
         yield tail
 
 
+def text_prompt(tokenizer, text, settings):
+    """(prompt ids, settings) to continue plain text; an empty prompt starts from a newline (or <|endoftext|>).
+
+    Plain text never contains special tokens, so none may be sampled.
+    """
+    try:
+        ids = tokenizer.encode(text or "\n")
+    except UserError:
+        if text:
+            raise
+        ids = [tokenizer.special_tokens[ENDOFTEXT]]  # a vocabulary without a newline
+    return ids, replace(settings, banned_ids=tuple(tokenizer.special_tokens.values()))
+
+
 def add_sampling_flags(parser):
     """The sampling flags shared by generate.py and interactive_generate.py."""
     a = parser.add_argument
     a("--ckpt", "--checkpoint", dest="ckpt", default="checkpoint.pth", help="checkpoint file (default: %(default)s)")
-    a("--length", type=int, default=500, help="new tokens to generate (default: %(default)s)")
+    a("--length", type=int, default=500, help="new tokens to generate, >= 0 (default: %(default)s)")
     a("--temp", "--temperature", dest="temp", type=float, default=0.8,
-      help="sampling temperature; 0 is greedy (default: %(default)s)")
+      help="sampling temperature, >= 0; 0 is greedy (default: %(default)s)")
     a("--top-k", type=int, default=0, help="keep only the k likeliest tokens; 0 keeps all (default: %(default)s)")
     a("--top-p", type=float, default=1.0,
       help="nucleus sampling: keep the likeliest tokens up to this total probability, in (0, 1] (default: %(default)s)")
-    a("--seed", type=int, default=None, help="random seed for reproducible samples (default: none)")
+    a("--seed", type=int, default=None, help="random seed for reproducible samples, 0 to 2**63-1 (default: none)")
     a("--device", default="auto", choices=DEVICE_CHOICES,
       help="auto: cuda, mps, dml, then cpu (default: %(default)s)")
     a("--no-cache", action="store_true", help="recompute the whole context each step instead of using the KV cache")
 
 
-def check_sampling_args(args):
+def sampling_from_args(args):
+    """The Sampling the flags of add_sampling_flags describe; UserError for values out of range."""
     if args.length < 0:
         raise UserError(f"--length must be >= 0, got {args.length}")
-    if args.temp < 0:
-        raise UserError(f"--temp must be >= 0 (0 is greedy), got {args.temp}")
+    if not 0 <= args.temp < math.inf:
+        raise UserError(f"--temp must be a number >= 0 (0 is greedy), got {args.temp}")
     if args.top_k < 0:
         raise UserError(f"--top-k must be >= 0 (0 disables it), got {args.top_k}")
     if not 0 < args.top_p <= 1:
         raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.seed is not None and not 0 <= args.seed < 2 ** 63:
+        raise UserError(f"--seed must be in [0, 2**63), got {args.seed}")
+    return Sampling(max_new_tokens=args.length, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
+                    seed=args.seed, use_cache=not args.no_cache)

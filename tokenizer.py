@@ -1,11 +1,12 @@
-"""Tokenizers shared by every script: characters here, byte-level BPE in bpe.py.
+"""What every tokenizer is: the interface, the special tokens, and the character tokenizer.
 
-Both kinds speak the same small interface:
+Both kinds, characters here and byte-level BPE in bpe.py, are a Tokenizer:
     encode(text, allowed_special=()) -> list[int]
     decode(ids) -> str                 (never raises)
     token_bytes(id) -> bytes           (for streaming output, see StreamDecoder)
     vocab_size, special_tokens {name: id}
-    to_dict() / tokenizer_from_dict()  (plain Python values, stored in checkpoints)
+    to_dict()                          (plain Python values, stored in checkpoints)
+tokenizer_io.py rebuilds either kind from a dict or a file.
 """
 import codecs
 
@@ -17,6 +18,7 @@ USER = "<|user|>"
 ASSISTANT = "<|assistant|>"
 END_OF_TURN = "<|end|>"
 SPECIAL_TOKENS = (ENDOFTEXT, USER, ASSISTANT, END_OF_TURN)
+REPLACEMENT = "\ufffd".encode("utf-8")  # what decode shows for an unknown id
 
 
 def split_on_specials(text, allowed):
@@ -41,59 +43,72 @@ def split_on_specials(text, allowed):
     return [p for p in pieces if p]
 
 
-def resolve_allowed(allowed_special, special_tokens):
-    """'all' means every special token; otherwise a collection of their names."""
-    if allowed_special == "all":
-        return set(special_tokens)
-    allowed = set(allowed_special)
-    unknown = allowed - set(special_tokens)
-    if unknown:
-        raise ValueError(f"not special tokens of this tokenizer: {sorted(unknown)}")
-    return allowed
+class Tokenizer:
+    """The shared part: special tokens, decoding and character counts, built on token_bytes.
+
+    A subclass sets kind, vocab_size and special_tokens, and implements
+    encode_ordinary(text), token_bytes(id) and to_dict().
+    """
+
+    kind = None
+
+    def encode(self, text, allowed_special=()):
+        """Text -> ids. A special token's text becomes its id only where allowed
+        ('all' or a collection of names); elsewhere it is encoded as plain text."""
+        if allowed_special == "all":
+            allowed = set(self.special_tokens)
+        else:
+            allowed = set(allowed_special)
+            if allowed - set(self.special_tokens):
+                raise ValueError(f"not special tokens of this tokenizer: {sorted(allowed - set(self.special_tokens))}")
+        ids = []
+        for piece in split_on_specials(text, allowed):
+            if piece in allowed:
+                ids.append(self.special_tokens[piece])
+            else:
+                ids.extend(self.encode_ordinary(piece))
+        return ids
+
+    def decode(self, ids):
+        """Ids -> text. Never raises: bytes that aren't valid UTF-8 become U+FFFD."""
+        return b"".join(map(self.token_bytes, ids)).decode("utf-8", errors="replace")
+
+    def token_chars(self):
+        """How many characters each id's text adds to a text: a list over the vocabulary.
+
+        A character starts at every UTF-8 byte that is not a continuation byte
+        (0b10xxxxxx), so summing this over any run of ids that begins at a
+        character boundary counts its characters exactly, even where a BPE
+        token ends halfway through one. Special tokens are markup, not text: 0.
+        """
+        specials = set(self.special_tokens.values())
+        return [0 if i in specials else sum(b & 0xC0 != 0x80 for b in self.token_bytes(i))
+                for i in range(self.vocab_size)]
 
 
-class CharTokenizer:
+class CharTokenizer(Tokenizer):
     """One token per character of the training text, plus the special tokens."""
 
     kind = "char"
 
     def __init__(self, chars):
         chars = sorted(set(chars))
-        self.idx_to_char = {i: ch for i, ch in enumerate(chars)}
+        self.idx_to_char = dict(enumerate(chars))
         self.char_to_idx = {ch: i for i, ch in enumerate(chars)}
         self.special_tokens = {s: len(chars) + i for i, s in enumerate(SPECIAL_TOKENS)}
-        self._special_by_id = {i: s for s, i in self.special_tokens.items()}
+        self._bytes = [ch.encode("utf-8", "surrogatepass") for ch in chars] + [s.encode() for s in SPECIAL_TOKENS]
         self.vocab_size = len(chars) + len(SPECIAL_TOKENS)
 
-    @classmethod
-    def from_text(cls, text):
-        return cls(text)
-
-    def encode(self, text, allowed_special=()):
-        allowed = resolve_allowed(allowed_special, self.special_tokens)
-        unknown = sorted(set(text) - set(self.char_to_idx) - set("".join(allowed)))
+    def encode_ordinary(self, text):
+        unknown = sorted(set(text) - set(self.char_to_idx))
         if unknown:
             shown = ", ".join(repr(c) for c in unknown[:10])
             raise UserError(f"the text has characters the model's vocabulary lacks: {shown}")
-        ids = []
-        for piece in split_on_specials(text, allowed):
-            if piece in allowed:
-                ids.append(self.special_tokens[piece])
-            else:
-                ids.extend(self.char_to_idx[c] for c in piece)
-        return ids
-
-    def decode(self, ids):
-        return "".join(self._token_text(i) for i in ids)
+        return [self.char_to_idx[c] for c in text]
 
     def token_bytes(self, i):
-        return self._token_text(i).encode("utf-8")
-
-    def _token_text(self, i):
         i = int(i)
-        if i in self.idx_to_char:
-            return self.idx_to_char[i]
-        return self._special_by_id.get(i, "\ufffd")
+        return self._bytes[i] if 0 <= i < len(self._bytes) else REPLACEMENT
 
     def to_dict(self):
         chars = [self.idx_to_char[i] for i in range(len(self.idx_to_char))]
@@ -101,18 +116,15 @@ class CharTokenizer:
 
     @classmethod
     def from_dict(cls, d):
-        return cls(d["chars"])
-
-
-def tokenizer_from_dict(d):
-    """Rebuild whichever tokenizer a checkpoint or file describes."""
-    kind = d.get("kind") if isinstance(d, dict) else None
-    if kind == "char":
-        return CharTokenizer.from_dict(d)
-    if kind == "bpe":
-        from bpe import BPETokenizer  # imported lazily: it needs the regex package
-        return BPETokenizer.from_dict(d)
-    raise UserError(f"unknown tokenizer kind {kind!r}")
+        chars = d.get("chars")
+        if not isinstance(chars, list) or not all(isinstance(c, str) and len(c) == 1 for c in chars):
+            raise UserError("the character tokenizer's 'chars' must be a list of single characters")
+        if len(set(chars)) != len(chars) or chars != sorted(chars):
+            raise UserError("the character tokenizer's 'chars' must be distinct and sorted")
+        if d.get("special_tokens", list(SPECIAL_TOKENS)) != list(SPECIAL_TOKENS):
+            raise UserError(f"the tokenizer's special tokens {d.get('special_tokens')!r} "
+                            f"differ from this code's {list(SPECIAL_TOKENS)}")
+        return cls(chars)
 
 
 class StreamDecoder:

@@ -5,7 +5,7 @@ targets, the mean cross-entropy loss. Both are built from a config dataclass
 whose fields are plain values, so the config travels inside checkpoints.
 """
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -195,13 +195,23 @@ def build_model(model_type, config):
         raise UserError(f"unknown model type {model_type!r}: choose one of {', '.join(MODELS)}")
     config_cls, model_cls = MODELS[model_type]
     if isinstance(config, dict):
+        unknown = set(config) - {f.name for f in fields(config_cls)}
+        if unknown:
+            raise UserError(f"unknown {model_type} config fields: {', '.join(sorted(unknown))}")
         config = config_cls(**config)
     return model_cls(config)
 
 
-def config_dict(model):
-    return asdict(model.config)
+def model_type_of(model):
+    """The name build_model knows the model's class by: 'transformer' or 'rnn'."""
+    return next(name for name, (_, cls) in MODELS.items() if isinstance(model, cls))
 
 
 def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
+
+
+def parameter_count(model_type, config):
+    """How many parameters build_model(model_type, config) would have, without allocating them."""
+    with torch.device("meta"):
+        return count_parameters(build_model(model_type, config))

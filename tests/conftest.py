@@ -1,5 +1,6 @@
 """Shared fixtures: tiny corpora and a tiny trained checkpoint, so the suite stays fast."""
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -55,22 +56,60 @@ def tiny_ckpt(tmp_path_factory, small_corpus):
     return ckpt
 
 
-def interrupt_at_third_step(monkeypatch):
-    """Make the third training step raise KeyboardInterrupt, as Ctrl-C would.
+INTERRUPT_POINTS = ("forward", "backward", "optimizer", "save")
 
-    The step is caught at its gradient clipping; returns the real clip function.
+
+def interrupt_during(monkeypatch, where, call=3, times=1):
+    """Send this process a real SIGINT (Ctrl-C) from inside the call-th call of `where`, `times` times over.
+
+    where is one of INTERRUPT_POINTS: the model's training forward pass, a
+    backward pass, an optimizer step, or a checkpoint save.
     """
-    real_clip = torch.nn.utils.clip_grad_norm_
+    import trainer
+    from transformer import Transformer
     calls = {"n": 0}
 
-    def clip(*args, **kwargs):
+    def fire():
         calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_clip(*args, **kwargs)
+        if calls["n"] == call:
+            for _ in range(times):
+                os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
-    return real_clip
+    if where == "forward":
+        real_forward = Transformer.forward
+
+        def forward(self, *args, **kwargs):
+            if self.training:
+                fire()
+            return real_forward(self, *args, **kwargs)
+        monkeypatch.setattr(Transformer, "forward", forward)
+    elif where == "backward":
+        real_backward = torch.Tensor.backward
+
+        def backward(self, *args, **kwargs):
+            fire()
+            return real_backward(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, "backward", backward)
+    elif where == "optimizer":
+        real_build = trainer.build_optimizer
+
+        def build(*args, **kwargs):
+            optimizer = real_build(*args, **kwargs)
+            real_step = optimizer.step
+
+            def step(*a, **k):
+                fire()
+                return real_step(*a, **k)
+            optimizer.step = step
+            return optimizer
+        monkeypatch.setattr(trainer, "build_optimizer", build)
+    else:
+        real_save = trainer.save_checkpoint
+
+        def save(path, checkpoint):
+            fire()
+            return real_save(path, checkpoint)
+        monkeypatch.setattr(trainer, "save_checkpoint", save)
 
 
 def signal_training_run(command, ckpt, signum):
@@ -113,5 +152,6 @@ def tiny_chat_ckpt(tmp_path_factory, tiny_ckpt):
     ckpt = str(tmp_path_factory.mktemp("tiny-chat") / "chat.pth")
     import sft
     sft.main(["--init-from", tiny_ckpt, "--qa", QA, "--ckpt", ckpt, "--max-iters", "30", "--batch-size", "8",
-              "--eval-interval", "15", "--eval-tokens", "256", "--warmup-iters", "2", "--lr", "1e-2"])
+              "--eval-interval", "15", "--eval-tokens", "256", "--warmup-iters", "2", "--lr", "1e-2",
+              "--metrics", ckpt + ".csv", "--plot", ""])
     return ckpt

@@ -14,7 +14,8 @@ sys.path.insert(0, str(ROOT))  # the modules live flat at the top of the repo
 
 import bpe  # noqa: E402
 from errors import UserError  # noqa: E402
-from tokenizer import SPECIAL_TOKENS, StreamDecoder, tokenizer_from_dict  # noqa: E402
+from tokenizer import SPECIAL_TOKENS, StreamDecoder  # noqa: E402
+from tokenizer_io import tokenizer_from_dict  # noqa: E402
 
 DATA = (ROOT / "data.txt").read_text(encoding="utf-8")
 SMALL = DATA[:150_000]  # enough for 512 tokens, quick to train on

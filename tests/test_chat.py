@@ -9,6 +9,7 @@ import chat
 import interactive_generate
 from bpe import BPETokenizer
 from conftest import assert_clean_error, run_script
+from sampling import Sampling, stream_text
 from tokenizer import ASSISTANT, END_OF_TURN, ENDOFTEXT, USER, CharTokenizer
 
 CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ ?.,’<|>"
@@ -20,10 +21,19 @@ def as_text(turns):
     return "".join(f"{USER}{q}{END_OF_TURN}{ASSISTANT}{a}{END_OF_TURN}" for q, a in turns)
 
 
+def render(tok, turns):
+    """A conversation as (ids, mask): its turns' encode_turn, one after another."""
+    ids, mask = [], []
+    for question, answer in turns:
+        turn_ids, turn_mask = chat.encode_turn(tok, question, answer)
+        ids, mask = ids + turn_ids, mask + turn_mask
+    return ids, mask
+
+
 @pytest.mark.parametrize("kind", TOKENIZERS)
-def test_render_matches_the_text_format_and_masks_exactly_the_answers(kind):
+def test_turns_match_the_text_format_and_mask_exactly_the_answers(kind):
     tok = TOKENIZERS[kind]
-    ids, mask = chat.render(tok, TURNS)
+    ids, mask = render(tok, TURNS)
     # the oracle: the conversation written out as text, special tokens allowed
     assert ids == tok.encode(as_text(TURNS), allowed_special="all")
     masked_in = tok.decode([i for i, m in zip(ids, mask) if m])
@@ -35,7 +45,7 @@ def test_render_matches_the_text_format_and_masks_exactly_the_answers(kind):
 
 def test_targets_are_the_next_answer_tokens_and_minus_one_elsewhere():
     tok = TOKENIZERS["char"]
-    ids, mask = chat.render(tok, TURNS[:1])
+    ids, mask = render(tok, TURNS[:1])
     inputs, targets = chat.targets_from_mask(ids, mask)
     assert inputs == ids[:-1] and len(targets) == len(inputs)
     answer_start = ids.index(tok.special_tokens[ASSISTANT])  # its next token is the answer's first
@@ -56,12 +66,12 @@ def test_prompt_drops_the_oldest_turns_first():
     question_ids = [tok.special_tokens[USER], *tok.encode("New?"), tok.special_tokens[END_OF_TURN],
                     tok.special_tokens[ASSISTANT]]
     full = chat.build_prompt(tok, history, "New?", 1000)
-    assert full == (chat.render(tok, history)[0] + question_ids, 0, 0)
-    last_two = len(chat.render(tok, history[1:])[0]) + len(question_ids)
+    assert full == (render(tok, history)[0] + question_ids, 0, 0)
+    last_two = len(render(tok, history[1:])[0]) + len(question_ids)
     for budget, dropped in [(last_two, 1), (last_two - 1, 2), (len(question_ids), 3)]:
         prompt = chat.build_prompt(tok, history, "New?", budget)
         assert prompt.dropped_turns == dropped and prompt.trimmed_tokens == 0
-        assert prompt.ids == chat.render(tok, history[dropped:])[0] + question_ids
+        assert prompt.ids == render(tok, history[dropped:])[0] + question_ids
         assert len(prompt.ids) <= budget
 
 
@@ -110,24 +120,25 @@ def test_answers_stop_at_end_and_never_contain_banned_tokens():
     tok = TOKENIZERS["char"]
     prompt = chat.build_prompt(tok, [], "Who?", 40)
     model = ScriptedModel(tok, len(prompt.ids))
-    assert "".join(chat.stream_answer(model, tok, prompt.ids, 10, temperature=0)) == "aa"
-    assert chat.answer(model, tok, "Who?") == "aa"
+    greedy = Sampling(10, temperature=0)
+    assert "".join(stream_text(model, tok, prompt.ids, chat.answer_settings(tok, greedy))) == "aa"
+    assert chat.answer(model, tok, "Who?", greedy) == "aa"
 
 
 def test_chat_loop_keeps_the_history_and_forgets_it_on_reset(monkeypatch):
     tok = TOKENIZERS["char"]
     prompts = []
 
-    def fake_answer(model, tokenizer, ids, *args):
+    def fake_answer(model, tokenizer, ids, settings):
+        assert settings.stop_ids == chat.stop_ids(tokenizer)
         prompts.append(tokenizer.decode(ids))
         yield "answer " + "abc"[len(prompts) - 1]
 
-    monkeypatch.setattr(interactive_generate, "stream_answer", fake_answer)
+    monkeypatch.setattr(interactive_generate, "stream_text", fake_answer)
     lines = iter(["/help", "Who?", "", "And then?", "/reset", "Why?", "/bogus", "quit", "never read"])
     out = []
     model = types.SimpleNamespace(config=types.SimpleNamespace(block_size=128))
-    args = types.SimpleNamespace(length=20, temp=0.8, top_k=0, top_p=1.0, seed=None, no_cache=False)
-    interactive_generate.chat_loop(model, tok, args, read=lambda _: next(lines), write=out.append)
+    interactive_generate.chat_loop(model, tok, Sampling(20), read=lambda _: next(lines), write=out.append)
     assert prompts == [as_text([]) + f"{USER}Who?{END_OF_TURN}{ASSISTANT}",
                        as_text([("Who?", "answer a")]) + f"{USER}And then?{END_OF_TURN}{ASSISTANT}",
                        f"{USER}Why?{END_OF_TURN}{ASSISTANT}"]

@@ -3,8 +3,7 @@ import torch
 
 from checkpoint import load_model
 from conftest import assert_clean_error, run_script
-from generate import generate
-from sampling import generate_ids, gradients_off, sample_next
+from sampling import Sampling, generate_ids, gradients_off, sample_next, stream_text, text_prompt
 
 
 def test_seed_example_runs_and_is_reproducible(tiny_ckpt):
@@ -21,29 +20,40 @@ def test_kv_cache_gives_the_tokens_of_the_no_cache_path(tiny_ckpt, temp):
     model, tokenizer, _ = load_model(tiny_ckpt)
     prompt = tokenizer.encode("Sing, O goddess, the anger of Achilles")  # longer than block_size 16
     n = 3 * model.config.block_size  # the window slides several times
-    cached = list(generate_ids(model, prompt, n, temperature=temp, seed=3, use_cache=True))
-    uncached = list(generate_ids(model, prompt, n, temperature=temp, seed=3, use_cache=False))
+    cached = list(generate_ids(model, prompt, Sampling(n, temperature=temp, seed=3, use_cache=True)))
+    uncached = list(generate_ids(model, prompt, Sampling(n, temperature=temp, seed=3, use_cache=False)))
     assert cached == uncached and len(cached) == n
 
 
 def test_sampling_filters():
     logits = torch.tensor([1.0, 3.0, 2.0, 0.5])
-    assert sample_next(logits, temperature=0) == 1
+    assert sample_next(logits, Sampling(temperature=0)) == 1
+    assert sample_next(logits, Sampling(temperature=0, banned_ids=(1,))) == 2
     g = torch.Generator().manual_seed(0)
-    assert {sample_next(logits, 1.0, top_k=1, generator=g) for _ in range(20)} == {1}
-    assert {sample_next(logits, 1.0, top_p=0.01, generator=g) for _ in range(20)} == {1}
-    assert {sample_next(logits, 1.0, top_k=2, generator=g) for _ in range(200)} == {1, 2}
+    assert {sample_next(logits, Sampling(temperature=1.0, top_k=1), g) for _ in range(20)} == {1}
+    assert {sample_next(logits, Sampling(temperature=1.0, top_p=0.01), g) for _ in range(20)} == {1}
+    assert {sample_next(logits, Sampling(temperature=1.0, top_k=2), g) for _ in range(200)} == {1, 2}
+    assert logits.tolist() == [1.0, 3.0, 2.0, 0.5]  # the caller's logits stay as they were
 
 
-def test_generate_function(tiny_ckpt):
+def test_greedy_text_ignores_the_seed_and_never_shows_special_tokens(tiny_ckpt):
     model, tokenizer, _ = load_model(tiny_ckpt)
-    text = generate(model, tokenizer, "Sing, ", 25, temp=0, seed=0)
-    assert len(text) == 25 and text == generate(model, tokenizer, "Sing, ", 25, temp=0, seed=1)
+
+    def text(seed):
+        ids, settings = text_prompt(tokenizer, "Sing, ", Sampling(25, temperature=0, seed=seed))
+        return "".join(stream_text(model, tokenizer, ids, settings))
+    assert len(text(0)) == 25 and text(0) == text(1)
+    ids, settings = text_prompt(tokenizer, "", Sampling(5))
+    assert ids == tokenizer.encode("\n") and set(settings.banned_ids) == set(tokenizer.special_tokens.values())
 
 
 @pytest.mark.parametrize("flags, fragment", [
     (["--length", "-1"], "--length"),
     (["--temp", "-0.5"], "--temp"),
+    (["--temp", "nan"], "--temp"),
+    (["--temp", "inf"], "--temp"),
+    (["--top-p", "nan"], "--top-p"),
+    (["--seed", "123456789012345678901234"], "--seed"),
     (["--top-p", "0"], "--top-p"),
     (["--top-p", "1.5"], "--top-p"),
     (["--top-k", "-1"], "--top-k"),

@@ -6,9 +6,10 @@ import torch
 
 import sft
 from checkpoint import load_checkpoint
-from conftest import QA, assert_clean_error, interrupt_at_third_step, run_script
+from conftest import QA, assert_clean_error, interrupt_during, run_script
 from errors import UserError
-from make_qa import load_qa
+from qa import load_qa
+from tasks import ChatRows, sft_loss
 from tokenizer import CharTokenizer
 
 FAST = ["--batch-size", "8", "--eval-tokens", "256", "--warmup-iters", "2", "--lr", "1e-2"]
@@ -16,13 +17,13 @@ FAST = ["--batch-size", "8", "--eval-tokens", "256", "--warmup-iters", "2", "--l
 
 def run(tmp_path, init_from, *flags, name="chat"):
     ckpt = str(tmp_path / f"{name}.pth")
-    return sft.main(["--init-from", init_from, "--qa", QA, "--ckpt", ckpt, *FAST, *flags]), ckpt
+    return sft.main(["--init-from", init_from, "--qa", QA, "--ckpt", ckpt, "--metrics", str(tmp_path / f"{name}.csv"),
+                     "--plot", "", *FAST, *flags]), ckpt
 
 
 def test_fine_tuning_saves_a_chat_checkpoint_and_the_answer_loss_falls(tmp_path, tiny_ckpt, capsys):
     result, ckpt = run(tmp_path, tiny_ckpt, "--max-iters", "30", "--eval-interval", "15")
     assert result["step"] == 30
-    assert result["qa_loss"] < 0.8 * result["qa_loss_start"]
     final = capsys.readouterr().out.strip().splitlines()[-1]
     assert final.startswith("final: step=30 qa_loss=") and "val_loss=" in final and "val_bpc=" in final
 
@@ -32,8 +33,11 @@ def test_fine_tuning_saves_a_chat_checkpoint_and_the_answer_loss_falls(tmp_path,
     assert saved["train_args"]["init_from"] == tiny_ckpt and saved["train_args"]["max_iters"] == 30
     assert saved["train_args"]["n_layer"] == base["train_args"]["n_layer"]  # the base's model flags carry over
     assert saved["model_config"] == base["model_config"] and saved["step"] == 30
-    assert [row["step"] for row in saved["history"]] == [0, 15, 30]
-    assert saved["best_val_loss"] == pytest.approx(min(row["val_loss"] for row in saved["history"]), abs=1e-4)
+    evaluations = [row for row in saved["history"] if row.get("qa_loss") is not None]
+    assert [row["step"] for row in evaluations] == [0, 15, 30]
+    assert result["qa_loss"] < 0.8 * evaluations[0]["qa_loss"]
+    assert (tmp_path / "chat.csv").read_text().splitlines()[0].startswith("step,elapsed_s,train_loss")
+    assert saved["best_val_loss"] == pytest.approx(min(row["val_loss"] for row in evaluations), abs=1e-4)
 
 
 def test_same_seed_same_result(tmp_path, tiny_ckpt):
@@ -45,7 +49,7 @@ def test_same_seed_same_result(tmp_path, tiny_ckpt):
 def test_chat_rows_target_only_the_answers():
     tok = CharTokenizer(open(QA, encoding="utf-8").read())
     records = load_qa(QA, "train")[:40]
-    rows = sft.ChatRows(tok, records, 65, torch.Generator().manual_seed(0))
+    rows = ChatRows(tok, records, 65, torch.Generator().manual_seed(0))
     answer_ids = {i for r in records for i in tok.encode(r["answer"])} | {tok.special_tokens["<|end|>"]}
     x, y = rows.train_batch(6)
     assert x.shape == y.shape == (6, 64)
@@ -63,8 +67,8 @@ def test_the_loss_weights_chat_and_text_by_the_mix():
     y[:2, :3] = -1
     chat = torch.nn.functional.cross_entropy(logits[:2].reshape(-1, 7), y[:2].reshape(-1), ignore_index=-1)
     text = torch.nn.functional.cross_entropy(logits[2:].reshape(-1, 7), y[2:].reshape(-1))
-    assert torch.allclose(sft.sft_loss(logits, y, 2, 0.5), 0.5 * chat + 0.5 * text)
-    assert torch.allclose(sft.sft_loss(logits[:2], y[:2], 2, 0.0), chat)
+    assert torch.allclose(sft_loss(logits, y, 2, 0.5), 0.5 * chat + 0.5 * text)
+    assert torch.allclose(sft_loss(logits[:2], y[:2], 2, 0.0), chat)
 
 
 def test_existing_checkpoint_is_not_overwritten_without_asking(tmp_path, tiny_ckpt):
@@ -77,13 +81,20 @@ def test_existing_checkpoint_is_not_overwritten_without_asking(tmp_path, tiny_ck
     assert load_checkpoint(ckpt)["step"] == 2
 
 
-def test_ctrl_c_saves_the_chat_checkpoint(tmp_path, tiny_ckpt, monkeypatch):
-    interrupt_at_third_step(monkeypatch)
-    with pytest.raises(SystemExit) as e:
-        run(tmp_path, tiny_ckpt, "--max-iters", "10")
+def test_an_interrupted_and_resumed_run_ends_as_an_uninterrupted_one(tmp_path, tiny_ckpt, monkeypatch):
+    common = ["--max-iters", "6", "--eval-interval", "3", "--grad-clip", "0"]
+    whole, whole_ckpt = run(tmp_path, tiny_ckpt, *common, name="whole")
+    with monkeypatch.context() as patch:
+        interrupt_during(patch, "backward", call=2)
+        with pytest.raises(SystemExit) as e:
+            run(tmp_path, tiny_ckpt, *common, name="split")
     assert e.value.code == 130
-    saved = load_checkpoint(str(tmp_path / "chat.pth"))
+    saved = load_checkpoint(str(tmp_path / "split.pth"))
     assert saved["step"] == 2 and saved["chat"] is True
+    resumed, split_ckpt = run(tmp_path, tiny_ckpt, *common, "--resume", name="split")
+    assert (resumed["qa_loss"], resumed["val_loss"]) == (whole["qa_loss"], whole["val_loss"])
+    a, b = load_checkpoint(whole_ckpt)["model"], load_checkpoint(split_ckpt)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("case, fragment", [
@@ -105,6 +116,6 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_ckpt, case, fra
     else:
         qa.write_text(good, encoding="utf-8")
         flags += ["--pretrain-mix", "1"] if case == "mix" else ["--init-from", str(tmp_path / "none.pth")]
-    result = run_script("sft.py", *flags)
+    result = run_script("sft.py", *flags, cwd=tmp_path)
     assert_clean_error(result, fragment)
     assert result.returncode == 2 and not (tmp_path / "chat.pth").exists()

@@ -1,13 +1,14 @@
 import pytest
 
 from errors import UserError
-from tokenizer import END_OF_TURN, SPECIAL_TOKENS, CharTokenizer, StreamDecoder, tokenizer_from_dict
+from tokenizer import END_OF_TURN, SPECIAL_TOKENS, CharTokenizer, StreamDecoder
+from tokenizer_io import tokenizer_from_dict
 
 TEXT = "Sing, O goddess, the anger of Achilles son of Peleus—“Jove!”\n"
 
 
 def test_round_trip_and_vocabulary():
-    tok = CharTokenizer.from_text(TEXT)
+    tok = CharTokenizer(TEXT)
     ids = tok.encode(TEXT)
     assert tok.decode(ids) == TEXT
     assert len(ids) == len(TEXT)
@@ -16,14 +17,14 @@ def test_round_trip_and_vocabulary():
 
 
 def test_unknown_characters_are_named():
-    tok = CharTokenizer.from_text(TEXT)
+    tok = CharTokenizer(TEXT)
     with pytest.raises(UserError) as e:
         tok.encode("Sing, Zeus quickly!")
     assert "'Z'" in str(e.value) and "'q'" in str(e.value)
 
 
 def test_special_tokens_only_where_allowed():
-    tok = CharTokenizer.from_text(TEXT + "<|>enduasirt")
+    tok = CharTokenizer(TEXT + "<|>enduasirt")
     text = f"Sing{END_OF_TURN}"
     ids = tok.encode(text, allowed_special={END_OF_TURN})
     assert ids[-1] == tok.special_tokens[END_OF_TURN] and len(ids) == 5
@@ -32,7 +33,7 @@ def test_special_tokens_only_where_allowed():
 
 
 def test_dict_round_trip_and_stream_decoding():
-    tok = CharTokenizer.from_text(TEXT)
+    tok = CharTokenizer(TEXT)
     again = tokenizer_from_dict(tok.to_dict())
     assert again.encode(TEXT) == tok.encode(TEXT)
     decoder = StreamDecoder(tok)
@@ -43,3 +44,23 @@ def test_dict_round_trip_and_stream_decoding():
 def test_unknown_tokenizer_kind():
     with pytest.raises(UserError):
         tokenizer_from_dict({"kind": "words"})
+
+
+def test_token_chars_count_characters_exactly():
+    from bpe import BPETokenizer, train_bpe
+    text = "Achilles’ son—Thetis’ “Jove” … é\n" * 20
+    for tok in (CharTokenizer(text), train_bpe(text, 300)):
+        chars = tok.token_chars()
+        ids = tok.encode(text)
+        assert sum(chars[i] for i in ids) == len(text)
+        assert all(chars[i] == 0 for i in tok.special_tokens.values())
+    # a BPE token may hold part of a character: the character counts where it starts
+    raw = BPETokenizer([])  # no merges: one token per byte
+    assert [raw.token_chars()[i] for i in raw.encode("’")] == [1, 0, 0]
+
+
+def test_damaged_char_tokenizers_are_user_errors():
+    for bad in ({"kind": "char"}, {"kind": "char", "chars": ["ab"]}, {"kind": "char", "chars": ["b", "a"]},
+                {"kind": "char", "chars": ["a"], "special_tokens": ["<x>"]}):
+        with pytest.raises(UserError):
+            tokenizer_from_dict(bad)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import train
-from conftest import ROOT, TINY, assert_clean_error, interrupt_at_third_step, run_script, signal_training_run
+from conftest import INTERRUPT_POINTS, ROOT, TINY, assert_clean_error, interrupt_during, run_script, signal_training_run
 from errors import UserError
 
 
@@ -19,16 +19,19 @@ def run(tmp_path, corpus, *flags, name="run"):
 
 
 def test_training_writes_checkpoint_metrics_and_final_line(tmp_path, small_corpus, capsys):
-    result, ckpt = run(tmp_path, small_corpus, "--max-iters", "20", "--eval-interval", "10",
+    result, ckpt = run(tmp_path, small_corpus, "--max-iters", "20", "--eval-interval", "10", "--log-interval", "5",
                        "--plot", str(tmp_path / "curve.png"))
     out = capsys.readouterr().out
     final = out.strip().splitlines()[-1]
     assert final.startswith("final: step=20 val_loss=") and "val_ppl=" in final and "val_bpc=" in final
     rows = list(csv.DictReader(open(tmp_path / "run.csv")))
-    assert [int(r["step"]) for r in rows] == [10, 20]
-    assert list(rows[0]) == ["step", "elapsed_s", "train_loss", "val_loss", "val_ppl", "val_bpc", "lr",
-                             "tokens_per_s"]
-    assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])
+    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20]  # the train loss every --log-interval steps
+    assert list(rows[0]) == ["step", "elapsed_s", "train_loss", "lr", "tokens_per_s", "val_loss", "val_ppl",
+                             "val_bpc"]
+    evals = [r for r in rows if r["val_loss"]]
+    assert [int(r["step"]) for r in evals] == [10, 20]
+    assert float(evals[-1]["val_loss"]) < float(evals[0]["val_loss"])
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
     saved = torch.load(ckpt, weights_only=True)
     assert saved["step"] == 20 and saved["best_val_loss"] == pytest.approx(result["val_loss"])
@@ -65,32 +68,54 @@ def test_existing_checkpoint_is_not_overwritten_without_asking(tmp_path, small_c
     with pytest.raises(UserError, match="already exists"):
         run(tmp_path, small_corpus, "--max-iters", "2")
     assert open(ckpt, "rb").read() == before
+    os.remove(ckpt)  # the metrics CSV of that run is still there: it too is kept
+    with pytest.raises(UserError, match="run.csv .--metrics. already exists"):
+        run(tmp_path, small_corpus, "--max-iters", "2")
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, small_corpus, monkeypatch):
+    from transformer import Transformer
     _, ckpt = run(tmp_path, small_corpus, "--max-iters", "4")
     before = open(ckpt, "rb").read()
-    real_forward = train.build_model("transformer", dict(vocab_size=2)).__class__.forward
+    real_forward = Transformer.forward
 
     def nan_loss(self, idx, targets=None, kv_cache=None):
         logits, loss = real_forward(self, idx, targets, kv_cache)
         return logits, loss * float("nan") if loss is not None else None
 
-    monkeypatch.setattr(train.build_model("transformer", dict(vocab_size=2)).__class__, "forward", nan_loss)
-    with pytest.raises(UserError, match="nan"):
+    monkeypatch.setattr(Transformer, "forward", nan_loss)
+    with pytest.raises(UserError, match="nan at step 4; stopped: .*run.pth keeps step 4"):
         run(tmp_path, small_corpus, "--max-iters", "8", "--resume")
     assert open(ckpt, "rb").read() == before
+    with pytest.raises(UserError, match="nothing was saved"):
+        run(tmp_path, small_corpus, "--max-iters", "8", name="fresh")
+    assert not os.path.exists(tmp_path / "fresh.pth")
 
 
-def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, small_corpus, monkeypatch):
-    real_clip = interrupt_at_third_step(monkeypatch)
-    with pytest.raises(SystemExit) as e:
-        run(tmp_path, small_corpus, "--max-iters", "10")
+@pytest.mark.parametrize("where", INTERRUPT_POINTS)
+def test_ctrl_c_anywhere_in_a_step_resumes_exactly(tmp_path, small_corpus, monkeypatch, where):
+    # The signal only raises a flag: the step in flight finishes, then the run saves and stops.
+    common = ["--max-iters", "8", "--eval-interval", "2", "--dropout", "0.1", "--grad-clip", "0"]
+    whole, whole_ckpt = run(tmp_path, small_corpus, *common, name="whole")
+    with monkeypatch.context() as patch:
+        interrupt_during(patch, where, call=3 if where != "save" else 2)
+        with pytest.raises(SystemExit) as e:
+            run(tmp_path, small_corpus, *common, name="split")
     assert e.value.code == 130
-    assert torch.load(tmp_path / "run.pth", weights_only=True)["step"] == 2
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", real_clip)
-    result, _ = run(tmp_path, small_corpus, "--max-iters", "4", "--resume")
-    assert result["step"] == 4
+    stopped_at = torch.load(tmp_path / "split.pth", weights_only=True)["step"]
+    assert 3 <= stopped_at < 8
+    resumed, split_ckpt = run(tmp_path, small_corpus, *common, "--resume", name="split")
+    assert resumed["val_loss"] == whole["val_loss"]
+    a, b = torch.load(whole_ckpt, weights_only=True), torch.load(split_ckpt, weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path, small_corpus, monkeypatch, capsys):
+    interrupt_during(monkeypatch, "backward", call=3, times=2)
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, small_corpus, "--max-iters", "10", "--eval-interval", "100")
+    assert e.value.code == 130 and not os.path.exists(tmp_path / "run.pth")
+    assert "interrupted again: stopped at once, nothing saved" in capsys.readouterr().err
 
 
 def test_sigterm_saves_a_resumable_checkpoint_like_ctrl_c(tmp_path, small_corpus):
@@ -144,8 +169,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case):
 def test_bpe_model_trains_checkpoints_and_generates(tmp_path, small_corpus):
     from bpe import train_bpe
     from checkpoint import load_model
-    from generate import generate
-    from sampling import generate_ids
+    from sampling import Sampling, generate_ids
 
     text = open(small_corpus, encoding="utf-8").read()
     tok_path = str(tmp_path / "tok.json")
@@ -155,9 +179,8 @@ def test_bpe_model_trains_checkpoints_and_generates(tmp_path, small_corpus):
     assert tokenizer.kind == "bpe" and saved["tokenizer"]["kind"] == "bpe"
     assert result["val_bpc"] < result["val_loss"] / 0.693 * 1.0  # BPE tokens hold >1 char each
     prompt = tokenizer.encode("Sing, O goddess")
-    assert (list(generate_ids(model, prompt, 40, seed=1)) ==
-            list(generate_ids(model, prompt, 40, seed=1, use_cache=False)))
-    assert isinstance(generate(model, tokenizer, "Sing, ", 10, seed=0), str)
+    assert (list(generate_ids(model, prompt, Sampling(40, seed=1))) ==
+            list(generate_ids(model, prompt, Sampling(40, seed=1, use_cache=False))))
 
     train_bpe(text, 280).save(str(tmp_path / "other.json"))
     with pytest.raises(UserError, match="does not match"):

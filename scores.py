@@ -1,0 +1,151 @@
+"""Scores for evaluate.py: answers against gold answers, and the quality of sampled text.
+
+Answers are scored as SQuAD scores them (exact match and token F1 after
+normalizing); sampled text by distinct-n, repetition and the share of its
+words found in the corpus.
+"""
+import re
+import sys
+import unicodedata
+from collections import Counter
+from statistics import fmean
+
+from tqdm import tqdm
+
+from chat import answer
+from errors import UserError
+from sampling import Sampling, stream_text, text_prompt
+
+SAMPLE_PROMPT = "Sing, "
+
+
+def mean(values):
+    values = list(values)
+    return fmean(values) if values else float("nan")
+
+
+def normalize_answer(s):
+    """SQuAD's normalization: lower case, no punctuation, no articles, single spaces.
+
+    'The Shield of Achilles!' -> 'shield of achilles'. Punctuation is any
+    Unicode punctuation, so Butler's curly quotes and dashes go too.
+    """
+    s = "".join(ch for ch in s.lower() if not unicodedata.category(ch).startswith("P"))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def exact_match(prediction, gold):
+    """1.0 when the normalized strings are equal, else 0.0."""
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def token_f1(prediction, gold):
+    """F1 of the normalized words the two share, counted with multiplicity (SQuAD's F1).
+
+    ('son of Peleus', 'Peleus') -> precision 1/3, recall 1 -> 0.5.
+    """
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not pred or not ref:
+        return float(pred == ref)  # both empty is a match; one empty scores nothing
+    same = sum((Counter(pred) & Counter(ref)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred), same / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def qa_scores(model, tokenizer, records, max_new_tokens, progress=True):
+    """Greedy answers to every record's question, scored against its answer.
+
+    A question with characters the model's vocabulary lacks is scored as
+    unanswered and counted in 'unencodable'.
+    """
+    predictions, unencodable = [], 0
+    settings = Sampling(max_new_tokens=max_new_tokens, temperature=0.0)
+    for r in tqdm(records, desc="answering", dynamic_ncols=True, file=sys.stderr, disable=not progress):
+        try:
+            prediction = answer(model, tokenizer, r["question"], settings)
+        except UserError:  # characters a char vocabulary lacks: the model cannot even read it
+            prediction, unencodable = "", unencodable + 1
+        predictions.append({"id": r["id"], "category": r["category"], "question": r["question"],
+                            "answer": r["answer"], "prediction": prediction,
+                            "em": exact_match(prediction, r["answer"]), "f1": token_f1(prediction, r["answer"])})
+    by_category = {}
+    for p in predictions:
+        by_category.setdefault(p["category"], []).append(p)
+    return {"n": len(predictions), "unencodable": unencodable, "exact_match": mean(p["em"] for p in predictions),
+            "f1": mean(p["f1"] for p in predictions),
+            "by_category": {c: {"n": len(ps), "exact_match": mean(p["em"] for p in ps),
+                                "f1": mean(p["f1"] for p in ps)} for c, ps in sorted(by_category.items())},
+            "predictions": predictions}
+
+
+# ---------------------------------------------------------- text and samples
+
+def words(text):
+    """Lower-case words, apostrophes inside kept: 'Achilles’ son—Thetis’s' -> ['achilles', 'son', 'thetis’s']."""
+    return re.findall(r"[^\W\d_]+(?:['’][^\W\d_]+)*", text.lower())
+
+
+def complete_words(text):
+    """words(text), less a last word that the end of a sample may have cut short."""
+    ws = words(text)
+    return ws[:-1] if ws and text[-1:].isalpha() else ws
+
+
+def ngrams(ws, n):
+    return [tuple(ws[i: i + n]) for i in range(len(ws) - n + 1)]
+
+
+def distinct_n(texts, n):
+    """Unique word n-grams / all word n-grams, over all the texts together (Li et al., 2016)."""
+    grams = [g for t in texts for g in ngrams(complete_words(t), n)]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def repetition_rate(texts, n=4):
+    """Share of word n-grams that repeat an n-gram seen earlier in the same text.
+
+    0 for text that never repeats itself; a model stuck in a loop nears 1.
+    """
+    repeats = total = 0
+    for t in texts:
+        seen = set()
+        for g in ngrams(complete_words(t), n):
+            repeats += g in seen
+            seen.add(g)
+            total += 1
+    return repeats / total if total else float("nan")
+
+
+def vocab_share(texts, vocabulary):
+    """Share of the texts' words that occur in the vocabulary (a set of words(corpus))."""
+    ws = [w for t in texts for w in complete_words(t)]
+    return sum(w in vocabulary for w in ws) / len(ws) if ws else float("nan")
+
+
+def corpus_passages(corpus, lengths):
+    """One passage per length, spread evenly over the corpus, each starting at a line."""
+    passages = []
+    for i, length in enumerate(lengths):
+        start = corpus.find("\n", len(corpus) * i // len(lengths)) + 1
+        passages.append(corpus[start: start + length])
+    return passages
+
+
+def sample_scores(model, tokenizer, corpus, n, length, temp, seed):
+    """Score n samples from SAMPLE_PROMPT (seeds seed, seed + 1, ...) and same-length corpus passages."""
+    texts = []
+    for i in range(n):
+        ids, settings = text_prompt(tokenizer, SAMPLE_PROMPT, Sampling(length, temperature=temp, seed=seed + i))
+        texts.append("".join(stream_text(model, tokenizer, ids, settings)))
+    reference = corpus_passages(corpus, [len(t) for t in texts])
+    vocabulary = set(words(corpus))
+
+    def scores(ts):
+        return {"distinct_1": distinct_n(ts, 1), "distinct_2": distinct_n(ts, 2),
+                "repetition_4gram": repetition_rate(ts, 4), "vocab_share": vocab_share(ts, vocabulary)}
+
+    return {"prompt": SAMPLE_PROMPT, "n": n, "length": length, "temp": temp, "seed": seed, **scores(texts),
+            "reference": scores(reference), "texts": texts}

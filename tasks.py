@@ -1,0 +1,154 @@
+"""What a training run learns from: its batches, the loss of a batch, and what an evaluation measures.
+
+trainer.py runs one loop for every task. A task has
+    generator                  draws every batch; its state goes into the checkpoint
+    train_batches(n)           n micro-batches, each a list of CPU tensors
+    loss(model, batch)         the scalar loss of one micro-batch (on the device)
+    evaluate(model, max_tokens, dtype)   {'val_loss': ..., ...} scores
+TextTask is pretraining on a corpus; ChatTask is instruction tuning on
+question/answer pairs rendered in the chat format, with corpus text mixed in.
+"""
+import torch
+import torch.nn.functional as F
+
+from chat import encode_turn, fit_turn, targets_from_mask
+from errors import UserError
+from tokenizer import ENDOFTEXT
+from validation import evaluate_loss
+
+
+class TextTask:
+    """Next-token prediction on random blocks of a corpus, scored on its validation split."""
+
+    def __init__(self, batches, batch_size, token_chars):
+        self.batches, self.batch_size, self.token_chars = batches, batch_size, token_chars
+        self.generator = batches.generator
+
+    def train_batches(self, n):
+        return self.batches.train_batches(self.batch_size, n)
+
+    def loss(self, model, batch):
+        x, y = batch
+        return model(x, y)[1]
+
+    def evaluate(self, model, max_tokens, dtype=None):
+        return evaluate_loss(model, self.batches, self.batch_size, self.token_chars, max_tokens, dtype)
+
+
+class ChatRows:
+    """Question/answer pairs as chat turns, packed into rows of the model's context.
+
+    row_len is block_size + 1: a row gives block_size inputs and their next
+    tokens. A turn longer than a row loses the start of its question (chat.fit_turn).
+    Pairs the model cannot learn are skipped and counted: `too_long` whose
+    answer alone does not fit a row, `unencodable` with characters a char
+    tokenizer lacks. Rows are padded with <|endoftext|>, whose targets are masked out.
+    """
+
+    def __init__(self, tokenizer, records, row_len, generator):
+        self.row_len = row_len
+        self.generator = generator
+        self.pad = tokenizer.special_tokens[ENDOFTEXT]
+        self.turns, self.too_long, self.unencodable = [], 0, 0
+        for r in records:
+            try:
+                turn = fit_turn(*encode_turn(tokenizer, r["question"], r["answer"]), row_len)
+            except UserError:
+                self.unencodable += 1
+                continue
+            if turn is None:
+                self.too_long += 1
+            else:
+                self.turns.append(turn)
+        self.n_answer_tokens = sum(sum(mask) for _, mask in self.turns)
+
+    def skipped_note(self):
+        """' (N skipped: ...)' for the start-up line, or ''."""
+        reasons = [f"{self.too_long} with answers too long for the context"] if self.too_long else []
+        reasons += [f"{self.unencodable} with characters the vocabulary lacks"] if self.unencodable else []
+        return f" ({self.too_long + self.unencodable} skipped: {', '.join(reasons)})" if reasons else ""
+
+    def _tensors(self, rows):
+        pairs = [targets_from_mask(ids + [self.pad] * (self.row_len - len(ids)),
+                                   mask + [0] * (self.row_len - len(mask))) for ids, mask in rows]
+        x = torch.tensor([p[0] for p in pairs], dtype=torch.long)
+        y = torch.tensor([p[1] for p in pairs], dtype=torch.long)
+        return x, y  # (B, row_len - 1) each
+
+    def _pack(self, turns):
+        """Greedily pack turns, in order, into rows: a turn that does not fit starts the next row."""
+        rows, ids, mask = [], [], []
+        for turn_ids, turn_mask in turns:
+            if len(ids) + len(turn_ids) > self.row_len:
+                rows.append((ids, mask))
+                ids, mask = [], []
+            ids, mask = ids + turn_ids, mask + turn_mask
+        if ids:
+            rows.append((ids, mask))
+        return rows
+
+    def train_batch(self, batch_size):
+        """Rows of random turns: each row a short conversation of unrelated questions."""
+        rows = []
+        for _ in range(batch_size):
+            ids, mask = [], []
+            while True:
+                turn_ids, turn_mask = self.turns[int(torch.randint(len(self.turns), (1,), generator=self.generator))]
+                if ids and len(ids) + len(turn_ids) > self.row_len:
+                    break  # the row is as full as this draw allows; the draw is dropped
+                ids, mask = ids + turn_ids, mask + turn_mask
+            rows.append((ids, mask))
+        return self._tensors(rows)
+
+    def val_batches(self, batch_size, max_tokens=None):
+        """Every turn once, in order, packed into rows: the interface validation.evaluate_loss reads."""
+        rows = self._pack(self.turns)
+        for i in range(0, len(rows), batch_size):
+            yield self._tensors(rows[i: i + batch_size])
+
+
+def sft_loss(logits, y, n_chat, text_weight):
+    """(1 - text_weight) * answer loss of the first n_chat rows + text_weight * loss of the others.
+
+    Weighting the two means, rather than averaging all targets together, keeps
+    the text's 128 targets a row from drowning the few answer tokens of a chat row.
+    """
+    V = logits.size(-1)
+    chat_loss = F.cross_entropy(logits[:n_chat].reshape(-1, V), y[:n_chat].reshape(-1), ignore_index=-1)
+    if n_chat == len(y):
+        return chat_loss
+    text_loss = F.cross_entropy(logits[n_chat:].reshape(-1, V), y[n_chat:].reshape(-1))
+    return (1 - text_weight) * chat_loss + text_weight * text_loss
+
+
+class ChatTask:
+    """Answers to chat questions, with a share of corpus rows so the model keeps its prose.
+
+    Each micro-batch is n_chat chat rows then n_text corpus blocks; one
+    generator (the corpus's) draws both, so the checkpoint holds all of the data order.
+    """
+
+    def __init__(self, chat_rows, batches, n_chat, n_text, token_chars):
+        self.chat_rows, self.batches, self.token_chars = chat_rows, batches, token_chars
+        self.n_chat, self.n_text = n_chat, n_text
+        self.generator = batches.generator
+
+    def train_batches(self, n):
+        micro_batches = []
+        for _ in range(n):
+            x, y = self.chat_rows.train_batch(self.n_chat)
+            if self.n_text:
+                tx, ty = self.batches.train_batches(self.n_text, 1)[0]
+                x, y = torch.cat([x, tx]), torch.cat([y, ty])
+            micro_batches.append((x, y))
+        return micro_batches
+
+    def loss(self, model, batch):
+        x, y = batch
+        logits, _ = model(x)
+        return sft_loss(logits, y, self.n_chat, self.n_text / (self.n_chat + self.n_text))
+
+    def evaluate(self, model, max_tokens, dtype=None):
+        batch_size = self.n_chat + self.n_text
+        qa = evaluate_loss(model, self.chat_rows, batch_size, dtype=dtype)["val_loss"]
+        return {"qa_loss": qa, **evaluate_loss(model, self.batches, batch_size, self.token_chars, max_tokens, dtype)}
