@@ -23,13 +23,13 @@ import sys
 
 import torch
 
-from device import DEVICE_CHOICES, choose_device
+from device import DEVICE_CHOICES, check_fits_in_memory, choose_device
 from errors import ArgumentParser, UserError, run_main
 from optimizers import OPTIMIZER_NAMES, build_optimizer
 from sampling import Sampling, generate_ids
 from timing import (StepTimer, best_seconds, count_flop_params, mfu, model_flops_per_token,
                     peak_flops, tokens_per_second)
-from transformer import ATTENTION_KINDS, GPTConfig, Transformer
+from transformer import ATTENTION_KINDS, GPTConfig, Transformer, parameter_count
 
 
 # ------------------------------------------------------ timing a train step
@@ -132,10 +132,18 @@ def time_generation(generate, prompt_ids, new_tokens, long_prompt_ids, repeats):
 
 # ---------------------------------------------------------------------- CLI
 
-def check_at_least_one(sizes):
+def check_shape(args, sizes):
+    """UserError for a size below 1, a seed out of range, or a model too big for this machine's memory."""
     for flag, value in sizes.items():
         if value < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.n_embd % args.n_head:
+        raise UserError(f"--n-embd {args.n_embd} must be a multiple of --n-head {args.n_head}")
+    if not 0 <= args.seed < 2 ** 63:
+        raise UserError(f"--seed must be in [0, 2**63), got {args.seed}")
+    config = dict(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                  n_head=args.n_head, n_embd=args.n_embd)
+    check_fits_in_memory(parameter_count("transformer", config), "cpu")
 
 
 def cmd_step(args):
@@ -145,13 +153,13 @@ def cmd_step(args):
     if unknown or not names:
         what = f"unknown {', '.join(unknown)}" if unknown else "no names given"
         raise UserError(f"--optimizers: {what}; choose from {','.join(OPTIMIZER_NAMES)}")
-    check_at_least_one(dict(n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
-                            block_size=args.block_size, batch_size=args.batch_size,
-                            vocab_size=args.vocab_size, steps=args.steps))
+    check_shape(args, dict(n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
+                           block_size=args.block_size, batch_size=args.batch_size,
+                           vocab_size=args.vocab_size, steps=args.steps))
     if args.warmup < 0:
         raise UserError(f"--warmup must be >= 0, got {args.warmup}")
-    if args.n_embd % args.n_head:
-        raise UserError(f"--n-embd {args.n_embd} must be a multiple of --n-head {args.n_head}")
+    if not 0 < args.lr < math.inf:
+        raise UserError(f"--lr must be a number > 0, got {args.lr}")
     device = choose_device(args.device)
     config = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size,
                        n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
@@ -188,12 +196,10 @@ def cmd_step(args):
 
 def cmd_generate(args):
     """Print tokens/s and time to first token: ours with and without the cache, and transformers."""
-    check_at_least_one(dict(n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
-                            block_size=args.block_size, vocab_size=args.vocab_size,
-                            new_tokens=args.new_tokens, prompt_tokens=args.prompt_tokens,
-                            repeats=args.repeats))
-    if args.n_embd % args.n_head:
-        raise UserError(f"--n-embd {args.n_embd} must be a multiple of --n-head {args.n_head}")
+    check_shape(args, dict(n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
+                           block_size=args.block_size, vocab_size=args.vocab_size,
+                           new_tokens=args.new_tokens, prompt_tokens=args.prompt_tokens,
+                           repeats=args.repeats))
     # Every run must fit in the context: GPT-2 cannot go past n_positions, and
     # ours would start sliding its window, which is no longer the same work.
     if 1 + args.new_tokens > args.block_size:

@@ -51,9 +51,13 @@ NO_MERGE = 1 << 62  # rank of a pair that has no merge
 def compile_pattern(pattern):
     """regex.compile, with a user-facing error for a broken --pattern."""
     try:
-        return regex.compile(pattern)
+        compiled = regex.compile(pattern)
     except (regex.error, TypeError) as e:
         raise UserError(f"the split pattern is not a valid regex ({e}): {pattern!r}") from None
+    if compiled.match("") is not None:
+        raise UserError(f"the split pattern {pattern!r} matches empty text, so it would cut text into nothing: "
+                        f"every alternative must take at least one character")
+    return compiled
 
 
 def count_chunks(text, pattern=GPT4_PATTERN, counts=None):
@@ -150,7 +154,12 @@ def count_file_chunks(path, pattern=GPT4_PATTERN, block_size=1 << 20, progress=N
             buf += block
             cut = find_cut(buf) if block else len(buf)
             if cut:
-                counts.update(split(_decode_utf8(buf[:cut], offset, path)))
+                text = _decode_utf8(buf[:cut], offset, path)
+                chunks = split(text)
+                if sum(map(len, chunks)) != len(text):
+                    raise UserError(f"the split pattern {pattern!r} skips parts of {path}: a tokenizer with it "
+                                    f"would silently drop them; it must match every character of the text")
+                counts.update(chunks)
                 buf, offset = buf[cut:], offset + cut
             if progress:
                 progress(offset + len(buf), total)

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from errors import UserError
 from sampling import stream_text
-from tokenizer import ASSISTANT, END_OF_TURN, ENDOFTEXT, USER
+from tokenizer import ASSISTANT, END_OF_TURN, ENDOFTEXT, USER, fit_typed_text
 
 # A prompt for generation. dropped_turns: how many of the oldest history turns
 # did not fit; trimmed_tokens: how many tokens were cut from the start of the
@@ -103,7 +103,7 @@ def build_prompt(tokenizer, history, question, max_tokens):
     Prompt says how many tokens were cut, so the interface can say so.
     """
     user, assistant, end = specials(tokenizer)
-    q = tokenizer.encode(question)
+    q = tokenizer.encode(fit_typed_text(tokenizer, question))
     if max_tokens < 4:
         raise ValueError(f"a prompt needs at least 4 tokens, got a budget of {max_tokens}")
     trimmed = max(0, len(q) + 3 - max_tokens)

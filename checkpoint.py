@@ -20,6 +20,7 @@ and a malicious file cannot execute anything. Its keys:
 """
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -70,7 +71,9 @@ def load_checkpoint(path, map_location="cpu"):
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} not found: train one with 'python train.py'")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's warnings about odd files would precede our one line
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # garbage in a file can fail the unpickler in many ways
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path} is not a readable b_lm checkpoint (truncated or another format): {reason[:120]}")

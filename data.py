@@ -22,8 +22,7 @@ def iter_text_blocks(path):
 
     Raises UserError for a missing, unreadable or non-UTF-8 file.
     """
-    if not os.path.isfile(path):
-        raise UserError(f"data file {path} not found")
+    check_data_file(path)
     try:
         with open(path, encoding="utf-8", newline="") as f:
             carry = ""
@@ -44,6 +43,13 @@ def iter_text_blocks(path):
         raise UserError(f"data file {path} is not UTF-8 text ({e.reason} in a block near byte {e.start})")
     except OSError as e:
         raise UserError(f"cannot read data file {path}: {e.strerror}")
+
+
+def check_data_file(path):
+    if os.path.isdir(path):
+        raise UserError(f"data file {path} is a folder: give a UTF-8 text file")
+    if not os.path.isfile(path):
+        raise UserError(f"data file {path} not found")
 
 
 def corpus_chars(path):
@@ -68,35 +74,57 @@ def token_dtype(vocab_size):
 
 
 def tokenize_to_memmap(path, tokenizer):
-    """Tokenize the file once into the cache and return (tokens memmap, n_chars).
+    """Tokenize the file once into the cache and return its tokens, a read-only memmap.
 
     The cache file is named by the hashes of the data and of the tokenizer, so
-    a change to either makes a new one; it is written under a temporary name
-    and renamed, so an interrupted run never leaves a truncated cache behind.
+    a change to either makes a new one. It is written under a temporary name
+    and renamed, and the token count beside it must match its size, so a
+    truncated or damaged cache is never read: it is made again.
     """
+    check_data_file(path)
     tok_key = json.dumps(tokenizer.to_dict(), sort_keys=True).encode()
     key = f"{file_sha256(path)[:16]}-{hashlib.sha256(tok_key).hexdigest()[:16]}"
     dtype = token_dtype(tokenizer.vocab_size)
-    os.makedirs(cache_dir(), exist_ok=True)
-    bin_path = os.path.join(cache_dir(), f"{key}.{np.dtype(dtype).name}")
+    bin_path = os.path.join(cache_dir(), f"{key}.v2.{np.dtype(dtype).name}")  # v2: the count beside it is of tokens
     meta_path = bin_path + ".json"
-    if not (os.path.exists(bin_path) and os.path.exists(meta_path)):
-        n_chars = 0
+    tokens = _cached_tokens(bin_path, meta_path, dtype)
+    if tokens is not None:
+        return tokens
+    try:
+        os.makedirs(cache_dir(), exist_ok=True)
+        n_tokens = 0
         with atomic_write(bin_path) as out:
             for block in iter_text_blocks(path):
-                out.write(np.asarray(tokenizer.encode(block), dtype=dtype).tobytes())
-                n_chars += len(block)
+                try:
+                    ids = tokenizer.encode(block)
+                except UserError as e:
+                    raise UserError(f"data file {path}: {e}. A character model knows only the characters it was "
+                                    f"trained on: remove them, or train a model on this text") from None
+                out.write(np.asarray(ids, dtype=dtype).tobytes())
+                n_tokens += len(ids)
         with atomic_write(meta_path, "w") as f:
-            json.dump({"n_chars": n_chars}, f)
-    with open(meta_path) as f:
-        n_chars = json.load(f)["n_chars"]
-    tokens = np.memmap(bin_path, dtype=dtype, mode="r") if os.path.getsize(bin_path) else np.zeros(0, dtype)
-    return tokens, n_chars
+            json.dump({"n_tokens": n_tokens}, f)
+    except OSError as e:
+        raise UserError(f"cannot write the token cache {bin_path} ({e.strerror or e}): "
+                        f"set B_LM_CACHE to a writable folder") from None
+    return _cached_tokens(bin_path, meta_path, dtype)
+
+
+def _cached_tokens(bin_path, meta_path, dtype):
+    """The cached tokens, or None when the cache is missing or does not match its recorded count."""
+    try:
+        with open(meta_path) as f:
+            n_tokens = json.load(f)["n_tokens"]
+        if type(n_tokens) is not int or os.path.getsize(bin_path) != n_tokens * np.dtype(dtype).itemsize:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return np.memmap(bin_path, dtype=dtype, mode="r") if n_tokens else np.zeros(0, dtype)
 
 
 def corpus_batches(path, tokenizer, block_size, val_fraction, seed):
     """The corpus at path, tokenized (and cached), split into train and val Batches."""
-    tokens, _ = tokenize_to_memmap(path, tokenizer)
+    tokens = tokenize_to_memmap(path, tokenizer)
     if len(tokens) == 0:
         raise UserError(f"data file {path} is empty: give it some text to learn from")
     return Batches(tokens, block_size, val_fraction, seed)
@@ -119,12 +147,12 @@ class Batches:
         self.generator = torch.Generator().manual_seed(seed)
         need = block_size + 1
         if len(self.train) < need:
-            raise UserError(f"the training split has {len(self.train)} tokens; block size {block_size} "
-                            f"needs at least {need}: use a larger corpus or a smaller --block-size")
+            raise UserError(f"the training split has {len(self.train)} tokens; a context of {block_size} tokens "
+                            f"needs at least {need}: use a larger corpus (or a model with a smaller --block-size)")
         if val_fraction > 0 and len(self.val) < need:
-            raise UserError(f"the validation split has {len(self.val)} tokens; block size {block_size} "
-                            f"needs at least {need}: use a larger corpus, a larger --val-fraction "
-                            f"or a smaller --block-size")
+            raise UserError(f"the validation split has {len(self.val)} tokens; a context of {block_size} tokens "
+                            f"needs at least {need}: use a larger corpus (or train with a larger --val-fraction "
+                            f"or a smaller --block-size)")
 
     def _stack(self, stream, starts):
         T = self.block_size

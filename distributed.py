@@ -36,6 +36,11 @@ def launched_by_torchrun():
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def is_main_process():
+    """Rank 0, or the only process: the one that owns the run's files. Known before init_processes."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_processes(device):
     """Join the process group when launched by torchrun; returns (Processes, device).
 
@@ -60,7 +65,17 @@ def init_processes(device):
 
 
 def shutdown(procs):
+    """Leave the process group, all processes together.
+
+    Rank 0 evaluates and saves after the others are done; a process that tore
+    down its end of the group meanwhile could abort ('terminate called without
+    an active exception'), so everyone waits for everyone first.
+    """
     if procs.enabled and dist.is_initialized():
+        try:
+            dist.barrier()
+        except Exception:  # a process already gone: nothing left to wait for
+            pass
         dist.destroy_process_group()
 
 

@@ -1,5 +1,6 @@
 """The one exception users see, and the wrapper that turns it into one line on stderr."""
 import argparse
+import os
 import signal
 import sys
 
@@ -21,6 +22,7 @@ def run_main(main, argv=None):
     rest it ends the run with one line and status 130, not a traceback.
     """
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    stdout, sys.stdout = sys.stdout, StdoutUntilClosed(sys.stdout)
     try:
         return main(argv)
     except UserError as e:
@@ -29,6 +31,48 @@ def run_main(main, argv=None):
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        sys.stdout = stdout
+
+
+class StdoutUntilClosed:
+    """sys.stdout that goes quiet when its reader goes away (`generate.py | head`), the Unix way.
+
+    Output stops without a BrokenPipeError, and work that writes files (a
+    tokenizer, a checkpoint) still finishes them. `closed_by_reader` tells a
+    script whose only work is output that it may stop.
+    """
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.closed_by_reader = False
+
+    def write(self, text):
+        if not self.closed_by_reader:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._go_quiet()
+        return len(text)
+
+    def flush(self):
+        if not self.closed_by_reader:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._go_quiet()
+
+    def _go_quiet(self):
+        self.closed_by_reader = True
+        try:  # point the descriptor at /dev/null, so Python's own flush at exit stays quiet too
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def _raise_keyboard_interrupt(signum, frame):

@@ -28,6 +28,7 @@ from device import DEVICE_CHOICES, choose_device
 from errors import ArgumentParser, UserError, run_main
 from files import atomic_write, check_output_path
 from qa import load_qa
+from sampling import Sampling
 from scores import qa_scores, sample_scores
 from validation import evaluate_loss
 
@@ -55,13 +56,13 @@ def parse_args(argv=None):
                                    "checkpoint was trained on)")
     a("--report", default="eval_report.json", help="JSON report to write; '' skips it (default: %(default)s)")
     a("--max-answer-tokens", type=int, default=48,
-      help="longest answer generated; a model that never says <|end|> stops here (default: %(default)s)")
-    a("--samples", type=int, default=5, help="texts to sample for the text scores; 0 skips them "
+      help="longest answer generated, >= 1; a model that never says <|end|> stops here (default: %(default)s)")
+    a("--samples", type=int, default=5, help="texts to sample for the text scores, >= 0; 0 skips them "
                                              "(default: %(default)s)")
-    a("--sample-length", type=int, default=300, help="tokens per sample (default: %(default)s)")
+    a("--sample-length", type=int, default=300, help="tokens per sample, >= 1 (default: %(default)s)")
     a("--temp", "--temperature", dest="temp", type=float, default=0.8,
-      help="sampling temperature of the samples; answers are always greedy (default: %(default)s)")
-    a("--seed", type=int, default=1337, help="seed of the first sample; the i-th uses seed + i "
+      help="sampling temperature of the samples, >= 0; answers are always greedy (default: %(default)s)")
+    a("--seed", type=int, default=1337, help="seed of the first sample, >= 0; the i-th uses seed + i "
                                              "(default: %(default)s)")
     a("--device", default="auto", choices=DEVICE_CHOICES, help="auto: cuda, mps, dml, then cpu "
                                                                "(default: %(default)s)")
@@ -98,8 +99,8 @@ def run_evaluation(args):
     t2 = time.time()
     if args.samples:
         corpus = "".join(iter_text_blocks(data))
-        report["samples"] = sample_scores(model, tokenizer, corpus, args.samples, args.sample_length, args.temp,
-                                          args.seed)
+        report["samples"] = sample_scores(model, tokenizer, corpus, args.samples,
+                                          Sampling(args.sample_length, temperature=args.temp, seed=args.seed))
     t3 = time.time()
     report["elapsed_s"] = {"text": round(t1 - t0, 2), "qa": round(t2 - t1, 2), "samples": round(t3 - t2, 2),
                            "total": round(t3 - t0, 2)}

@@ -1,7 +1,14 @@
-"""Writing files so that a crash or Ctrl-C never leaves a half-written one."""
+"""Writing files so that a crash, a Ctrl-C or a second run never leaves a half-written or lost one."""
+import glob
 import os
 import tempfile
 from contextlib import contextmanager
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+    import msvcrt
 
 from errors import UserError
 
@@ -23,7 +30,7 @@ def atomic_write(path, mode="wb", **open_kwargs):
     removed and whatever was at `path` stays untouched.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temporary_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **open_kwargs) as f:
             yield f
@@ -35,6 +42,52 @@ def atomic_write(path, mode="wb", **open_kwargs):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _temporary_prefix(path):
+    return "." + os.path.basename(path) + "."
+
+
+@contextmanager
+def exclusive(path, flag):
+    """Hold an exclusive claim on `path` for the block: a second run that asks for it is refused.
+
+    The claim is an OS lock on a hidden file beside `path`, which the OS
+    drops when the process ends however it ends (kill -9 too), so a crashed
+    run never blocks the next. Holding it, we may also clear temporary files
+    that a killed run left beside `path`: no one else is writing them.
+    """
+    lock_path = os.path.join(os.path.dirname(os.path.abspath(path)), "." + os.path.basename(path) + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    except OSError as e:
+        raise UserError(f"cannot write beside {path} ({lock_path}: {e.strerror})") from None
+    try:
+        if fcntl:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError:
+        os.close(fd)
+        raise UserError(f"{path} is in use by another run: wait for it to finish, or choose another {flag}") from None
+    try:
+        yield
+    finally:
+        os.close(fd)  # before the unlink: Windows cannot remove a file that is open
+        try:
+            os.unlink(lock_path)
+        except OSError:
+            pass  # another run took it over in between, or it is gone: either way nothing of ours is left
+
+
+def remove_stale_temporaries(path):
+    """Delete the temporary files a killed run left beside `path` (call it only while holding `exclusive`)."""
+    pattern = os.path.join(glob.escape(os.path.dirname(os.path.abspath(path))), glob.escape(_temporary_prefix(path)))
+    for stale in glob.glob(pattern + "*.tmp"):
+        try:
+            os.unlink(stale)
+        except OSError:
+            pass  # gone already, or not ours to remove: it does no harm
 
 
 def check_output_path(path, flag, inputs=()):

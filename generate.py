@@ -40,6 +40,8 @@ def main(argv=None):
     for piece in stream_text(model, tokenizer, ids, settings):
         sys.stdout.write(piece)
         sys.stdout.flush()
+        if getattr(sys.stdout, "closed_by_reader", False):  # `| head` has what it wanted
+            return
     sys.stdout.write("\n")
 
 

@@ -27,8 +27,9 @@ OPTIMIZER_NAMES = ("adamw", "adam", "sgd", "muon", "torch-adamw")
 
 # ---------------------------------------------------------------- SGD, Adam
 
-def sgd_update(p, grad, state, lr, momentum, dampening, nesterov, weight_decay):
-    """One torch.optim.SGD step for one tensor."""
+def sgd_update(p, state, group):
+    """One torch.optim.SGD step for one tensor, with its param group's settings."""
+    grad, lr, momentum, weight_decay = p.grad, group["lr"], group["momentum"], group["weight_decay"]
     if weight_decay != 0:
         grad = grad.add(p, alpha=weight_decay)  # L2: the decay rides in the gradient
     if momentum != 0:
@@ -37,13 +38,15 @@ def sgd_update(p, grad, state, lr, momentum, dampening, nesterov, weight_decay):
             # torch starts the buffer at the first gradient, undampened
             buf = state["momentum_buffer"] = grad.detach().clone()
         else:
-            buf.mul_(momentum).add_(grad, alpha=1 - dampening)
-        grad = grad.add(buf, alpha=momentum) if nesterov else buf
+            buf.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
+        grad = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
     p.add_(grad, alpha=-lr)
 
 
-def adam_update(p, grad, state, lr, beta1, beta2, eps, weight_decay, amsgrad, decoupled):
-    """One torch.optim.Adam (decoupled=False) or AdamW (decoupled=True) step."""
+def adam_update(p, state, group, decoupled):
+    """One torch.optim.Adam (decoupled=False) or AdamW (decoupled=True) step, with its param group's settings."""
+    grad, lr, weight_decay, amsgrad = p.grad, group["lr"], group["weight_decay"], group["amsgrad"]
+    beta1, beta2 = group["betas"]
     if not state:
         state["step"] = 0  # a plain int: no device sync to read it, loads with weights_only
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -73,7 +76,7 @@ def adam_update(p, grad, state, lr, beta1, beta2, eps, weight_decay, amsgrad, de
         second = state["max_exp_avg_sq"]
     else:
         second = exp_avg_sq
-    denom = (second.sqrt() / bias_correction2_sqrt).add_(eps)
+    denom = (second.sqrt() / bias_correction2_sqrt).add_(group["eps"])
     p.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
 
 
@@ -97,8 +100,7 @@ class SGD(torch.optim.Optimizer):
         for g in self.param_groups:
             for p in g["params"]:
                 if p.grad is not None:
-                    sgd_update(p, p.grad, self.state[p], g["lr"], g["momentum"],
-                               g["dampening"], g["nesterov"], g["weight_decay"])
+                    sgd_update(p, self.state[p], g)
         return loss
 
 
@@ -122,11 +124,9 @@ class Adam(torch.optim.Optimizer):
     def step(self, closure=None):
         loss = _evaluate(closure)
         for g in self.param_groups:
-            beta1, beta2 = g["betas"]
             for p in g["params"]:
                 if p.grad is not None:
-                    adam_update(p, p.grad, self.state[p], g["lr"], beta1, beta2, g["eps"],
-                                g["weight_decay"], g["amsgrad"], self.decoupled)
+                    adam_update(p, self.state[p], g, self.decoupled)
         return loss
 
 
@@ -195,14 +195,15 @@ def newton_schulz(G, steps=5, dtype=None):
     return X.to(G.dtype)
 
 
-def muon_update(p, grad, state, lr, momentum, nesterov, ns_steps, weight_decay):
-    """One Muon step for one 2-D weight matrix."""
+def muon_update(p, state, group):
+    """One Muon step for one 2-D weight matrix, with its param group's settings."""
+    grad, lr, momentum, weight_decay = p.grad, group["lr"], group["momentum"], group["weight_decay"]
     buf = state.get("momentum_buffer")
     if buf is None:
         buf = state["momentum_buffer"] = torch.zeros_like(p)
     buf.mul_(momentum).add_(grad, alpha=1 - momentum)  # running average of gradients
-    update = grad.mul(1 - momentum).add_(buf, alpha=momentum) if nesterov else buf
-    update = newton_schulz(update, ns_steps)
+    update = grad.mul(1 - momentum).add_(buf, alpha=momentum) if group["nesterov"] else buf
+    update = newton_schulz(update, group["ns_steps"])
     # Orthogonalized, the update has operator norm ~1. A layer's output RMS
     # moves by at most ||dW||_op * sqrt(fan_in / fan_out) times the input's
     # RMS, so matrices with more outputs than inputs (rows > cols) get their
@@ -220,40 +221,16 @@ def _check_muon_group(group):
                              f"{tuple(p.shape)}; give it to AdamW instead")
 
 
-class Muon(torch.optim.Optimizer):
-    """MomentUm Orthogonalized by Newton-Schulz, for 2-D hidden weight matrices.
-
-    Embeddings, the output head, norms and biases should use AdamW (see
-    MuonAdamW and build_optimizer): an embedding is a lookup table whose rows
-    move only when their token appears, norms and biases are vectors, and the
-    head trains better with AdamW in practice (modded-nanogpt, nanochat).
-    """
-
-    def __init__(self, params, lr=0.02, momentum=0.95, nesterov=True, ns_steps=5,
-                 weight_decay=0.0):
-        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
-                        weight_decay=weight_decay)
-        super().__init__(params, defaults)
-
-    def add_param_group(self, param_group):
-        super().add_param_group(param_group)
-        _check_muon_group(self.param_groups[-1])
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = _evaluate(closure)
-        for g in self.param_groups:
-            for p in g["params"]:
-                if p.grad is not None:
-                    muon_update(p, p.grad, self.state[p], g["lr"], g["momentum"],
-                                g["nesterov"], g["ns_steps"], g["weight_decay"])
-        return loss
-
-
 class MuonAdamW(torch.optim.Optimizer):
     """One optimizer, two rules: groups with use_muon=True take Muon steps, the
     rest take AdamW steps. Being a single Optimizer, it has one state_dict and
-    one param_groups list for a schedule to walk."""
+    one param_groups list for a schedule to walk.
+
+    Muon (MomentUm Orthogonalized by Newton-Schulz) is for 2-D hidden weight
+    matrices. Embeddings, the output head, norms and biases take AdamW (see
+    build_optimizer): an embedding is a lookup table whose rows move only when
+    their token appears, norms and biases are vectors, and the head trains
+    better with AdamW in practice (modded-nanogpt, nanochat)."""
 
     def __init__(self, param_groups):
         defaults = dict(use_muon=False, lr=1e-3, betas=(0.9, 0.95), eps=1e-8,
@@ -274,12 +251,9 @@ class MuonAdamW(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 if g["use_muon"]:
-                    muon_update(p, p.grad, self.state[p], g["lr"], g["momentum"],
-                                g["nesterov"], g["ns_steps"], g["weight_decay"])
+                    muon_update(p, self.state[p], g)
                 else:
-                    beta1, beta2 = g["betas"]
-                    adam_update(p, p.grad, self.state[p], g["lr"], beta1, beta2, g["eps"],
-                                g["weight_decay"], g["amsgrad"], decoupled=True)
+                    adam_update(p, self.state[p], g, decoupled=True)
         return loss
 
 
@@ -311,7 +285,7 @@ def split_parameters(model):
     return matrices, head_params, other
 
 
-def build_optimizer(model, name, lr, weight_decay, betas=(0.9, 0.95), eps=1e-8,
+def build_optimizer(model, name, lr, weight_decay, *, betas=(0.9, 0.95), eps=1e-8,
                     momentum=0.9, muon_lr=0.02, muon_momentum=0.95,
                     muon_weight_decay=0.0):
     """The optimizer called `name` for `model`, with weight-decay groups.

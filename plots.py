@@ -82,6 +82,9 @@ def plot_history(path, rows):
     ax.plot(*_points(rows, "train_loss"), label="train (mean since the last point)", linewidth=1)
     ax.plot(*_points(rows, "val_loss"), "o-", label="val", markersize=4)
     ax.set_yscale("log")
+    from matplotlib.ticker import FormatStrFormatter
+    for axis_format in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        axis_format(FormatStrFormatter("%.1f"))  # 1.5 rather than 1.5 x 10^0
     _save(plt, fig, ax, path, "step")
 
 

@@ -13,7 +13,7 @@ import torch
 
 from device import DEVICE_CHOICES, is_directml
 from errors import UserError
-from tokenizer import ENDOFTEXT, StreamDecoder
+from tokenizer import ENDOFTEXT, StreamDecoder, fit_typed_text
 
 
 class KVCache:
@@ -156,7 +156,7 @@ def text_prompt(tokenizer, text, settings):
     Plain text never contains special tokens, so none may be sampled.
     """
     try:
-        ids = tokenizer.encode(text or "\n")
+        ids = tokenizer.encode(fit_typed_text(tokenizer, text) or "\n")
     except UserError:
         if text:
             raise

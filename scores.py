@@ -8,6 +8,7 @@ import re
 import sys
 import unicodedata
 from collections import Counter
+from dataclasses import replace
 from statistics import fmean
 
 from tqdm import tqdm
@@ -134,12 +135,12 @@ def corpus_passages(corpus, lengths):
     return passages
 
 
-def sample_scores(model, tokenizer, corpus, n, length, temp, seed):
-    """Score n samples from SAMPLE_PROMPT (seeds seed, seed + 1, ...) and same-length corpus passages."""
+def sample_scores(model, tokenizer, corpus, n, settings):
+    """Score n samples from SAMPLE_PROMPT (seeds settings.seed, + 1, ...) and same-length corpus passages."""
     texts = []
     for i in range(n):
-        ids, settings = text_prompt(tokenizer, SAMPLE_PROMPT, Sampling(length, temperature=temp, seed=seed + i))
-        texts.append("".join(stream_text(model, tokenizer, ids, settings)))
+        ids, text_settings = text_prompt(tokenizer, SAMPLE_PROMPT, replace(settings, seed=settings.seed + i))
+        texts.append("".join(stream_text(model, tokenizer, ids, text_settings)))
     reference = corpus_passages(corpus, [len(t) for t in texts])
     vocabulary = set(words(corpus))
 
@@ -147,5 +148,6 @@ def sample_scores(model, tokenizer, corpus, n, length, temp, seed):
         return {"distinct_1": distinct_n(ts, 1), "distinct_2": distinct_n(ts, 2),
                 "repetition_4gram": repetition_rate(ts, 4), "vocab_share": vocab_share(ts, vocabulary)}
 
-    return {"prompt": SAMPLE_PROMPT, "n": n, "length": length, "temp": temp, "seed": seed, **scores(texts),
+    return {"prompt": SAMPLE_PROMPT, "n": n, "length": settings.max_new_tokens, "temp": settings.temperature,
+            "seed": settings.seed, **scores(texts),
             "reference": scores(reference), "texts": texts}

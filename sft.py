@@ -32,12 +32,13 @@ import torch
 from checkpoint import load_checkpoint, model_from_checkpoint, training_data
 from data import corpus_batches
 from errors import ArgumentParser, UserError, run_main
+from files import check_output_path
 from qa import load_qa
 from tasks import ChatRows, ChatTask
-from trainer import Run, add_training_flags, check_training_args, claim_outputs, train, training_processes
+from trainer import Run, add_training_flags, check_training_args, claimed_outputs, train, training_processes
 
 # What a resumed run takes from the checkpoint rather than from the command line.
-RESUMED_FLAGS = ("init_from", "qa", "data", "pretrain_mix", "optimizer")
+RESUMED_FLAGS = ("init_from", "qa", "data", "pretrain_mix", "optimizer", "lr", "muon_lr", "weight_decay", "beta2")
 
 
 def parse_args(argv=None):
@@ -67,7 +68,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    claim_outputs(args, inputs=[args.init_from, args.qa, args.data])
+    with claimed_outputs(args, inputs=[args.init_from, args.qa, args.data]):
+        return fine_tune(args)
+
+
+def fine_tune(args):
     resumed = load_checkpoint(args.ckpt) if args.resume else None
     if resumed:
         for name in RESUMED_FLAGS:
@@ -77,6 +82,9 @@ def main(argv=None):
     if not records:
         raise UserError(f"{args.qa} has no train questions to fine-tune on")
     args.data = training_data(base, args.data)
+    for flag, path in (("--ckpt", args.ckpt), ("--metrics", args.metrics), ("--plot", args.plot)):
+        if path:
+            check_output_path(path, flag, [args.data])
     base_args = base.get("train_args") or {}
     with training_processes(args.device) as (procs, device):
         model, tokenizer = model_from_checkpoint(base, device, args.ckpt if resumed else args.init_from)

@@ -127,6 +127,40 @@ class CharTokenizer(Tokenizer):
         return cls(chars)
 
 
+# What people type and what books print differ: a straight ' where Butler has ’, a
+# hyphen for a dash, three dots for an ellipsis, a no-break space. Each group's
+# characters stand in for one another when a vocabulary lacks the one typed.
+OPENING_QUOTES = {"'": "‘", '"': "“"}
+CLOSING_QUOTES = {"'": "’", '"': "”"}
+VARIANTS = ["'’‘ʼ′`", '"”“„″', "-‐‑‒–—―",
+            "       ", "…"]
+
+
+def fit_typed_text(tokenizer, text):
+    """text with each character the vocabulary lacks replaced by a typographic variant it has.
+
+    A straight quote becomes an opening quote after a space or at the start,
+    a closing one (the apostrophe too) elsewhere: "Hector's" -> "Hector’s".
+    Characters with no variant in the vocabulary stay, for encode to name.
+    Byte-level BPE knows every character, so its text is never changed.
+    """
+    known = getattr(tokenizer, "char_to_idx", None)
+    if known is None:
+        return text
+    out = []
+    for i, ch in enumerate(text):
+        if ch not in known:
+            candidates = [CLOSING_QUOTES.get(ch, ""), OPENING_QUOTES.get(ch, "")]
+            if i == 0 or text[i - 1].isspace() or text[i - 1] in "([{":
+                candidates.reverse()
+            candidates += [v for group in VARIANTS if ch in group for v in group]
+            if ch == "…":
+                candidates.append("...")
+            ch = next((c for c in candidates if c and all(part in known for part in c)), ch)
+        out.append(ch)
+    return "".join(out)
+
+
 class StreamDecoder:
     """Turns token ids into text as they arrive, never printing half a character.
 

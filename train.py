@@ -17,13 +17,13 @@ from device import attention_for, check_fits_in_memory
 from errors import ArgumentParser, UserError, run_main
 from tasks import TextTask
 from tokenizer_io import load_tokenizer, tokenizer_from_dict
-from trainer import Run, add_training_flags, check_training_args, claim_outputs, train, training_processes
+from trainer import Run, add_training_flags, check_training_args, claimed_outputs, train, training_processes
 from transformer import MODELS, build_model, count_parameters, parameter_count
 
 # Flags that define the model and its data, and the optimizer whose saved state
 # only fits itself: a resumed run takes them from the checkpoint.
 RESUMED_FLAGS = ("model", "n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "attention", "rnn_cell",
-                 "optimizer", "val_fraction")
+                 "optimizer", "lr", "muon_lr", "weight_decay", "beta2", "val_fraction")
 
 
 def parse_args(argv=None):
@@ -88,7 +88,11 @@ def resumed_tokenizer(args, checkpoint):
 
 def main(argv=None):
     args = parse_args(argv)
-    claim_outputs(args, inputs=[args.data, args.tokenizer])
+    with claimed_outputs(args, inputs=[args.data, args.tokenizer]):
+        return pretrain(args)
+
+
+def pretrain(args):
     checkpoint = None
     if args.resume:
         checkpoint = load_checkpoint(args.ckpt)

@@ -10,6 +10,7 @@ import time
 
 import bpe
 from errors import ArgumentParser, UserError, run_main
+from files import check_output_path
 
 
 def parse_args(argv=None):
@@ -50,8 +51,10 @@ class Progress:
 def main(argv=None):
     args = parse_args(argv)
     n_merges = bpe.merges_for_vocab_size(args.vocab_size)  # fail before reading a big file
-    if args.block_mb <= 0:
-        raise UserError(f"--block-mb must be positive, got {args.block_mb}")
+    if not 0 < args.block_mb <= 1024:
+        raise UserError(f"--block-mb must be in (0, 1024], got {args.block_mb}")
+    check_output_path(args.out, "--out", [args.data])
+    bpe.compile_pattern(args.pattern)
     t0 = time.perf_counter()
     counts = bpe.count_file_chunks(args.data, args.pattern, max(1, int(args.block_mb * 2**20)),
                                    progress=Progress("reading bytes"))

@@ -26,9 +26,9 @@ from tqdm import tqdm
 from checkpoint import Progress, build_checkpoint, progress_of, save_checkpoint
 from device import (DEVICE_CHOICES, DTYPE_CHOICES, autocast, autocast_dtype, choose_device, flush_denormals,
                     maybe_compile)
-from distributed import init_processes, mean_across, replicas_identical, shutdown
+from distributed import init_processes, is_main_process, mean_across, replicas_identical, shutdown
 from errors import UserError
-from files import check_output_path
+from files import check_output_path, exclusive, remove_stale_temporaries
 from optimizers import OPTIMIZER_NAMES, build_optimizer, lr_multiplier, set_lr_multiplier
 from plots import plot_history, write_metrics
 from timing import mfu, model_flops_per_token, peak_flops
@@ -55,7 +55,7 @@ def add_training_flags(parser, **defaults):
            "(default: %(default)s; on --resume, the checkpoint's)")
     a("--lr", type=float, default=d["lr"],
       help="peak learning rate of AdamW, Adam or SGD (with muon: of the embeddings, norms and head), > 0 "
-           "(default: %(default)s)")
+           "(default: %(default)s; on --resume, the checkpoint's)")
     a("--muon-lr", type=float, default=0.02, help="peak learning rate of Muon's matrices, > 0 (default: %(default)s)")
     a("--min-lr-ratio", type=float, default=0.1,
       help="final learning rate as a fraction of the peak, in [0, 1] (default: %(default)s)")
@@ -111,25 +111,32 @@ def check_training_args(args):
         bad("seed", "in [0, 2**63)")
 
 
-def claim_outputs(args, inputs):
-    """Check every output path before any work, and say whether to resume.
+@contextlib.contextmanager
+def claimed_outputs(args, inputs):
+    """Check every output path before any work, and hold --ckpt for the run.
 
-    A fresh run never replaces a checkpoint, metrics CSV or plot without
-    --overwrite, and no output may be one of the run's input files.
+    No output may be one of the run's input files; a fresh run never replaces
+    a checkpoint, metrics CSV or plot without --overwrite; and a second run on
+    the same --ckpt is refused while this one holds it.
     """
     outputs = {"--ckpt": args.ckpt, "--metrics": args.metrics, "--plot": args.plot}
-    for flag, path in outputs.items():
-        if path:
-            check_output_path(path, flag, inputs)
-    named = [p for p in outputs.values() if p]
-    if len(set(map(os.path.realpath, named))) < len(named):
+    named = {flag: path for flag, path in outputs.items() if path}
+    for flag, path in named.items():
+        check_output_path(path, flag, inputs)
+    if len(set(map(os.path.realpath, named.values()))) < len(named):
         raise UserError("--ckpt, --metrics and --plot must be three different files")
-    if args.resume or args.overwrite:
+    if not is_main_process():  # under torchrun, rank 0 holds the files for everyone
+        yield
         return
-    for flag, path in outputs.items():
-        if path and os.path.exists(path):
-            raise UserError(f"{path} ({flag}) already exists: pass --resume to continue that run, --overwrite to "
-                            f"replace it, or {flag} to write another file")
+    with exclusive(args.ckpt, "--ckpt"):
+        for path in named.values():
+            remove_stale_temporaries(path)
+        if not (args.resume or args.overwrite):
+            for flag, path in named.items():
+                if os.path.exists(path):
+                    raise UserError(f"{path} ({flag}) already exists: pass --resume to continue that run, "
+                                    f"--overwrite to replace it, or {flag} to write another file")
+        yield
 
 
 @contextlib.contextmanager
@@ -327,7 +334,7 @@ class Loop:
                 self.seconds += time.time() - t0
                 smoothed = loss if math.isnan(smoothed) else 0.9 * smoothed + 0.1 * loss
                 bar.update(1)
-                bar.set_postfix(loss=f"{smoothed:.3f}")
+                bar.set_postfix(loss=f"{smoothed:.3f}", tok_s=f"{self.tokens_per_step * len(self.losses) / self.seconds:,.0f}")
                 if stopping:
                     bar.close()
                     if procs.is_main:

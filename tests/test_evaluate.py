@@ -69,7 +69,8 @@ def test_report_has_every_metric(tmp_path, tiny_chat_ckpt, capsys):
     report = json.loads(report_path.read_text(encoding="utf-8"))
     assert report["chat"] is True and report["split"] == "test"
     text = report["text"]
-    assert text["val_ppl"] == pytest.approx(math.exp(text["val_loss"])) and text["val_bpc"] > 0
+    assert text["val_ppl"] == pytest.approx(math.exp(text["val_loss"]))
+    assert text["val_bpc"] == pytest.approx(text["val_loss"] / math.log(2))  # one character a token: exact
     qa_scores = report["qa"]
     assert qa_scores["n"] == 10 and len(qa_scores["predictions"]) == 10
     for p in qa_scores["predictions"]:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import optimizers
 from errors import UserError
-from optimizers import (SGD, Adam, AdamW, Muon, MuonAdamW, build_optimizer,
+from optimizers import (SGD, Adam, AdamW, MuonAdamW, build_optimizer,
                         newton_schulz, set_lr_multiplier)
 
 
@@ -95,8 +95,13 @@ ROUND_TRIP = [
     (SGD, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01), SHAPES),
     (Adam, dict(lr=0.01, weight_decay=0.1, amsgrad=True), SHAPES),
     (AdamW, dict(lr=0.01, weight_decay=0.1, amsgrad=True), SHAPES),
-    (Muon, dict(lr=0.02, weight_decay=0.01), MATRICES),
+    (lambda params, **kw: Muon(params, **kw), dict(lr=0.02, weight_decay=0.01), MATRICES),
 ]
+
+
+def Muon(params, **group):
+    """MuonAdamW with every parameter in one Muon group."""
+    return MuonAdamW([dict(params=list(params), use_muon=True, **group)])
 
 
 def combined(params):
