@@ -18,15 +18,21 @@ ceiling that memory bandwidth puts on any batch-1 decoder of that shape.
 
 `python timing.py ...` runs this same command.
 """
+import json
 import math
+import os
+import subprocess
 import sys
+import tempfile
+import time
 
 import torch
 
 from device import DEVICE_CHOICES, check_fits_in_memory, choose_device
-from errors import ArgumentParser, UserError, run_main
+from errors import ArgumentParser, UserError
 from optimizers import OPTIMIZER_NAMES, build_optimizer
 from sampling import Sampling, generate_ids
+from tokenizer import ENDOFTEXT
 from timing import (StepTimer, best_seconds, count_flop_params, mfu, model_flops_per_token,
                     peak_flops, tokens_per_second)
 from transformer import ATTENTION_KINDS, GPTConfig, Transformer, parameter_count
@@ -86,21 +92,25 @@ def generate_ours(model, prompt_ids, new_tokens, use_cache):
     return list(generate_ids(model, prompt_ids, settings))
 
 
-def build_hf_gpt2(n_layer, n_embd, n_head, block_size, vocab_size):
-    """A randomly initialised transformers GPT2LMHeadModel of our shape, in eval mode.
-
-    Imported here, not at the top: transformers is a dev requirement that
-    only this benchmark needs. bos/eos are unset because GPT-2's defaults
-    (50256) lie outside a small vocabulary; with no eos, generation never
-    stops early.
-    """
+def _transformers(who):
+    """The transformers module, imported here: it is a dev requirement that only benchmarks need."""
     try:
         import transformers
     except ImportError:
-        raise UserError("the generate benchmark compares against Hugging Face transformers, "
-                        "which is not installed: pip install -r requirements-dev.txt, "
-                        "or pass --skip-transformers") from None
+        raise UserError(f"{who} compares against Hugging Face transformers, which is not installed: "
+                        f"pip install -r requirements-dev.txt") from None
     transformers.logging.set_verbosity_error()  # its notes about generation defaults are noise here
+    return transformers
+
+
+def build_hf_gpt2(n_layer, n_embd, n_head, block_size, vocab_size):
+    """A randomly initialised transformers GPT2LMHeadModel of our shape, in eval mode.
+
+    bos/eos are unset because GPT-2's defaults
+    (50256) lie outside a small vocabulary; with no eos, generation never
+    stops early.
+    """
+    transformers = _transformers("the generate benchmark (or pass --skip-transformers)")
     config = transformers.GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head,
                                      n_positions=block_size, vocab_size=vocab_size,
                                      bos_token_id=None, eos_token_id=None)
@@ -283,7 +293,95 @@ def add_shape_flags(p, n_layer, n_embd, n_head, block_size):
                    "(default 1337)")
 
 
-MODES = ("step", "generate")
+def gpt2_shaped_folder(folder, seed, vocab_size=50257):
+    """A GPT-2-small-shaped Hugging Face folder: random weights built by transformers, and a byte-level
+    vocabulary of vocab_size tokens (our BPE trained on data.txt, topped up with merges of byte pairs)."""
+    transformers = _transformers("timing.py hf")
+    from bpe import train_bpe
+    from hf import byte_to_unicode
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "data.txt"), encoding="utf-8") as f:
+        merges = train_bpe(f.read(), vocab_size + 3).merges
+    tokens = [bytes([b]) for b in range(256)]
+    for a, b in merges:
+        tokens.append(tokens[a] + tokens[b])
+    known, pairs = set(tokens), [(tokens[a], tokens[b]) for a, b in merges]
+    for a in range(256):  # more merges than a small corpus has pairs for: two-byte tokens it never made
+        for b in range(256):
+            if len(tokens) < vocab_size - 1 and bytes([a, b]) not in known:
+                tokens.append(bytes([a, b]))
+                pairs.append((bytes([a]), bytes([b])))
+    alphabet = byte_to_unicode()
+    text = ["".join(alphabet[x] for x in t) for t in tokens]
+    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump({**{t: i for i, t in enumerate(text)}, ENDOFTEXT: len(text)}, f, ensure_ascii=False)
+    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "".join(" ".join("".join(alphabet[x] for x in side) for side in pair) + "\n"
+                                             for pair in pairs))
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(vocab_size=vocab_size, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+                                     bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    model.save_pretrained(folder)
+    return model
+
+
+def run_measured(*argv):
+    """(seconds, peak RSS in MB) of `python convert.py argv` in a fresh process."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = ("import atexit, resource, runpy, sys; atexit.register(lambda: print('peak', resource.getrusage("
+            "resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)); sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code, os.path.join(here, "convert.py"), *argv],
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if done.returncode:
+        raise UserError(f"convert.py {argv[0]} failed: {done.stderr.strip().splitlines()[-1]}")
+    return seconds, int(done.stderr.split("peak")[-1]) / 1024  # ru_maxrss is in KB on Linux
+
+
+def cmd_hf(args):
+    """Convert a GPT-2-small-shaped model both ways, then time batch-1 generation: ours against transformers."""
+    from checkpoint import load_model
+    from hf import read_tokenizer
+    if not 0 <= args.seed < 2 ** 63 or args.new_tokens < 1 or args.prompt_tokens < 1 \
+            or args.prompt_tokens + args.new_tokens > 1024:
+        raise UserError("--new-tokens and --prompt-tokens must be >= 1 and fit in 1024 together; --seed >= 0")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, ckpt = os.path.join(tmp, "gpt2"), os.path.join(tmp, "gpt2.pth")
+        os.makedirs(folder)
+        theirs = gpt2_shaped_folder(folder, args.seed)
+        megabytes = os.path.getsize(os.path.join(folder, "model.safetensors")) / 1e6
+        import_s, import_mb = run_measured("from-hf", folder, ckpt)
+        export_s, export_mb = run_measured("to-hf", ckpt, os.path.join(tmp, "back"))
+        print(f"GPT-2-small shape (12 layers, 768 wide, block 1024, vocab 50257), {megabytes:.0f} MB of weights")
+        print(f"from-hf {import_s:.1f} s, peak RSS {import_mb:.0f} MB; to-hf {export_s:.1f} s, peak RSS "
+              f"{export_mb:.0f} MB ({max(import_mb, export_mb) / megabytes:.2f}x the weights)")
+        ours, _, _ = load_model(ckpt)
+        _, to_ours, _ = read_tokenizer(folder)
+    g = torch.Generator().manual_seed(args.seed)
+    prompt = torch.randint(50256, (args.prompt_tokens,), generator=g).tolist()
+    runs = {"ours, KV cache": lambda: generate_ours(ours, [to_ours[i] for i in prompt], args.new_tokens, True),
+            "transformers GPT-2": lambda: generate_hf(theirs, prompt, args.new_tokens)}
+    results = {}
+    with torch.inference_mode():
+        for name, run in runs.items():
+            run()  # warm-up
+            results[name] = best_seconds(run, 1)
+    same = results["ours, KV cache"][1] == [to_ours[i] for i in results["transformers GPT-2"][1]]
+    base = results["transformers GPT-2"][0]
+    ceiling = 1 / weight_read_seconds(matrix_weights(ours), 1)
+    print(f"greedy, batch 1, {args.new_tokens} new tokens after {args.prompt_tokens}, "
+          f"{torch.get_num_threads()} threads; the same tokens: {same}")
+    for name, (seconds, _) in results.items():
+        tps = tokens_per_second(args.new_tokens, seconds)
+        print(f"{name:20} {tps:8.1f} tok/s {base / seconds:6.2f}x transformers {tps / ceiling:6.0%} of the "
+              f"memory-bandwidth ceiling ({ceiling:.0f} tok/s)")
+    return 0
+
+
+MODES = ("step", "generate", "hf")
 
 
 def build_parser():
@@ -332,6 +430,15 @@ def build_parser():
     g.add_argument("--skip-transformers", action="store_true",
                    help="time only our model (no transformers needed)")
     g.set_defaults(func=cmd_generate)
+
+    h = modes.add_parser("hf", help="convert a GPT-2-small-shaped model both ways and time its generation",
+                         description="Build a GPT-2-small-shaped model with transformers (random weights), "
+                                     "convert it to b_lm and back (time and peak memory of each), and time "
+                                     "batch-1 greedy generation: ours with the KV cache against transformers.")
+    h.add_argument("--new-tokens", type=int, default=200, help="tokens to generate (default 200)")
+    h.add_argument("--prompt-tokens", type=int, default=100, help="prompt length (default 100)")
+    h.add_argument("--seed", type=int, default=1337, help="seed for weights and prompt (default 1337)")
+    h.set_defaults(func=cmd_hf)
     return p
 
 
@@ -342,7 +449,3 @@ def main(argv=None):
         argv = ["step", *argv]
     args = build_parser().parse_args(argv)
     return args.func(args)
-
-
-if __name__ == "__main__":
-    run_main(main)

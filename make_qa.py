@@ -23,9 +23,8 @@ Categories: parentage, kills (and wounds), places, catalogue (ship counts),
 gods, objects, people, games (the funeral games), books (what each book holds).
 """
 from errors import ArgumentParser, UserError, run_main
-# load_qa is also imported from here by sft.py and evaluate.py until they import it from qa.
-from qa import (DEFAULT_CORPUS, DEFAULT_FACTS, DEFAULT_OUT, build, load_qa, problem_report,
-                read_corpus, summary, validate_qa)
+from qa import (DEFAULT_CORPUS, DEFAULT_FACTS, DEFAULT_OUT, build, load_qa, problem_report, read_corpus, summary,
+                validate_qa)
 
 
 def main(argv=None):

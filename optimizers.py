@@ -80,7 +80,28 @@ def adam_update(p, state, group, decoupled):
     p.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
 
 
-class SGD(torch.optim.Optimizer):
+def _evaluate(closure):
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+class PerTensorOptimizer(torch.optim.Optimizer):
+    """Steps each parameter on its own, with plain tensor ops: no foreach or fused kernels,
+    which DirectML lacks. A subclass says how one tensor moves: update(p, state, group)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = _evaluate(closure)
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    self.update(p, self.state[p], g)
+        return loss
+
+
+class SGD(PerTensorOptimizer):
     """torch.optim.SGD's update rule, one tensor at a time."""
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, nesterov=False,
@@ -94,17 +115,11 @@ class SGD(torch.optim.Optimizer):
                         nesterov=nesterov, weight_decay=weight_decay)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = _evaluate(closure)
-        for g in self.param_groups:
-            for p in g["params"]:
-                if p.grad is not None:
-                    sgd_update(p, self.state[p], g)
-        return loss
+    def update(self, p, state, group):
+        sgd_update(p, state, group)
 
 
-class Adam(torch.optim.Optimizer):
+class Adam(PerTensorOptimizer):
     """torch.optim.Adam's update rule (weight decay as L2 in the gradient)."""
 
     decoupled = False
@@ -120,14 +135,8 @@ class Adam(torch.optim.Optimizer):
                         amsgrad=amsgrad)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = _evaluate(closure)
-        for g in self.param_groups:
-            for p in g["params"]:
-                if p.grad is not None:
-                    adam_update(p, self.state[p], g, self.decoupled)
-        return loss
+    def update(self, p, state, group):
+        adam_update(p, state, group, self.decoupled)
 
 
 class AdamW(Adam):
@@ -138,13 +147,6 @@ class AdamW(Adam):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
-
-
-def _evaluate(closure):
-    if closure is None:
-        return None
-    with torch.enable_grad():
-        return closure()
 
 
 # --------------------------------------------------------------------- Muon
@@ -221,7 +223,7 @@ def _check_muon_group(group):
                              f"{tuple(p.shape)}; give it to AdamW instead")
 
 
-class MuonAdamW(torch.optim.Optimizer):
+class MuonAdamW(PerTensorOptimizer):
     """One optimizer, two rules: groups with use_muon=True take Muon steps, the
     rest take AdamW steps. Being a single Optimizer, it has one state_dict and
     one param_groups list for a schedule to walk.
@@ -243,18 +245,11 @@ class MuonAdamW(torch.optim.Optimizer):
         if self.param_groups[-1]["use_muon"]:
             _check_muon_group(self.param_groups[-1])
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = _evaluate(closure)
-        for g in self.param_groups:
-            for p in g["params"]:
-                if p.grad is None:
-                    continue
-                if g["use_muon"]:
-                    muon_update(p, self.state[p], g)
-                else:
-                    adam_update(p, self.state[p], g, decoupled=True)
-        return loss
+    def update(self, p, state, group):
+        if group["use_muon"]:
+            muon_update(p, state, group)
+        else:
+            adam_update(p, state, group, decoupled=True)
 
 
 # ------------------------------------------------------------ build_optimizer

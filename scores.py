@@ -85,7 +85,10 @@ def qa_scores(model, tokenizer, records, max_new_tokens, progress=True):
 # ---------------------------------------------------------- text and samples
 
 def words(text):
-    """Lower-case words, apostrophes inside kept: 'Achilles’ son—Thetis’s' -> ['achilles', 'son', 'thetis’s']."""
+    """Lower-case words, apostrophes inside kept.
+
+    'Achilles’ son—Thetis’s' -> ['achilles', 'son', 'thetis’s']
+    """
     return re.findall(r"[^\W\d_]+(?:['’][^\W\d_]+)*", text.lower())
 
 

@@ -1,8 +1,8 @@
 """The meter: step timers, tokens per second, FLOPs per token, and MFU.
 
 Training imports this module, so it holds no benchmarks and no Hugging Face
-code. The benchmark command lives in benchmark.py; `python timing.py ...`
-still runs it, exactly as `python benchmark.py ...` does.
+code. `python timing.py ...` runs the benchmarks, whose code is in
+benchmark.py and is loaded only then.
 
 Conventions:
 - A training step costs flops_per_token = 6N + 12*L*C*T per token (the PaLM
@@ -172,7 +172,7 @@ def peak_flops(device, n=None, reps=3, cache_path=None):
 
 
 if __name__ == "__main__":
-    # The command moved to benchmark.py; this door stays open for old habits and scripts.
+    # The command: benchmark.py holds it, so that training, which imports the meter, never loads it.
     from benchmark import main
     from errors import run_main
     run_main(main)

@@ -31,7 +31,11 @@ def parse_args(argv=None):
     a = p.add_argument
     a("--data", default="data.txt", help="training text, UTF-8 (default: %(default)s)")
     a("--tokenizer", default=None,
-      help="'char', or a tokenizer.json from train_tokenizer.py (default: char; on --resume, the checkpoint's)")
+      help="'char', or a tokenizer.json from train_tokenizer.py (default: char; with --resume or --init-from, "
+           "the checkpoint's)")
+    a("--init-from", default=None, metavar="CKPT",
+      help="start from this checkpoint's weights, tokenizer and shape (b_lm's own, or one convert.py imported) "
+           "and train it on --data with a fresh optimizer and schedule (default: a new model)")
     a("--model", default="transformer", choices=list(MODELS), help="architecture (default: %(default)s)")
     a("--n-layer", type=int, default=4, help="layers, >= 1 (default: %(default)s)")
     a("--n-head", type=int, default=4, help="attention heads, >= 1, dividing --n-embd (default: %(default)s)")
@@ -88,13 +92,25 @@ def resumed_tokenizer(args, checkpoint):
 
 def main(argv=None):
     args = parse_args(argv)
-    with claimed_outputs(args, inputs=[args.data, args.tokenizer]):
+    with claimed_outputs(args, inputs=[args.data, args.tokenizer, args.init_from]):
         return pretrain(args)
 
 
 def pretrain(args):
-    checkpoint = None
-    if args.resume:
+    checkpoint, base = None, None
+    if args.init_from:
+        if args.resume or args.tokenizer:
+            raise UserError("--init-from starts a new run from a checkpoint, with its tokenizer: it does not "
+                            "combine with --resume or --tokenizer")
+        base = load_checkpoint(args.init_from)
+        for name in ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias"):
+            setattr(args, name, base["model_config"].get(name, getattr(args, name)))
+        args.model = base["model_type"]
+        try:
+            tokenizer = tokenizer_from_dict(base["tokenizer"])
+        except UserError as e:
+            raise UserError(f"{args.init_from}: {e}") from None
+    elif args.resume:
         checkpoint = load_checkpoint(args.ckpt)
         for name in RESUMED_FLAGS:
             setattr(args, name, (checkpoint.get("train_args") or {}).get(name, getattr(args, name)))
@@ -103,8 +119,9 @@ def pretrain(args):
         tokenizer = load_tokenizer(args.tokenizer or "char", args.data)
     with training_processes(args.device) as (procs, device):
         batches = corpus_batches(args.data, tokenizer, args.block_size, args.val_fraction, args.seed)
-        if checkpoint:
-            model, _ = model_from_checkpoint(checkpoint, device, args.ckpt)
+        if checkpoint or base:
+            torch.manual_seed(args.seed)
+            model, _ = model_from_checkpoint(checkpoint or base, device, args.ckpt if checkpoint else args.init_from)
             model.train()
         else:
             config = model_config(args, tokenizer.vocab_size, device)

@@ -82,7 +82,8 @@ def add_training_flags(parser, **defaults):
     a("--ckpt", "--checkpoint", dest="ckpt", default=d["ckpt"], help="checkpoint file (default: %(default)s)")
     a("--resume", action="store_true", help="continue the run saved in --ckpt, exactly where it stopped")
     a("--overwrite", action="store_true", help="start afresh even though --ckpt (or --metrics, --plot) exists")
-    a("--metrics", default=d["metrics"], help="CSV of the train loss and evaluations; '' skips it (default: %(default)s)")
+    a("--metrics", default=d["metrics"],
+      help="CSV of the train loss and evaluations; '' skips it (default: %(default)s)")
     a("--plot", default=d["plot"], help="loss-curve PNG written at the end; '' skips it (default: %(default)s)")
 
 
@@ -267,7 +268,8 @@ class Loop:
             shown += [f"{SCORE_LABELS[k][0]} {v:.{SCORE_LABELS[k][1]}f}" for k, v in scores.items()]
             if self.losses:
                 peak = peak_flops(self.device) * self.procs.world_size
-                shown += [f"{row['tokens_per_s']:,} tokens/s, MFU {mfu(row['tokens_per_s'], self.flops_per_token, peak):.0%}"]
+                utilization = mfu(row["tokens_per_s"], self.flops_per_token, peak)
+                shown += [f"{row['tokens_per_s']:,} tokens/s, MFU {utilization:.0%}"]
             self.say(f"step {self.progress.step}: " + ", ".join(shown))
         self.progress.history.append(row)
         self.losses, self.seconds = [], 0.0
@@ -334,7 +336,8 @@ class Loop:
                 self.seconds += time.time() - t0
                 smoothed = loss if math.isnan(smoothed) else 0.9 * smoothed + 0.1 * loss
                 bar.update(1)
-                bar.set_postfix(loss=f"{smoothed:.3f}", tok_s=f"{self.tokens_per_step * len(self.losses) / self.seconds:,.0f}")
+                tokens_per_s = self.tokens_per_step * len(self.losses) / self.seconds
+                bar.set_postfix(loss=f"{smoothed:.3f}", tok_s=f"{tokens_per_s:,.0f}")
                 if stopping:
                     bar.close()
                     if procs.is_main:
@@ -367,7 +370,7 @@ class Loop:
         scores = self.log_row(args.final_eval_tokens or None, evaluate=True)
         self.save()
         plot_history(args.plot, progress.history)
-        print(f"saved {args.ckpt}" + (f", {args.metrics}" if args.metrics else "") + (f", {args.plot}" if args.plot else ""))
+        print(f"saved {', '.join(p for p in (args.ckpt, args.metrics, args.plot) if p)}")
         print(f"final: step={progress.step} " + " ".join(f"{k}={v:.{SCORE_LABELS[k][1]}f}" for k, v in scores.items())
               + f" elapsed_s={self.elapsed():.1f}")
         return {"step": progress.step, **scores, "elapsed_s": self.elapsed()}

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from errors import UserError
 
 ATTENTION_KINDS = ("sdpa", "explicit")
+GELU_KINDS = ("exact", "tanh")
 
 
 @dataclass
@@ -29,6 +30,9 @@ class GPTConfig:
     # has them); 'explicit' spells out matmul-softmax-matmul for backends that
     # lack SDPA, such as DirectML. Both compute the same function.
     attention: str = "sdpa"
+    # What GPT-2 checkpoints need (convert.py from-hf); b_lm's own models keep the defaults.
+    tie_embeddings: bool = False  # the output head shares the token embedding's matrix
+    gelu: str = "exact"  # or 'tanh', the approximation GPT-2 was trained with ('gelu_new')
 
 
 class CausalSelfAttention(nn.Module):
@@ -88,9 +92,10 @@ class MLP(nn.Module):
         self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.approximate = "tanh" if config.gelu == "tanh" else "none"
 
     def forward(self, x):
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        return self.dropout(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
 
 
 class Block(nn.Module):
@@ -113,6 +118,8 @@ class Transformer(nn.Module):
         super().__init__()
         if config.attention not in ATTENTION_KINDS:
             raise UserError(f"unknown attention {config.attention!r}: choose one of {ATTENTION_KINDS}")
+        if config.gelu not in GELU_KINDS:
+            raise UserError(f"unknown gelu {config.gelu!r}: choose one of {GELU_KINDS}")
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
@@ -120,6 +127,8 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
         self.apply(self._init_weights)
         # Each block adds its output projections to the residual stream; shrinking
         # them by depth keeps the stream's variance from growing with n_layer (GPT-2).

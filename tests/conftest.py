@@ -133,6 +133,30 @@ def run_script(script, *args, stdin=None, cwd=None):
                           capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run a script's main in this process as its command line would: cli(module, *args, stdin=...).
+
+    Returns a CompletedProcess like run_script's, without the second or two a
+    new Python spends importing torch; an exception that escapes run_main
+    (a traceback) fails the test.
+    """
+    import io
+    from errors import run_main
+
+    def run(script, *args, stdin=""):
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        capsys.readouterr()
+        code = 0
+        try:
+            run_main(script.main, [str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess([script.__name__, *args], code, out, err)
+    return run
+
+
 def assert_clean_error(result, *fragments):
     """A user error: non-zero exit, one line on stderr mentioning the fragments, no traceback."""
     assert result.returncode != 0, result.stdout

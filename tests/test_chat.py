@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 import chat
+import generate
 import interactive_generate
 from bpe import BPETokenizer
 from conftest import assert_clean_error, run_script
@@ -160,20 +161,20 @@ def test_interactive_chat_session(tiny_chat_ckpt):
         assert special not in out
 
 
-def test_interactive_chat_mode_needs_a_chat_checkpoint(tiny_ckpt, tiny_chat_ckpt):
-    assert_clean_error(run_script("interactive_generate.py", "--ckpt", tiny_ckpt, "--chat", stdin="quit\n"),
+def test_interactive_chat_mode_needs_a_chat_checkpoint(tiny_ckpt, tiny_chat_ckpt, cli):
+    assert_clean_error(cli(interactive_generate, "--ckpt", tiny_ckpt, "--chat", stdin="quit\n"),
                        "not a chat model")
-    completion = run_script("interactive_generate.py", "--ckpt", tiny_chat_ckpt, "--completion", "--length", "5",
+    completion = cli(interactive_generate, "--ckpt", tiny_chat_ckpt, "--completion", "--length", "5",
                             stdin="Sing\nquit\n")
     assert completion.returncode == 0 and "you> " not in completion.stdout, completion.stderr
 
 
-def test_generate_answers_one_question(tiny_ckpt, tiny_chat_ckpt):
+def test_generate_answers_one_question(tiny_ckpt, tiny_chat_ckpt, cli):
     args = ["--chat", "Who is the father of Achilles?", "--length", "12", "--seed", "3"]
-    result = run_script("generate.py", "--ckpt", tiny_chat_ckpt, *args)
+    result = cli(generate, "--ckpt", tiny_chat_ckpt, *args)
     assert result.returncode == 0, result.stderr
     assert result.stdout.endswith("\n") and len(result.stdout) <= 12 + 1  # 12 chars at most, then a newline
     assert "<|" not in result.stdout
-    assert run_script("generate.py", "--ckpt", tiny_chat_ckpt, *args).stdout == result.stdout
-    assert_clean_error(run_script("generate.py", "--ckpt", tiny_ckpt, *args), "not a chat model", "sft.py")
-    assert_clean_error(run_script("generate.py", "--ckpt", tiny_chat_ckpt, "--chat", "Who is 你?"), "'你'")
+    assert cli(generate, "--ckpt", tiny_chat_ckpt, *args).stdout == result.stdout
+    assert_clean_error(cli(generate, "--ckpt", tiny_ckpt, *args), "not a chat model", "sft.py")
+    assert_clean_error(cli(generate, "--ckpt", tiny_chat_ckpt, "--chat", "Who is 你?"), "'你'")

@@ -6,7 +6,7 @@ import pytest
 
 import evaluate
 import scores
-from conftest import QA, assert_clean_error, run_script
+from conftest import QA, assert_clean_error
 
 
 @pytest.mark.parametrize("text, normalized", [
@@ -99,10 +99,10 @@ def test_a_base_model_is_asked_in_the_chat_format(tmp_path, tiny_ckpt, capsys):
     ('{"id": "x/0"}\n', "line 1: missing field 'fact_id'"),
     (open(QA, encoding="utf-8").readline() + "\n[1, 2\n", "line 3: not valid JSON"),
 ])
-def test_a_bad_question_file_is_one_clean_line(tmp_path, tiny_chat_ckpt, content, fragment):
+def test_a_bad_question_file_is_one_clean_line(tmp_path, tiny_chat_ckpt, cli, content, fragment):
     qa = tmp_path / "qa.jsonl"
     qa.write_text(content, encoding="utf-8")
-    result = run_script("evaluate.py", "--ckpt", tiny_chat_ckpt, "--qa", str(qa), "--report",
+    result = cli(evaluate, "--ckpt", tiny_chat_ckpt, "--qa", str(qa), "--report",
                         str(tmp_path / "report.json"))
     assert_clean_error(result, fragment)
     assert result.returncode == 2 and not (tmp_path / "report.json").exists()

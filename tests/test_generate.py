@@ -1,18 +1,20 @@
 import pytest
 import torch
 
+import generate
+
 from checkpoint import load_model
 from conftest import assert_clean_error, run_script
 from sampling import Sampling, generate_ids, gradients_off, sample_next, stream_text, text_prompt
 
 
-def test_seed_example_runs_and_is_reproducible(tiny_ckpt):
+def test_seed_example_runs_and_is_reproducible(tiny_ckpt, cli):
     args = ["--ckpt", tiny_ckpt, "--start", "Sing, ", "--length", "40", "--temp", "0.8", "--seed", "7"]
-    first = run_script("generate.py", *args)
+    first = run_script("generate.py", *args)  # once as a real command line
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("Sing, ") and len(first.stdout) == len("Sing, ") + 40 + 1
-    assert run_script("generate.py", *args).stdout == first.stdout
-    assert run_script("generate.py", "--checkpoint", tiny_ckpt, "--length", "5").returncode == 0
+    assert cli(generate, *args).stdout == first.stdout
+    assert cli(generate, "--checkpoint", tiny_ckpt, "--length", "5").returncode == 0
 
 
 @pytest.mark.parametrize("temp", [0.0, 1.0])
@@ -61,17 +63,17 @@ def test_greedy_text_ignores_the_seed_and_never_shows_special_tokens(tiny_ckpt):
     (["--device", "quantum"], "--device"),
     (["--start", "Sing, 你好"], "'你'"),
 ])
-def test_bad_sampling_input(tiny_ckpt, flags, fragment):
-    assert_clean_error(run_script("generate.py", "--ckpt", tiny_ckpt, *flags), fragment)
+def test_bad_sampling_input(tiny_ckpt, cli, flags, fragment):
+    assert_clean_error(cli(generate, "--ckpt", tiny_ckpt, *flags), fragment)
 
 
-def test_bad_checkpoint_files(tmp_path, tiny_ckpt):
-    assert_clean_error(run_script("generate.py", "--ckpt", str(tmp_path / "none.pth")), "not found")
+def test_bad_checkpoint_files(tmp_path, tiny_ckpt, cli):
+    assert_clean_error(cli(generate, "--ckpt", str(tmp_path / "none.pth")), "not found")
     (tmp_path / "text.pth").write_text("not a checkpoint")
-    assert_clean_error(run_script("generate.py", "--ckpt", str(tmp_path / "text.pth")), "checkpoint")
+    assert_clean_error(cli(generate, "--ckpt", str(tmp_path / "text.pth")), "checkpoint")
     data = open(tiny_ckpt, "rb").read()
     (tmp_path / "cut.pth").write_bytes(data[: len(data) // 3])
-    assert_clean_error(run_script("generate.py", "--ckpt", str(tmp_path / "cut.pth")), "checkpoint")
+    assert_clean_error(cli(generate, "--ckpt", str(tmp_path / "cut.pth")), "checkpoint")
 
 
 def test_generation_turns_gradients_off_in_a_way_each_device_supports():

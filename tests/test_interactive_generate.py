@@ -1,5 +1,6 @@
 import pytest
 
+import interactive_generate
 from conftest import run_script
 
 
@@ -16,6 +17,6 @@ def test_prompts_continuations_and_quit(tiny_ckpt):
 
 
 @pytest.mark.parametrize("ending", ["exit\n", "q\n", ":q\n", ""])
-def test_every_way_out_ends_cleanly(tiny_ckpt, ending):
-    result = run_script("interactive_generate.py", "--ckpt", tiny_ckpt, "--length", "5", stdin="Sing\n" + ending)
+def test_every_way_out_ends_cleanly(tiny_ckpt, cli, ending):
+    result = cli(interactive_generate, "--ckpt", tiny_ckpt, "--length", "5", stdin="Sing\n" + ending)
     assert result.returncode == 0 and result.stdout.rstrip().endswith("bye"), result.stderr

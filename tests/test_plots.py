@@ -1,6 +1,7 @@
 import pytest
 
-from conftest import assert_clean_error, run_script
+import plots
+from conftest import assert_clean_error
 from errors import UserError
 from plots import plot_runs, read_metrics
 
@@ -13,9 +14,10 @@ def test_runs_are_plotted_against_wall_time(tmp_path):
     assert (tmp_path / "runs.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_bad_inputs(tmp_path):
+def test_bad_inputs(tmp_path, cli, monkeypatch):
     (tmp_path / "bad.csv").write_text("x,y\n1,2\n")
     with pytest.raises(UserError, match="not a metrics CSV"):
         read_metrics(str(tmp_path / "bad.csv"))
-    assert_clean_error(run_script("plots.py", "no-label.csv", cwd=tmp_path), "LABEL=METRICS.csv")
-    assert_clean_error(run_script("plots.py", "a=missing.csv", cwd=tmp_path), "cannot read")
+    monkeypatch.chdir(tmp_path)
+    assert_clean_error(cli(plots, "no-label.csv"), "LABEL=METRICS.csv")
+    assert_clean_error(cli(plots, "a=missing.csv"), "cannot read")

@@ -6,7 +6,7 @@ import torch
 
 import sft
 from checkpoint import load_checkpoint
-from conftest import QA, assert_clean_error, interrupt_during, run_script
+from conftest import QA, assert_clean_error, interrupt_during
 from errors import UserError
 from qa import load_qa
 from tasks import ChatRows, sft_loss
@@ -103,7 +103,7 @@ def test_an_interrupted_and_resumed_run_ends_as_an_uninterrupted_one(tmp_path, t
     ("mix", "--pretrain-mix"),
     ("no-base", "not found"),
 ])
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_ckpt, case, fragment):
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_ckpt, cli, monkeypatch, case, fragment):
     qa = tmp_path / "qa.jsonl"
     good = open(QA, encoding="utf-8").readline()
     flags = ["--init-from", tiny_ckpt, "--qa", str(qa), "--ckpt", str(tmp_path / "chat.pth")]
@@ -116,6 +116,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_ckpt, case, fra
     else:
         qa.write_text(good, encoding="utf-8")
         flags += ["--pretrain-mix", "1"] if case == "mix" else ["--init-from", str(tmp_path / "none.pth")]
-    result = run_script("sft.py", *flags, cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = cli(sft, *flags)
     assert_clean_error(result, fragment)
     assert result.returncode == 2 and not (tmp_path / "chat.pth").exists()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import train
-from conftest import INTERRUPT_POINTS, ROOT, TINY, assert_clean_error, interrupt_during, run_script, signal_training_run
+from conftest import INTERRUPT_POINTS, ROOT, TINY, assert_clean_error, interrupt_during, signal_training_run
 from errors import UserError
 
 
@@ -148,7 +148,7 @@ def test_time_limit_stops_cleanly(tmp_path, small_corpus):
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "short", "cuda", "device", "not-utf8"])
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case):
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, cli, monkeypatch, case):
     data = tmp_path / "data.txt"
     flags = []
     if case == "empty":
@@ -160,7 +160,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case):
     elif case != "missing":
         data.write_text("Sing, O goddess, the anger of Achilles\n" * 200)
         flags = ["--device", "cuda" if case == "cuda" else "tpu"]
-    result = run_script("train.py", "--data", str(data), "--max-iters", "1", *flags, cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = cli(train, "--data", str(data), "--max-iters", "1", *flags)
     assert_clean_error(result)
     assert result.returncode == 2
     assert sorted(os.listdir(tmp_path)) == (["data.txt"] if case != "missing" else [])

@@ -1,0 +1,86 @@
+"""Move models between b_lm and the Hugging Face format (GPT-2 architecture).
+
+    python convert.py to-hf checkpoint.pth hf_model/     # then transformers loads hf_model/
+    python convert.py from-hf gpt2/ gpt2.pth             # a GPT-2 directory you downloaded
+
+to-hf writes config.json, model.safetensors, tokenizer.json,
+tokenizer_config.json (with the chat template, for chat models) and
+generation_config.json, which `AutoModelForCausalLM.from_pretrained` and
+`AutoTokenizer.from_pretrained` load without b_lm. from-hf makes a checkpoint
+that generate.py, the REPL, sft.py and `train.py --init-from` use like their
+own. See hf.py for how weights and tokenizers map.
+"""
+import os
+import shutil
+import tempfile
+
+from checkpoint import build_checkpoint, load_model, model_from_checkpoint, save_checkpoint
+from errors import ArgumentParser, UserError, run_main
+from files import check_output_path, exclusive
+from hf import from_hf, to_hf
+
+
+def export(args):
+    model, tokenizer, checkpoint = load_model(args.ckpt)
+    out = args.out_dir.rstrip("/\\") or args.out_dir
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"{out} is a file: name a folder to write the model into")
+    if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
+        raise UserError(f"{out} already exists and is not empty: pass --overwrite to replace it")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise UserError(f"folder {parent} does not exist")
+    # Write beside it, then swap it in: a failed export never leaves half a model where a whole one was.
+    staging = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(os.path.abspath(out)) + ".", suffix=".tmp")
+    try:
+        to_hf(model, tokenizer, bool(checkpoint.get("chat")), staging)
+        if os.path.isdir(out):
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"wrote {out}: {model.config.n_layer} layers, {model.config.n_embd} wide, vocab {tokenizer.vocab_size}, "
+          f"{tokenizer.kind} tokenizer" + (", chat template" if checkpoint.get("chat") else ""))
+
+
+def import_(args):
+    if not os.path.isdir(args.in_dir):
+        raise UserError(f"{args.in_dir} is not a folder: give the directory of a Hugging Face model")
+    check_output_path(args.ckpt, "CKPT")
+    with exclusive(args.ckpt, "CKPT"):
+        if os.path.exists(args.ckpt) and not args.overwrite:
+            raise UserError(f"{args.ckpt} already exists: pass --overwrite to replace it")
+        config, weights, tokenizer, chat = from_hf(args.in_dir)
+        checkpoint = {"model_type": "transformer", "model_config": config, "model": weights,
+                      "tokenizer": tokenizer.to_dict(), "format_version": 1}
+        model, _ = model_from_checkpoint(checkpoint, "cpu", args.in_dir)  # the checks every checkpoint gets
+        train_args = {"model": "transformer", **{k: config[k] for k in ("n_layer", "n_head", "n_embd", "block_size",
+                                                                         "dropout", "bias")}, "data": None,
+                      "imported_from": os.path.abspath(args.in_dir)}
+        save_checkpoint(args.ckpt, build_checkpoint(model, tokenizer, train_args=train_args, chat=chat))
+    print(f"wrote {args.ckpt}: {config['n_layer']} layers, {config['n_embd']} wide, context {config['block_size']}, "
+          f"vocab {tokenizer.vocab_size} ({tokenizer.kind})" + (", a chat model" if chat else ""))
+
+
+def main(argv=None):
+    parser = ArgumentParser(description="Convert between b_lm checkpoints and Hugging Face model folders "
+                                        "(GPT-2 architecture).")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    to = commands.add_parser("to-hf", help="b_lm checkpoint -> Hugging Face folder",
+                             description="Write a b_lm checkpoint as a Hugging Face GPT-2 folder.")
+    to.add_argument("ckpt", help="the b_lm checkpoint")
+    to.add_argument("out_dir", help="the folder to write (new, or empty, or with --overwrite)")
+    to.add_argument("--overwrite", action="store_true", help="replace out_dir if it holds files")
+    to.set_defaults(run=export)
+    back = commands.add_parser("from-hf", help="Hugging Face folder -> b_lm checkpoint",
+                               description="Read a Hugging Face GPT-2 folder into a b_lm checkpoint.")
+    back.add_argument("in_dir", help="the Hugging Face model folder (config.json, model.safetensors, tokenizer)")
+    back.add_argument("ckpt", help="the b_lm checkpoint to write")
+    back.add_argument("--overwrite", action="store_true", help="replace ckpt if it exists")
+    back.set_defaults(run=import_)
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    run_main(main)
