@@ -35,7 +35,7 @@ from sampling import Sampling, generate_ids
 from tokenizer import ENDOFTEXT
 from timing import (StepTimer, best_seconds, count_flop_params, mfu, model_flops_per_token,
                     peak_flops, tokens_per_second)
-from transformer import ATTENTION_KINDS, GPTConfig, Transformer, parameter_count
+from transformer import ATTENTION_KINDS, GPTConfig, Transformer, estimate_parameters
 
 
 # ------------------------------------------------------ timing a train step
@@ -153,7 +153,7 @@ def check_shape(args, sizes):
         raise UserError(f"--seed must be in [0, 2**63), got {args.seed}")
     config = dict(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
                   n_head=args.n_head, n_embd=args.n_embd)
-    check_fits_in_memory(parameter_count("transformer", config), "cpu")
+    check_fits_in_memory(estimate_parameters("transformer", config), "cpu")
 
 
 def cmd_step(args):

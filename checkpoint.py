@@ -30,7 +30,7 @@ from device import attention_for
 from errors import UserError
 from files import atomic_write
 from tokenizer_io import tokenizer_from_dict
-from transformer import MODELS, build_model, model_type_of
+from transformer import MODELS, build_model, estimate_parameters, model_type_of
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model_type", "model_config", "model", "tokenizer")
@@ -48,11 +48,16 @@ class Progress:
 
 def build_checkpoint(model, tokenizer, optimizer=None, progress=None, train_args=None, chat=False):
     """The checkpoint dict of a model (and, while training, of its run)."""
-    return {"format_version": FORMAT_VERSION, "model_type": model_type_of(model),
-            "model_config": asdict(model.config), "model": model.state_dict(),
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "tokenizer": tokenizer.to_dict(), "train_args": dict(train_args or {}), "chat": bool(chat),
-            **asdict(progress or Progress())}
+    return checkpoint_dict(model_type_of(model), asdict(model.config), model.state_dict(), tokenizer,
+                           optimizer.state_dict() if optimizer is not None else None, progress, train_args, chat)
+
+
+def checkpoint_dict(model_type, model_config, weights, tokenizer, optimizer_state=None, progress=None,
+                    train_args=None, chat=False):
+    """The checkpoint dict, from its parts: the one place that lays it out (build_checkpoint's model is one way in)."""
+    return {"format_version": FORMAT_VERSION, "model_type": model_type, "model_config": dict(model_config),
+            "model": weights, "optimizer": optimizer_state, "tokenizer": tokenizer.to_dict(),
+            "train_args": dict(train_args or {}), "chat": bool(chat), **asdict(progress or Progress())}
 
 
 def save_checkpoint(path, checkpoint):
@@ -85,13 +90,13 @@ def load_checkpoint(path, map_location="cpu"):
     if version != FORMAT_VERSION:
         raise UserError(f"{path} has checkpoint format {version}; this version of b_lm reads format "
                         f"{FORMAT_VERSION} only")
-    problem = _content_problem(checkpoint)
+    problem = content_problem(checkpoint)
     if problem:
         raise UserError(f"{path} is damaged: {problem}")
     return checkpoint
 
 
-def _content_problem(c):
+def content_problem(c):
     """What is wrong inside a checkpoint whose keys are all there, or None."""
     if c["model_type"] not in MODELS:
         return f"unknown model_type {c['model_type']!r}"
@@ -124,35 +129,47 @@ def progress_of(checkpoint, path):
     return p
 
 
-def model_from_checkpoint(checkpoint, device="cpu", path="the checkpoint"):
-    """Rebuild (model, tokenizer) from a loaded checkpoint, in eval mode, for `device`."""
-    config = dict(checkpoint["model_config"])
-    if checkpoint["model_type"] == "transformer":
-        # Both attention kinds compute the same function: pick the one the device runs natively.
-        config["attention"] = attention_for(device, config.get("attention", "auto"))
+def check_model(checkpoint, path="the checkpoint"):
+    """The tokenizer of a checkpoint whose weights, config and tokenizer fit together; UserError if not.
+
+    The model is built on the meta device, which holds shapes and no memory:
+    a damaged config could otherwise ask for terabytes before anything fails.
+    """
     try:
-        with torch.device("meta"):  # shapes only, no memory: a damaged config could ask for terabytes
-            skeleton = build_model(checkpoint["model_type"], config)
+        present = sum(t.numel() for t in checkpoint["model"].values())
+        if estimate_parameters(checkpoint["model_type"], checkpoint["model_config"]) > 2 * present + 10 ** 6:
+            raise ValueError(f"the config makes a far larger model than the {present:,} weights present")
+        with torch.device("meta"):
+            skeleton = build_model(checkpoint["model_type"], checkpoint["model_config"])
         expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
         found = {k: tuple(v.shape) for k, v in checkpoint["model"].items()}
         if expected != found:
             name = sorted(set(expected) ^ set(found)) or [k for k in expected if expected[k] != found[k]]
             raise ValueError(f"{name[0]} is {found.get(name[0], 'missing')}, the config makes it "
                              f"{expected.get(name[0], 'absent')}")
-        model = build_model(checkpoint["model_type"], config)
-        model.load_state_dict(checkpoint["model"])
-    except (TypeError, ValueError, RuntimeError) as e:
+    except (TypeError, ValueError, RuntimeError, UserError) as e:
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise UserError(f"{path}: its weights do not fit the model its config describes ({reason})") from None
     try:
         tokenizer = tokenizer_from_dict(checkpoint["tokenizer"])
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
-    if tokenizer.vocab_size != model.config.vocab_size:
+    if tokenizer.vocab_size != skeleton.config.vocab_size:
         raise UserError(f"{path}: its tokenizer has {tokenizer.vocab_size} tokens but the model "
-                        f"{model.config.vocab_size}")
-    model.to(device).eval()
-    return model, tokenizer
+                        f"{skeleton.config.vocab_size}")
+    return tokenizer
+
+
+def model_from_checkpoint(checkpoint, device="cpu", path="the checkpoint"):
+    """Rebuild (model, tokenizer) from a loaded checkpoint, in eval mode, for `device`."""
+    tokenizer = check_model(checkpoint, path)
+    config = dict(checkpoint["model_config"])
+    if checkpoint["model_type"] == "transformer":
+        # Both attention kinds compute the same function: pick the one the device runs natively.
+        config["attention"] = attention_for(device, config.get("attention", "auto"))
+    model = build_model(checkpoint["model_type"], config)
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval(), tokenizer
 
 
 def training_data(checkpoint, override=None):

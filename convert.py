@@ -14,14 +14,16 @@ import os
 import shutil
 import tempfile
 
-from checkpoint import build_checkpoint, load_model, model_from_checkpoint, save_checkpoint
+from checkpoint import check_model, checkpoint_dict, content_problem, load_checkpoint, save_checkpoint
 from errors import ArgumentParser, UserError, run_main
 from files import check_output_path, exclusive
 from hf import from_hf, to_hf
 
 
 def export(args):
-    model, tokenizer, checkpoint = load_model(args.ckpt)
+    checkpoint = load_checkpoint(args.ckpt)
+    tokenizer = check_model(checkpoint, args.ckpt)
+    c = checkpoint["model_config"]
     out = args.out_dir.rstrip("/\\") or args.out_dir
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"{out} is a file: name a folder to write the model into")
@@ -33,13 +35,13 @@ def export(args):
     # Write beside it, then swap it in: a failed export never leaves half a model where a whole one was.
     staging = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(os.path.abspath(out)) + ".", suffix=".tmp")
     try:
-        to_hf(model, tokenizer, bool(checkpoint.get("chat")), staging)
+        to_hf(checkpoint, tokenizer, staging)
         if os.path.isdir(out):
             shutil.rmtree(out)
         os.replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    print(f"wrote {out}: {model.config.n_layer} layers, {model.config.n_embd} wide, vocab {tokenizer.vocab_size}, "
+    print(f"wrote {out}: {c.get('n_layer')} layers, {c.get('n_embd')} wide, vocab {tokenizer.vocab_size}, "
           f"{tokenizer.kind} tokenizer" + (", chat template" if checkpoint.get("chat") else ""))
 
 
@@ -51,13 +53,15 @@ def import_(args):
         if os.path.exists(args.ckpt) and not args.overwrite:
             raise UserError(f"{args.ckpt} already exists: pass --overwrite to replace it")
         config, weights, tokenizer, chat = from_hf(args.in_dir)
-        checkpoint = {"model_type": "transformer", "model_config": config, "model": weights,
-                      "tokenizer": tokenizer.to_dict(), "format_version": 1}
-        model, _ = model_from_checkpoint(checkpoint, "cpu", args.in_dir)  # the checks every checkpoint gets
         train_args = {"model": "transformer", **{k: config[k] for k in ("n_layer", "n_head", "n_embd", "block_size",
                                                                          "dropout", "bias")}, "data": None,
                       "imported_from": os.path.abspath(args.in_dir)}
-        save_checkpoint(args.ckpt, build_checkpoint(model, tokenizer, train_args=train_args, chat=chat))
+        checkpoint = checkpoint_dict("transformer", config, weights, tokenizer, train_args=train_args, chat=chat)
+        check_model(checkpoint, args.in_dir)  # the checks every checkpoint gets before it is used
+        problem = content_problem(checkpoint)
+        if problem:
+            raise UserError(f"{args.in_dir}: {problem}")
+        save_checkpoint(args.ckpt, checkpoint)
     print(f"wrote {args.ckpt}: {config['n_layer']} layers, {config['n_embd']} wide, context {config['block_size']}, "
           f"vocab {tokenizer.vocab_size} ({tokenizer.kind})" + (", a chat model" if chat else ""))
 

@@ -155,8 +155,8 @@ def maybe_compile(model, example_input):
         return model
 
 
-def check_fits_in_memory(n_parameters, device):
-    """UserError if training that many parameters surely cannot fit in the device's memory.
+def check_fits_in_memory(n_parameters, device, extra_bytes=0, what="the model"):
+    """UserError if training that many parameters (and extra_bytes more) surely cannot fit in the device's memory.
 
     Training holds each float32 parameter four times (weights, gradients and
     Adam's two moments): 16 bytes. Refusing now beats an allocation that
@@ -170,8 +170,8 @@ def check_fits_in_memory(n_parameters, device):
             total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         except (AttributeError, ValueError, OSError):  # no sysconf (Windows): nothing to check against
             return
-    need = 16 * n_parameters
+    need = 16 * n_parameters + extra_bytes
     if need > total:
-        raise UserError(f"the model would have {n_parameters / 1e6:,.0f}M parameters, about {need / 2**30:,.1f} GiB "
-                        f"to train, more than the {total / 2**30:,.1f} GiB this {device.type} has: "
-                        f"choose a smaller --n-embd or --n-layer")
+        raise UserError(f"{what} would need about {need / 2**30:,.1f} GiB to train ({n_parameters / 1e6:,.1f}M "
+                        f"parameters), more than the {total / 2**30:,.1f} GiB this {device.type} has: "
+                        f"make it smaller")

@@ -48,17 +48,16 @@ class StdoutUntilClosed:
         self.closed_by_reader = False
 
     def write(self, text):
-        if not self.closed_by_reader:
-            try:
-                return self._stream.write(text)
-            except BrokenPipeError:
-                self._go_quiet()
+        self._quietly(self._stream.write, text)
         return len(text)
 
     def flush(self):
+        self._quietly(self._stream.flush)
+
+    def _quietly(self, call, *args):
         if not self.closed_by_reader:
             try:
-                self._stream.flush()
+                call(*args)
             except BrokenPipeError:
                 self._go_quiet()
 

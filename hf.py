@@ -27,6 +27,7 @@ import torch
 from bpe import BPETokenizer
 from errors import UserError
 from tokenizer import ASSISTANT, END_OF_TURN, ENDOFTEXT, SPECIAL_TOKENS, USER, CharTokenizer
+from transformer import GPTConfig
 
 # The pre-tokenizer regex of GPT-2 (and of Hugging Face's ByteLevel pre-tokenizer).
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -57,12 +58,17 @@ def byte_to_unicode():
 
 # ------------------------------------------------------------------- b_lm -> Hugging Face
 
-def to_hf(model, tokenizer, chat, out_dir):
-    """Write model and tokenizer as a Hugging Face directory (it must not exist yet, or be empty)."""
+def to_hf(checkpoint, tokenizer, out_dir):
+    """Write a checkpoint (checked by checkpoint.check_model) as a Hugging Face folder.
+
+    Its weights are handed over one by one and dropped from the checkpoint as
+    they go, so converting takes little more memory than the model itself.
+    """
     from safetensors.torch import save_file
-    if not hasattr(model, "blocks"):
+    if checkpoint["model_type"] != "transformer":
         raise UserError("only Transformer checkpoints convert to the Hugging Face format, not the CharRNN")
-    c = model.config
+    c = GPTConfig(**checkpoint["model_config"])
+    chat = bool(checkpoint.get("chat"))
     eos = END_OF_TURN if chat else ENDOFTEXT
     specials = tokenizer.special_tokens
     config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
@@ -77,7 +83,8 @@ def to_hf(model, tokenizer, chat, out_dir):
     _write_json(os.path.join(out_dir, "generation_config.json"),
                 {"bos_token_id": specials[ENDOFTEXT], "eos_token_id": specials[eos],
                  "pad_token_id": specials[ENDOFTEXT]})
-    save_file(gpt2_weights(model), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    save_file(gpt2_weights(c, checkpoint["model"]), os.path.join(out_dir, "model.safetensors"),
+              metadata={"format": "pt"})
     _write_json(os.path.join(out_dir, "tokenizer.json"), tokenizer_json(tokenizer))
     tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": c.block_size,
                         "bos_token": ENDOFTEXT, "eos_token": eos, "pad_token": ENDOFTEXT,
@@ -87,23 +94,27 @@ def to_hf(model, tokenizer, chat, out_dir):
     _write_json(os.path.join(out_dir, "tokenizer_config.json"), tokenizer_config)
 
 
-def gpt2_weights(model):
-    """{GPT-2 parameter name: tensor} for our Transformer; absent biases become zeros."""
-    ours = model.state_dict()
+def gpt2_weights(config, ours):
+    """{GPT-2 parameter name: tensor} from our state dict, which it empties as it goes; absent biases are zeros."""
+    out = {}
 
     def put(theirs, name, transpose):
-        weight = ours[name + ".weight"]
-        out[theirs + ".weight"] = (weight.t() if transpose else weight).contiguous()
-        out[theirs + ".bias"] = ours.get(name + ".bias", torch.zeros(weight.shape[0]))
+        weight = ours.pop(name + ".weight")
+        out[theirs + ".weight"] = weight.t().contiguous() if transpose else weight
+        out[theirs + ".bias"] = ours.pop(name + ".bias", None)
+        if out[theirs + ".bias"] is None:
+            out[theirs + ".bias"] = torch.zeros(weight.shape[0])
 
-    out = {"transformer.wte.weight": ours["wte.weight"], "transformer.wpe.weight": ours["wpe.weight"]}
-    for i in range(model.config.n_layer):
+    out["transformer.wte.weight"] = ours.pop("wte.weight")
+    out["transformer.wpe.weight"] = ours.pop("wpe.weight")
+    for i in range(config.n_layer):
         for name, theirs, transpose in BLOCK_PARTS:
             put(f"transformer.h.{i}.{theirs}", f"blocks.{i}.{name}", transpose)
     put("transformer.ln_f", "ln_f", False)
-    if not model.config.tie_embeddings:
-        out["lm_head.weight"] = ours["lm_head.weight"]
-    return {k: v.detach().clone().contiguous() for k, v in out.items()}  # safetensors refuses shared storage
+    head = ours.pop("lm_head.weight")
+    if not config.tie_embeddings:  # tied, it is the embedding, which is written already
+        out["lm_head.weight"] = head
+    return {k: v.contiguous() for k, v in out.items()}
 
 
 def tokenizer_json(tokenizer):
@@ -165,8 +176,8 @@ def from_hf(in_dir):
     tied = bool(config.get("tie_word_embeddings", True))
     ours = {}
 
-    def take(theirs, name, transpose, expected):
-        for part in ("weight", "bias"):
+    def take(theirs, name, transpose, expected, parts=("weight", "bias")):
+        for part in parts:
             tensor = weights.get(f"{theirs}.{part}")
             shape = expected if part == "weight" else (expected[1] if transpose else expected[0],)
             if tensor is None or tuple(tensor.shape) != shape:
@@ -181,15 +192,12 @@ def from_hf(in_dir):
         for name, theirs, transpose in BLOCK_PARTS:
             take(f"h.{i}.{theirs}", f"blocks.{i}.{name}", transpose, shapes[theirs])
     take("ln_f", "ln_f", False, (C,))
-    wpe = weights.get("wpe.weight")
-    if wpe is None or tuple(wpe.shape) != (block, C):
-        raise UserError(f"{in_dir}: wpe.weight is {None if wpe is None else tuple(wpe.shape)}, the config makes "
-                        f"it {(block, C)}")
-    ours["wpe.weight"] = wpe
-    ours["wte.weight"] = _rows_for(weights.get("wte.weight"), "wte.weight", hf_to_ours, tokenizer, C, in_dir)
-    head = weights.get("wte.weight") if tied else weights.get("lm_head.weight")
-    ours["lm_head.weight"] = ours["wte.weight"] if tied else _rows_for(head, "lm_head.weight", hf_to_ours,
-                                                                       tokenizer, C, in_dir)
+    take("wpe", "wpe", False, (block, C), parts=("weight",))
+    # Rows move to our token order; the old matrices are dropped as soon as the new ones exist.
+    ours["wte.weight"] = _rows_for(weights.pop("wte.weight", None), "wte.weight", hf_to_ours, tokenizer, C, in_dir)
+    ours["lm_head.weight"] = ours["wte.weight"] if tied else _rows_for(weights.pop("lm_head.weight", None),
+                                                                       "lm_head.weight", hf_to_ours, tokenizer, C,
+                                                                       in_dir)
     # A zero bias is no bias: a model exported from b_lm without biases comes back without them.
     bias = any(v.any() for k, v in ours.items() if k.endswith(".bias"))
     if not bias:
@@ -197,7 +205,7 @@ def from_hf(in_dir):
     model_config = dict(vocab_size=tokenizer.vocab_size, block_size=block, n_layer=n_layer, n_head=n_head,
                         n_embd=C, dropout=0.0, bias=bias, attention="sdpa", tie_embeddings=tied,
                         gelu=ACTIVATIONS[activation])
-    return model_config, {k: v.float().contiguous() for k, v in ours.items()}, tokenizer, chat
+    return model_config, {k: v.float() for k, v in ours.items()}, tokenizer, chat
 
 
 def _rows_for(matrix, name, hf_to_ours, tokenizer, n_embd, in_dir):

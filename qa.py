@@ -19,7 +19,7 @@ qa.jsonl, built from it by make_qa.py, holds one record per phrasing:
 Each fact has at least three phrasings of one and the same question; one is
 held out for the test split, so a model scored on it must have learned the
 fact, not memorised the question's wording. Which one is fixed by a hash of
-the fact id (see `test_phrasing`), not by its position, so writing the oddest
+the fact id (see `held_out_phrasing`), not by its position, so writing the oddest
 phrasing last does not skew the test set. (Adding or removing a phrasing of a
 fact may move its held-out phrasing; the other facts keep theirs.)
 """
@@ -29,7 +29,7 @@ import os
 import re
 
 from errors import UserError
-from files import atomic_write
+from files import atomic_write, check_output_path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_FACTS = os.path.join(HERE, "qa_facts.jsonl")
@@ -63,14 +63,11 @@ def foreign_chars(text, corpus_chars):
     return "".join(sorted(set(text) - corpus_chars))
 
 
-def test_phrasing(fact_id, n):
+def held_out_phrasing(fact_id, n):
     """Index of the phrasing held out for the test split: a stable hash of the id, mod n.
 
     sha256 rather than hash(), which Python salts per process."""
     return int(hashlib.sha256(fact_id.encode("utf-8")).hexdigest(), 16) % n
-
-
-test_phrasing.__test__ = False  # its name starts with "test"; keep pytest from collecting it
 
 
 def read_corpus(path):
@@ -143,17 +140,9 @@ def check_facts(facts, corpus_text):
     """Problems in the hand-written facts, as strings; [] when they are all sound."""
     problems, seen, corpus_chars = [], set(), set(corpus_text)
     asked = {}  # normalized question -> id of the fact that asks it
-    for i, f in enumerate(facts):
-        where = f"fact {i} ({f.get('id', '?')})"
-        bad = [f"{where}: {key} must be a non-empty string"
-               for key in ("id", "category", "answer", "evidence")
-               if not isinstance(f.get(key), str) or not f[key].strip()]
-        qs = f.get("questions")
-        if not isinstance(qs, list) or not all(isinstance(q, str) and q.strip() for q in qs):
-            bad.append(f"{where}: questions must be a list of non-empty strings")
-        if bad:  # the checks below need well-formed fields
-            problems += bad
-            continue
+    for i, f in enumerate(facts):  # well-formed: load_facts checked their shape
+        where = f"fact {i} ({f['id']})"
+        qs = f["questions"]
         distinct = len({normalize(q) for q in qs})
         if distinct != len(qs) or distinct < MIN_PHRASINGS:
             problems.append(f"{where}: needs at least {MIN_PHRASINGS} questions, all distinct; "
@@ -182,7 +171,7 @@ def build_records(facts):
     """Facts -> records, in the order of the facts and of their phrasings."""
     records = []
     for f in facts:
-        held_out = test_phrasing(f["id"], len(f["questions"]))
+        held_out = held_out_phrasing(f["id"], len(f["questions"]))
         for j, q in enumerate(f["questions"]):
             records.append({"id": f"{f['id']}/{j}", "fact_id": f["id"],
                             "split": "test" if j == held_out else "train",
@@ -196,30 +185,11 @@ def to_jsonl(records):
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
-def _same_file(a, b):
-    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
-
-
-def check_out_path(out, facts=DEFAULT_FACTS, corpus=DEFAULT_CORPUS):
-    """UserError unless `out` is a file we may write the dataset to without harming an input."""
-    if _same_file(out, facts):
-        raise UserError(f"--out {out} is the facts file: writing it would destroy the facts; "
-                        "choose another path")
-    if _same_file(out, corpus):
-        raise UserError(f"--out {out} is the corpus: writing it would destroy the corpus; "
-                        "choose another path")
-    if os.path.isdir(out):
-        raise UserError(f"--out {out} is a directory: give a file path such as {os.path.join(out, 'qa.jsonl')}")
-    folder = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(folder):
-        raise UserError(f"--out {out}: the folder {folder} does not exist")
-
-
 def build(out=DEFAULT_OUT, facts=DEFAULT_FACTS, corpus=DEFAULT_CORPUS):
     """Check the facts file against the corpus and write its records to `out`; returns the records.
 
     Writes nothing unless every check passes."""
-    check_out_path(out, facts, corpus)
+    check_output_path(out, "--out", [facts, corpus])
     fact_list = load_facts(facts)
     problems = check_facts(fact_list, read_corpus(corpus))
     if problems:

@@ -18,7 +18,7 @@ from errors import ArgumentParser, UserError, run_main
 from tasks import TextTask
 from tokenizer_io import load_tokenizer, tokenizer_from_dict
 from trainer import Run, add_training_flags, check_training_args, claimed_outputs, train, training_processes
-from transformer import MODELS, build_model, count_parameters, parameter_count
+from transformer import MODELS, build_model, count_parameters, estimate_parameters
 
 # Flags that define the model and its data, and the optimizer whose saved state
 # only fits itself: a resumed run takes them from the checkpoint.
@@ -125,7 +125,8 @@ def pretrain(args):
             model.train()
         else:
             config = model_config(args, tokenizer.vocab_size, device)
-            check_fits_in_memory(parameter_count(args.model, config), device)
+            check_fits_in_memory(estimate_parameters(args.model, config), device,
+                                 what=f"a model of {args.n_layer} layers, {args.n_embd} wide,")
             torch.manual_seed(args.seed)
             model = build_model(args.model, config).to(device)
         description = (f"{args.model}: {count_parameters(model) / 1e6:.2f}M parameters, {tokenizer.kind} tokenizer "

@@ -24,14 +24,15 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from checkpoint import Progress, build_checkpoint, progress_of, save_checkpoint
-from device import (DEVICE_CHOICES, DTYPE_CHOICES, autocast, autocast_dtype, choose_device, flush_denormals,
-                    maybe_compile)
+from device import (DEVICE_CHOICES, DTYPE_CHOICES, autocast, autocast_dtype, check_fits_in_memory, choose_device,
+                    flush_denormals, maybe_compile)
 from distributed import init_processes, is_main_process, mean_across, replicas_identical, shutdown
 from errors import UserError
 from files import check_output_path, exclusive, remove_stale_temporaries
 from optimizers import OPTIMIZER_NAMES, build_optimizer, lr_multiplier, set_lr_multiplier
 from plots import plot_history, write_metrics
 from timing import mfu, model_flops_per_token, peak_flops
+from transformer import count_parameters
 
 # How evaluations print their scores, and with how many decimals the CSV keeps them.
 SCORE_LABELS = {"qa_loss": ("answer loss on the train questions", 4), "val_loss": ("val loss", 4),
@@ -208,6 +209,10 @@ def train(run):
                             f"({str(e).splitlines()[0][:120]})") from None
     else:
         progress = Progress()
+    if run.resume_from and progress.step >= args.max_iters:
+        raise UserError(f"{args.ckpt} is at step {progress.step} already: pass a --max-iters above that to train "
+                        f"it further (evaluate.py scores it as it is)")
+    check_batch_fits(args, model, device)
     dtype = autocast_dtype(device, args.dtype)
     say = tqdm.write if procs.is_main else (lambda *a, **k: None)
     say(run.description + f", device {device}" + (f", {procs.world_size} processes" if procs.enabled else "")
@@ -216,6 +221,20 @@ def train(run):
     loop = Loop(run, optimizer, progress, dtype, say)
     with StopSignals() as stop:
         return loop.train(stop)
+
+
+def check_batch_fits(args, model, device):
+    """UserError if a step's batches and activations surely cannot fit in memory, before the first is drawn.
+
+    Every step draws --grad-accum micro-batches of token ids (8 bytes each),
+    and one micro-batch's forward pass keeps about 16 floats per layer and
+    position for the backward pass, plus its logits.
+    """
+    c = model.config
+    tokens = args.batch_size * (c.block_size + 1)
+    need = 8 * tokens * args.grad_accum + 4 * tokens * (16 * c.n_layer * c.n_embd + 2 * c.vocab_size)
+    check_fits_in_memory(count_parameters(model), device, need,
+                         what=f"--batch-size {args.batch_size} with --grad-accum {args.grad_accum}")
 
 
 class Loop:

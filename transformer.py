@@ -220,7 +220,15 @@ def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
 
 
-def parameter_count(model_type, config):
-    """How many parameters build_model(model_type, config) would have, without allocating them."""
-    with torch.device("meta"):
-        return count_parameters(build_model(model_type, config))
+def estimate_parameters(model_type, config):
+    """About how many parameters build_model(model_type, config) would make, from the config alone.
+
+    Arithmetic, not construction: a config asking for 10**20 layers must be
+    refused at once, and building even an empty skeleton of it never ends.
+    """
+    c = config if isinstance(config, dict) else vars(config)
+    V, T, L, C = (int(c.get(k, 0)) for k in ("vocab_size", "block_size", "n_layer", "n_embd"))
+    if model_type == "rnn":
+        gates = 4 if c.get("cell") == "lstm" else 3
+        return 2 * V * C + L * gates * (2 * C * C + 2 * C)
+    return (1 if c.get("tie_embeddings") else 2) * V * C + T * C + L * (12 * C * C + 13 * C)

@@ -225,3 +225,20 @@ def test_bad_input_is_one_line(tmp_path, gpt2_folder, checkpoints, capsys, case)
     else:
         refused(capsys, "from-hf", folder / "config.json", tmp_path / "x.pth", fragment="not a folder")
     assert not (tmp_path / "x.pth").exists() or case == "exists"
+
+
+def test_an_imported_model_samples_and_chat_tunes_like_our_own(tmp_path, gpt2_folder, small_corpus, cli):
+    import generate
+    import sft
+    from conftest import QA
+    folder, _, _ = gpt2_folder
+    ckpt = tmp_path / "gpt2.pth"
+    convert.main(["from-hf", str(folder), str(ckpt)])
+    sample = cli(generate, "--ckpt", ckpt, "--start", "Sing, ", "--length", "10", "--seed", "1")
+    assert sample.returncode == 0 and sample.stdout.startswith("Sing, "), sample.stderr
+    tuned = cli(sft, "--init-from", ckpt, "--qa", QA, "--data", small_corpus, "--ckpt", tmp_path / "chat.pth",
+                "--metrics", "", "--plot", "", "--max-iters", "2", "--batch-size", "4", "--eval-tokens", "256")
+    assert tuned.returncode == 0, tuned.stderr
+    answer = cli(generate, "--ckpt", tmp_path / "chat.pth", "--chat", "Who is the father of Achilles?", "--length",
+                 "5")
+    assert answer.returncode == 0 and "<|" not in answer.stdout, answer.stderr

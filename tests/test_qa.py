@@ -105,8 +105,8 @@ def test_build_is_deterministic_and_matches_the_committed_file(tmp_path):
 
 
 def test_the_held_out_phrasing_depends_only_on_the_fact_id():
-    assert qa.test_phrasing("parent-achilles-mother", 3) == qa.test_phrasing("parent-achilles-mother", 3)
-    picks = Counter(qa.test_phrasing(f["id"], len(f["questions"])) for f in FACTS)
+    assert qa.held_out_phrasing("parent-achilles-mother", 3) == qa.held_out_phrasing("parent-achilles-mother", 3)
+    picks = Counter(qa.held_out_phrasing(f["id"], len(f["questions"])) for f in FACTS)
     assert len(picks) >= 3  # spread over positions, not always the last one
 
 
@@ -228,8 +228,8 @@ def test_build_refuses_an_out_path_that_would_harm_an_input_or_cannot_be_a_file(
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(CORPUS, encoding="utf-8")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    for out, message in [(facts, "is the facts file"), (str(corpus), "is the corpus"),
-                         (str(tmp_path), "is a directory"),
+    for out, message in [(facts, "is also an input"), (str(corpus), "is also an input"),
+                         (str(tmp_path), "is a folder"),
                          (str(tmp_path / "absent" / "qa.jsonl"), "does not exist")]:
         with pytest.raises(SystemExit) as exit_:
             run_main(make_qa.main, ["--facts", facts, "--corpus", str(corpus), "--out", out])

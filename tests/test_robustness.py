@@ -271,11 +271,21 @@ def test_every_float_flag_of_sampling_refuses_nan_infinity_and_out_of_range(tiny
     (["--batch-size", "0"], "--batch-size"),
     (["--log-interval", "0"], "--log-interval"),
     (["--n-embd", "10000000", "--n-head", "1", "--max-iters", "1"], "parameters"),
+    (["--n-layer", "99999999999999999999999", "--max-iters", "1"], "parameters"),
+    (["--batch-size", "99999999999999999999999", "--max-iters", "1"], "--batch-size"),
+    (["--grad-accum", "99999999999999999999999", "--max-iters", "1"], "--grad-accum"),
 ])
 def test_numbers_out_of_range_are_refused_before_any_work(workdir, capsys, flags, fragment):
     before = snapshot(workdir)
     refused(capsys, train, *tiny_train(workdir, "--ckpt", workdir / "a.pth", "--metrics", "", *flags),
             fragment=fragment)
+    assert snapshot(workdir) == before
+
+
+def test_resuming_a_run_that_is_done_leaves_it_as_it_is(workdir, capsys):
+    before = snapshot(workdir)
+    refused(capsys, train, *tiny_train(workdir, "--ckpt", workdir / "base.pth", "--metrics", "", "--resume",
+                                       "--max-iters", "5"), fragment="at step 30 already")
     assert snapshot(workdir) == before
 
 
