@@ -33,6 +33,7 @@ from scores import qa_scores, sample_scores
 from validation import evaluate_loss
 
 EVAL_BATCH_SIZE = 32
+MAX_TOKENS = 100_000
 
 
 # ------------------------------------------------------------------- script
@@ -56,10 +57,11 @@ def parse_args(argv=None):
                                    "checkpoint was trained on)")
     a("--report", default="eval_report.json", help="JSON report to write; '' skips it (default: %(default)s)")
     a("--max-answer-tokens", type=int, default=48,
-      help="longest answer generated, >= 1; a model that never says <|end|> stops here (default: %(default)s)")
-    a("--samples", type=int, default=5, help="texts to sample for the text scores, >= 0; 0 skips them "
+      help="longest answer generated, 1 to 100,000; a model that never says <|end|> stops here "
+           "(default: %(default)s)")
+    a("--samples", type=int, default=5, help="texts to sample for the text scores, 0 to 1000; 0 skips them "
                                              "(default: %(default)s)")
-    a("--sample-length", type=int, default=300, help="tokens per sample, >= 1 (default: %(default)s)")
+    a("--sample-length", type=int, default=300, help="tokens per sample, 1 to 100,000 (default: %(default)s)")
     a("--temp", "--temperature", dest="temp", type=float, default=0.8,
       help="sampling temperature of the samples, >= 0; answers are always greedy (default: %(default)s)")
     a("--seed", type=int, default=1337, help="seed of the first sample, >= 0; the i-th uses seed + i "
@@ -67,10 +69,11 @@ def parse_args(argv=None):
     a("--device", default="auto", choices=DEVICE_CHOICES, help="auto: cuda, mps, dml, then cpu "
                                                                "(default: %(default)s)")
     args = p.parse_args(argv)
-    if args.max_answer_tokens <= 0 or args.sample_length <= 0:
-        raise UserError("--max-answer-tokens and --sample-length must be positive")
-    if args.samples < 0 or not 0 <= args.temp < math.inf:
-        raise UserError("--samples and --temp must be >= 0")
+    if not (0 < args.max_answer_tokens <= MAX_TOKENS and 0 < args.sample_length <= MAX_TOKENS):
+        raise UserError(f"--max-answer-tokens and --sample-length must be in [1, {MAX_TOKENS:,}]: each answer "
+                        f"and sample is generated whole before it is scored")
+    if not 0 <= args.samples <= 1000 or not 0 <= args.temp < math.inf:
+        raise UserError("--samples must be in [0, 1000] and --temp a number >= 0")
     if not 0 <= args.seed < 2 ** 63 - args.samples:
         raise UserError(f"--seed must be in [0, 2**63 - --samples), got {args.seed}")
     return args

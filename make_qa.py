@@ -38,16 +38,19 @@ def main(argv=None):
     p.add_argument("--check", metavar="PATH",
                    help="instead of building, validate an existing qa.jsonl: one line per problem, "
                         "exit 2 if there are any")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out even if it is not a Q&A file (one that is, such as qa.jsonl, is rebuilt)")
     p.add_argument("--corpus", default=DEFAULT_CORPUS,
                    help="the text the evidence is quoted from (default: data.txt beside this script)")
     args = p.parse_args(argv)
     if args.check:
         problems = validate_qa(args.check, read_corpus(args.corpus))
         if problems:
-            raise UserError(problem_report(args.check, problems))
+            print(problem_report(args.check, problems))
+            raise UserError(f"{args.check} has {len(problems)} problem(s), listed above")
         print(f"{args.check}: ok; " + summary(load_qa(args.check)))
         return 0
-    records = build(args.out, args.facts, args.corpus)
+    records = build(args.out, args.facts, args.corpus, args.overwrite)
     print(f"wrote {args.out}: " + summary(records))
     return 0
 

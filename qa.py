@@ -185,11 +185,18 @@ def to_jsonl(records):
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
-def build(out=DEFAULT_OUT, facts=DEFAULT_FACTS, corpus=DEFAULT_CORPUS):
+def build(out=DEFAULT_OUT, facts=DEFAULT_FACTS, corpus=DEFAULT_CORPUS, overwrite=False):
     """Check the facts file against the corpus and write its records to `out`; returns the records.
 
-    Writes nothing unless every check passes."""
+    Writes nothing unless every check passes. An existing `out` is replaced
+    only if it is a Q&A file already (a rebuild), or with overwrite."""
     check_output_path(out, "--out", [facts, corpus])
+    if os.path.isfile(out) and not overwrite:
+        try:
+            load_qa(out)
+        except UserError:
+            raise UserError(f"--out {out} exists and is not a Q&A file: pass --overwrite to replace it, "
+                            f"or choose another path") from None
     fact_list = load_facts(facts)
     problems = check_facts(fact_list, read_corpus(corpus))
     if problems:

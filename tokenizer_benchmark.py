@@ -13,6 +13,7 @@ import tempfile
 import time
 
 import bpe
+from data import iter_text_blocks
 from errors import ArgumentParser, UserError, run_main
 from timing import best_seconds
 from tokenizer import SPECIAL_TOKENS
@@ -35,6 +36,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.repeat < 1:
         raise UserError(f"--repeat must be at least 1, got {args.repeat}")
+    bpe.merges_for_vocab_size(args.vocab_size)  # a size too small is refused before any work
     return args
 
 
@@ -111,8 +113,7 @@ def scale_table(path, vocab_size):
 
 def main(argv=None):
     args = parse_args(argv)
-    with open(args.data, encoding="utf-8") as f:
-        text = f.read()
+    text = "".join(iter_text_blocks(args.data))  # a missing, folder or non-UTF-8 --data is one clear line
     mb = len(text.encode("utf-8")) / 1e6
     print(f"{args.data}: {mb:.2f} MB, vocab {args.vocab_size}, best of {args.repeat}, "
           f"{os.cpu_count()} CPUs")

@@ -140,15 +140,28 @@ def test_validator_wants_one_test_phrasing_per_fact(tmp_path, records):
                         "questions, expected exactly 1"]
 
 
-def test_check_cli_exits_2_with_one_line_per_problem(tmp_path, records, capsys):
+def test_check_cli_lists_one_line_per_problem_and_exits_2(tmp_path, records, capsys):
     path = write_lines(tmp_path / "qa.jsonl", [json.dumps(records[0]), "[1, 2]", "oops"])
     with pytest.raises(SystemExit) as exit_:
         run_main(make_qa.main, ["--check", path])
     assert exit_.value.code == 2
-    err = capsys.readouterr().err.splitlines()
-    assert err[0] == f"error: {path}: 2 problem(s)"
-    assert err[1].endswith("line 2: expected a JSON object, got list")
-    assert re.search(r"line 3: not valid JSON", err[2]) and len(err) == 3
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
+    assert out[0] == f"{path}: 2 problem(s)"
+    assert out[1].endswith("line 2: expected a JSON object, got list")
+    assert re.search(r"line 3: not valid JSON", out[2]) and len(out) == 3
+    assert captured.err == f"error: {path} has 2 problem(s), listed above\n"
+
+
+def test_building_over_a_file_that_is_not_a_qa_file_needs_overwrite(tmp_path, capsys):
+    mine = tmp_path / "notes.txt"
+    mine.write_text("my notes\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_:
+        run_main(make_qa.main, ["--out", str(mine)])
+    assert exit_.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert mine.read_text(encoding="utf-8") == "my notes\n"
+    run_main(make_qa.main, ["--out", str(mine), "--overwrite"])
+    assert mine.read_text(encoding="utf-8") == open(QA_PATH, encoding="utf-8").read()
 
 
 def test_check_cli_passes_the_committed_file(capsys):
@@ -183,10 +196,11 @@ def write_facts(path, facts):
 def test_build_refuses_facts_that_fail_the_check(tmp_path):
     facts = write_facts(tmp_path / "facts.jsonl", [dict(FACTS[0], evidence="not in the Iliad")] + FACTS[1:])
     out = tmp_path / "qa.jsonl"
-    out.write_text("old\n", encoding="utf-8")
+    old = open(QA_PATH, encoding="utf-8").readline()
+    out.write_text(old, encoding="utf-8")
     with pytest.raises(UserError, match="evidence not found verbatim"):
         qa.build(str(out), facts)
-    assert out.read_text(encoding="utf-8") == "old\n"  # the good file is left alone
+    assert out.read_text(encoding="utf-8") == old  # the good file is left alone
 
 
 @pytest.mark.parametrize("line, problem", [
