@@ -327,10 +327,11 @@ def gpt2_shaped_folder(folder, seed, vocab_size=50257):
 
 
 def run_measured(*argv):
-    """(seconds, peak RSS in MB) of `python convert.py argv` in a fresh process."""
+    """(seconds, peak RSS in MB) of `python convert.py argv` in a fresh process (Linux: /proc)."""
     here = os.path.dirname(os.path.abspath(__file__))
-    code = ("import atexit, resource, runpy, sys; atexit.register(lambda: print('peak', resource.getrusage("
-            "resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)); sys.argv = sys.argv[1:]; "
+    # VmHWM, not getrusage's ru_maxrss: Linux carries a parent's peak over into a child's ru_maxrss.
+    code = ("import atexit, runpy, sys; atexit.register(lambda: print('peak', [line.split()[1] for line in "
+            "open('/proc/self/status') if line.startswith('VmHWM')][0], file=sys.stderr)); sys.argv = sys.argv[1:]; "
             "runpy.run_path(sys.argv[0], run_name='__main__')")
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code, os.path.join(here, "convert.py"), *argv],
@@ -338,7 +339,7 @@ def run_measured(*argv):
     seconds = time.perf_counter() - t0
     if done.returncode:
         raise UserError(f"convert.py {argv[0]} failed: {done.stderr.strip().splitlines()[-1]}")
-    return seconds, int(done.stderr.split("peak")[-1]) / 1024  # ru_maxrss is in KB on Linux
+    return seconds, int(done.stderr.split("peak")[-1]) / 1024  # VmHWM is in kB
 
 
 def cmd_hf(args):
