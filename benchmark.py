@@ -1,22 +1,14 @@
-"""How fast do training and generation run? Two benchmarks, measured with timing.py's meter.
+"""The benchmarks behind `python timing.py MODE`, measured with timing.py's meter.
 
-    python benchmark.py --steps 10 --optimizers adamw,muon,torch-adamw
+    step       (the default) median forward, backward and optimizer milliseconds
+               per optimizer, tokens/s, GFLOP/s and MFU (see timing.py)
+    generate   greedy batch-1 generation: ours with and without the KV cache
+               against transformers' GPT-2 of the same shape, with the ceiling
+               memory bandwidth puts on any batch-1 decoder
+    hf         a GPT-2-small-shaped model converted both ways (time, memory),
+               then its generation against transformers
 
-(the default 'step' mode) builds the model for the given config and prints,
-for each optimizer, the median forward, backward and optimizer-step
-milliseconds, tokens per second, achieved GFLOP/s, and MFU (model FLOPs
-utilization: achieved model FLOP/s as a fraction of the device's peak; see
-timing.py for how FLOPs and the peak are counted).
-
-    python benchmark.py generate
-
-times greedy generation at batch 1 on the CPU: our generate_ids with and
-without the KV cache, and Hugging Face transformers' GPT-2 generate() for the
-same shape (a dev requirement, imported only by this mode). It reports new
-tokens per second, the time to the first token after a long prompt, and the
-ceiling that memory bandwidth puts on any batch-1 decoder of that shape.
-
-`python timing.py ...` runs this same command.
+transformers is a dev requirement, imported only by the modes that need it.
 """
 import json
 import math

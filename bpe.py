@@ -70,17 +70,6 @@ def count_chunks(text, pattern=GPT4_PATTERN, counts=None):
     return counts
 
 
-def get_stats(ids, counts=None, weight=1):
-    """Count adjacent pairs, each occurrence adding `weight`.
-
-    [1, 2, 3, 1, 2] -> {(1, 2): 2, (2, 3): 1, (3, 1): 1}
-    """
-    counts = {} if counts is None else counts
-    for pair in zip(ids, ids[1:]):
-        counts[pair] = counts.get(pair, 0) + weight
-    return counts
-
-
 def merge(ids, pair, idx):
     """Replace each occurrence of pair by idx, left to right, without overlaps.
 

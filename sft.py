@@ -35,7 +35,8 @@ from errors import ArgumentParser, UserError, run_main
 from files import check_output_path
 from qa import load_qa
 from tasks import ChatRows, ChatTask
-from trainer import Run, add_training_flags, check_training_args, claimed_outputs, train, training_processes
+from trainer import (Run, add_training_flags, check_training_args, claimed_outputs, resumed_run, train,
+                     training_processes)
 
 # What a resumed run takes from the checkpoint rather than from the command line.
 RESUMED_FLAGS = ("init_from", "qa", "data", "pretrain_mix", "optimizer", "lr", "muon_lr", "weight_decay", "beta2")
@@ -73,10 +74,7 @@ def main(argv=None):
 
 
 def fine_tune(args):
-    resumed = load_checkpoint(args.ckpt) if args.resume else None
-    if resumed:
-        for name in RESUMED_FLAGS:
-            setattr(args, name, (resumed.get("train_args") or {}).get(name, getattr(args, name)))
+    resumed = resumed_run(args, RESUMED_FLAGS)
     base = resumed or load_checkpoint(args.init_from)
     records = load_qa(args.qa, "train")
     if not records:

@@ -11,13 +11,14 @@ loop itself is trainer.py's, shared with sft.py.
 """
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint
+from checkpoint import check_model, load_checkpoint, model_from_checkpoint
 from data import corpus_batches
 from device import attention_for, check_fits_in_memory
 from errors import ArgumentParser, UserError, run_main
 from tasks import TextTask
 from tokenizer_io import load_tokenizer, tokenizer_from_dict
-from trainer import Run, add_training_flags, check_training_args, claimed_outputs, train, training_processes
+from trainer import (Run, add_training_flags, check_training_args, claimed_outputs, resumed_run, train,
+                     training_processes)
 from transformer import MODELS, build_model, count_parameters, estimate_parameters
 
 # Flags that define the model and its data, and the optimizer whose saved state
@@ -103,17 +104,12 @@ def pretrain(args):
             raise UserError("--init-from starts a new run from a checkpoint, with its tokenizer: it does not "
                             "combine with --resume or --tokenizer")
         base = load_checkpoint(args.init_from)
+        tokenizer = check_model(base, args.init_from)
         for name in ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias"):
             setattr(args, name, base["model_config"].get(name, getattr(args, name)))
         args.model = base["model_type"]
-        try:
-            tokenizer = tokenizer_from_dict(base["tokenizer"])
-        except UserError as e:
-            raise UserError(f"{args.init_from}: {e}") from None
     elif args.resume:
-        checkpoint = load_checkpoint(args.ckpt)
-        for name in RESUMED_FLAGS:
-            setattr(args, name, (checkpoint.get("train_args") or {}).get(name, getattr(args, name)))
+        checkpoint = resumed_run(args, RESUMED_FLAGS)
         tokenizer = resumed_tokenizer(args, checkpoint)
     else:
         tokenizer = load_tokenizer(args.tokenizer or "char", args.data)

@@ -23,7 +23,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from checkpoint import Progress, build_checkpoint, progress_of, save_checkpoint
+from checkpoint import Progress, build_checkpoint, load_checkpoint, progress_of, save_checkpoint
 from device import (DEVICE_CHOICES, DTYPE_CHOICES, autocast, autocast_dtype, check_fits_in_memory, choose_device,
                     flush_denormals, maybe_compile)
 from distributed import init_processes, is_main_process, mean_across, replicas_identical, shutdown
@@ -139,6 +139,16 @@ def claimed_outputs(args, inputs):
                     raise UserError(f"{path} ({flag}) already exists: pass --resume to continue that run, "
                                     f"--overwrite to replace it, or {flag} to write another file")
         yield
+
+
+def resumed_run(args, flags):
+    """The checkpoint --resume continues (None for a fresh run), with `flags` taken from the run it holds."""
+    if not args.resume:
+        return None
+    checkpoint = load_checkpoint(args.ckpt)
+    for name in flags:
+        setattr(args, name, (checkpoint.get("train_args") or {}).get(name, getattr(args, name)))
+    return checkpoint
 
 
 @contextlib.contextmanager

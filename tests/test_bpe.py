@@ -39,6 +39,17 @@ def oracle(tok):
                              special_tokens=tok.special_tokens)
 
 
+def get_stats(ids, counts=None, weight=1):
+    """Count adjacent pairs, each occurrence adding `weight`.
+
+    [1, 2, 3, 1, 2] -> {(1, 2): 2, (2, 3): 1, (3, 1): 1}
+    """
+    counts = {} if counts is None else counts
+    for pair in zip(ids, ids[1:]):
+        counts[pair] = counts.get(pair, 0) + weight
+    return counts
+
+
 def naive_merges(counts, n_merges):
     """The obvious O(merges x corpus) trainer with learn_merges's rule:
     highest count first, ties to the smallest pair."""
@@ -48,7 +59,7 @@ def naive_merges(counts, n_merges):
     while len(merges) < n_merges:
         stats = {}
         for w, f in zip(words, freqs):
-            bpe.get_stats(w, stats, f)
+            get_stats(w, stats, f)
         if not stats:
             break
         _, pair = min((-c, pair) for pair, c in stats.items())
@@ -61,7 +72,7 @@ def naive_merges(counts, n_merges):
 
 
 def test_helpers():
-    assert bpe.get_stats([1, 2, 3, 1, 2]) == {(1, 2): 2, (2, 3): 1, (3, 1): 1}
+    assert get_stats([1, 2, 3, 1, 2]) == {(1, 2): 2, (2, 3): 1, (3, 1): 1}
     assert bpe.merge([1, 2, 3, 1, 2], (1, 2), 4) == [4, 3, 4]
     assert bpe.merge([7, 7, 7], (7, 7), 8) == [8, 7]
     assert bpe.count_chunks("the cat the") == Counter({"the": 1, " cat": 1, " the": 1})
