@@ -282,6 +282,20 @@ def test_numbers_out_of_range_are_refused_before_any_work(workdir, capsys, flags
     assert snapshot(workdir) == before
 
 
+@pytest.mark.parametrize("flag", ["--max-answer-tokens", "--sample-length", "--samples"])
+def test_evaluate_refuses_lengths_that_would_never_end(tiny_chat_ckpt, capsys, flag):
+    refused(capsys, evaluate, "--ckpt", tiny_chat_ckpt, "--qa", QA, "--report", "", flag,
+            "99999999999999999999999", fragment=flag)
+
+
+@pytest.mark.parametrize("flags, fragment", [(["--data", "folder"], "folder"), (["--data", "missing.txt"], "not found"),
+                                             (["--vocab-size", "0"], "vocab size 0")])
+def test_tokenizer_benchmark_checks_its_input_first(workdir, capsys, monkeypatch, flags, fragment):
+    import tokenizer_benchmark
+    monkeypatch.chdir(workdir)
+    refused(capsys, tokenizer_benchmark, *flags, fragment=fragment)
+
+
 def test_resuming_a_run_that_is_done_leaves_it_as_it_is(workdir, capsys):
     before = snapshot(workdir)
     refused(capsys, train, *tiny_train(workdir, "--ckpt", workdir / "base.pth", "--metrics", "", "--resume",
