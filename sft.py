@@ -55,8 +55,7 @@ def parse_args(argv=None):
       help="share of each batch's rows that are corpus text, and that text's weight in the loss, "
            "in [0, 1) (default: %(default)s)")
     add_training_flags(p, ckpt="chat.pth", max_iters=5500, batch_size=16, optimizer="adamw", warmup_iters=50,
-                       eval_interval=500, eval_tokens=16384, final_eval_tokens=0, metrics="sft_metrics.csv",
-                       plot="sft_loss_curve.png")
+                       eval_interval=500, eval_tokens=16384, final_eval_tokens=0)
     args = p.parse_args(argv)
     check_training_args(args)
     if not 0 <= args.pretrain_mix < 1:

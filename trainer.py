@@ -42,8 +42,7 @@ SCORE_LABELS = {"qa_loss": ("answer loss on the train questions", 4), "val_loss"
 def add_training_flags(parser, **defaults):
     """The flags every training script shares; `defaults` sets each script's own defaults."""
     d = {**dict(ckpt="checkpoint.pth", batch_size=32, max_iters=1500, optimizer="muon", lr=3e-3, warmup_iters=100,
-                eval_interval=250, eval_tokens=32768, final_eval_tokens=1_000_000, metrics="metrics.csv",
-                plot="loss_curve.png"), **defaults}
+                eval_interval=250, eval_tokens=32768, final_eval_tokens=1_000_000), **defaults}
     a = parser.add_argument
     a("--batch-size", type=int, default=d["batch_size"], help="sequences per micro-batch, >= 1 (default: %(default)s)")
     a("--grad-accum", type=int, default=1,
@@ -83,13 +82,22 @@ def add_training_flags(parser, **defaults):
     a("--ckpt", "--checkpoint", dest="ckpt", default=d["ckpt"], help="checkpoint file (default: %(default)s)")
     a("--resume", action="store_true", help="continue the run saved in --ckpt, exactly where it stopped")
     a("--overwrite", action="store_true", help="start afresh even though --ckpt (or --metrics, --plot) exists")
-    a("--metrics", default=d["metrics"],
-      help="CSV of the train loss and evaluations; '' skips it (default: %(default)s)")
-    a("--plot", default=d["plot"], help="loss-curve PNG written at the end; '' skips it (default: %(default)s)")
+    a("--metrics", default=None,
+      help="CSV of the train loss and evaluations; '' skips it (default: --ckpt's name with .csv, checkpoint.csv)")
+    a("--plot", default=None,
+      help="loss-curve PNG written at the end; '' skips it (default: --ckpt's name with .png, checkpoint.png)")
 
 
 def check_training_args(args):
-    """UserError for any training flag out of its range (NaN and infinity included)."""
+    """UserError for any training flag out of its range (NaN and infinity included).
+
+    Also names the metrics CSV and the plot after the checkpoint when no flag
+    names them, so that every run's files sit together and one run's never
+    overwrite another's.
+    """
+    stem = os.path.splitext(args.ckpt)[0]
+    args.metrics = stem + ".csv" if args.metrics is None else args.metrics
+    args.plot = stem + ".png" if args.plot is None else args.plot
     def bad(flag, rule):
         raise UserError(f"--{flag} must be {rule}, got {getattr(args, flag.replace('-', '_'))}")
 
