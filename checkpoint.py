@@ -104,10 +104,6 @@ def content_problem(c):
         return "model_config and tokenizer must be dicts"
     if not isinstance(c["model"], dict) or not all(isinstance(t, torch.Tensor) for t in c["model"].values()):
         return "its model weights are not a dict of tensors"
-    # A sum is NaN or infinite when any weight is (or when the weights are absurdly large), and unlike
-    # isfinite(t) it needs no temporary the size of the tensor: loading stays within the model's memory.
-    if not all(torch.isfinite(t.sum()) for t in c["model"].values() if t.is_floating_point()):
-        return "its model weights hold NaN, infinite or absurdly large values"
     if not isinstance(c.get("train_args", {}) or {}, dict):
         return "train_args must be a dict"
     return None
@@ -132,7 +128,7 @@ def progress_of(checkpoint, path):
 
 
 def check_model(checkpoint, path="the checkpoint"):
-    """The tokenizer of a checkpoint whose weights, config and tokenizer fit together; UserError if not.
+    """The tokenizer of a checkpoint whose weights are finite and fit its config and tokenizer; UserError if not.
 
     The model is built on the meta device, which holds shapes and no memory:
     a damaged config could otherwise ask for terabytes before anything fails.
@@ -152,6 +148,10 @@ def check_model(checkpoint, path="the checkpoint"):
     except (TypeError, ValueError, RuntimeError, UserError) as e:
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise UserError(f"{path}: its weights do not fit the model its config describes ({reason})") from None
+    # A sum is NaN or infinite when any weight is (or when the weights are absurdly large), and unlike
+    # isfinite(t) it needs no temporary the size of the tensor: loading stays within the model's memory.
+    if not all(torch.isfinite(t.sum()) for t in checkpoint["model"].values() if t.is_floating_point()):
+        raise UserError(f"{path}: its model weights hold NaN, infinite or absurdly large values")
     try:
         tokenizer = tokenizer_from_dict(checkpoint["tokenizer"])
     except UserError as e:

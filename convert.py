@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 
-from checkpoint import check_model, checkpoint_dict, content_problem, load_checkpoint, save_checkpoint
+from checkpoint import check_model, checkpoint_dict, load_checkpoint, save_checkpoint
 from errors import ArgumentParser, UserError, run_main
 from files import check_output_path, exclusive
 from hf import from_hf, to_hf
@@ -58,9 +58,6 @@ def import_(args):
                       "imported_from": os.path.abspath(args.in_dir)}
         checkpoint = checkpoint_dict("transformer", config, weights, tokenizer, train_args=train_args, chat=chat)
         check_model(checkpoint, args.in_dir)  # the checks every checkpoint gets before it is used
-        problem = content_problem(checkpoint)
-        if problem:
-            raise UserError(f"{args.in_dir}: {problem}")
         save_checkpoint(args.ckpt, checkpoint)
     print(f"wrote {args.ckpt}: {config['n_layer']} layers, {config['n_embd']} wide, context {config['block_size']}, "
           f"vocab {tokenizer.vocab_size} ({tokenizer.kind})" + (", a chat model" if chat else ""))

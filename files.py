@@ -2,7 +2,7 @@
 import glob
 import os
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 try:
     import fcntl
@@ -74,20 +74,16 @@ def exclusive(path, flag):
         yield
     finally:
         os.close(fd)  # before the unlink: Windows cannot remove a file that is open
-        try:
+        with suppress(OSError):  # another run took it over in between, or it is gone
             os.unlink(lock_path)
-        except OSError:
-            pass  # another run took it over in between, or it is gone: either way nothing of ours is left
 
 
 def remove_stale_temporaries(path):
     """Delete the temporary files a killed run left beside `path` (call it only while holding `exclusive`)."""
     pattern = os.path.join(glob.escape(os.path.dirname(os.path.abspath(path))), glob.escape(_temporary_prefix(path)))
     for stale in glob.glob(pattern + "*.tmp"):
-        try:
+        with suppress(OSError):  # gone already, or not ours to remove: it does no harm
             os.unlink(stale)
-        except OSError:
-            pass  # gone already, or not ours to remove: it does no harm
 
 
 def check_output_path(path, flag, inputs=()):
