@@ -16,14 +16,11 @@ import tempfile
 
 from checkpoint import check_model, checkpoint_dict, load_checkpoint, save_checkpoint
 from errors import ArgumentParser, UserError, run_main
-from files import check_output_path, exclusive
+from files import check_output_path, exclusive, remove_stale_temporaries, temporary_prefix
 from hf import from_hf, to_hf
 
 
 def export(args):
-    checkpoint = load_checkpoint(args.ckpt)
-    tokenizer = check_model(checkpoint, args.ckpt)
-    c = checkpoint["model_config"]
     out = args.out_dir.rstrip("/\\") or args.out_dir
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"{out} is a file: name a folder to write the model into")
@@ -32,17 +29,22 @@ def export(args):
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise UserError(f"folder {parent} does not exist")
-    # Write beside it, then swap it in: a failed export never leaves half a model where a whole one was.
-    staging = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(os.path.abspath(out)) + ".", suffix=".tmp")
-    try:
-        to_hf(checkpoint, tokenizer, staging)
-        if os.path.isdir(out):
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with exclusive(out, "OUT_DIR"):
+        remove_stale_temporaries(out)  # what an export killed halfway left beside it
+        checkpoint = load_checkpoint(args.ckpt)
+        tokenizer = check_model(checkpoint, args.ckpt)
+        c, chat = checkpoint["model_config"], checkpoint.get("chat")
+        # Write beside it, then swap it in: a failed export never leaves half a model where a whole one was.
+        staging = tempfile.mkdtemp(dir=parent, prefix=temporary_prefix(out), suffix=".tmp")
+        try:
+            to_hf(checkpoint, tokenizer, staging)
+            if os.path.isdir(out):
+                shutil.rmtree(out)
+            os.replace(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     print(f"wrote {out}: {c.get('n_layer')} layers, {c.get('n_embd')} wide, vocab {tokenizer.vocab_size}, "
-          f"{tokenizer.kind} tokenizer" + (", chat template" if checkpoint.get("chat") else ""))
+          f"{tokenizer.kind} tokenizer" + (", chat template" if chat else ""))
 
 
 def import_(args):

@@ -1,6 +1,7 @@
 """Writing files so that a crash, a Ctrl-C or a second run never leaves a half-written or lost one."""
 import glob
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager, suppress
 
@@ -30,7 +31,7 @@ def atomic_write(path, mode="wb", **open_kwargs):
     removed and whatever was at `path` stays untouched.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temporary_prefix(path), suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=temporary_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **open_kwargs) as f:
             yield f
@@ -44,7 +45,7 @@ def atomic_write(path, mode="wb", **open_kwargs):
         raise
 
 
-def _temporary_prefix(path):
+def temporary_prefix(path):
     return "." + os.path.basename(path) + "."
 
 
@@ -79,11 +80,14 @@ def exclusive(path, flag):
 
 
 def remove_stale_temporaries(path):
-    """Delete the temporary files a killed run left beside `path` (call it only while holding `exclusive`)."""
-    pattern = os.path.join(glob.escape(os.path.dirname(os.path.abspath(path))), glob.escape(_temporary_prefix(path)))
+    """Delete temporary files or folders a killed run left beside `path` (only while holding `exclusive`)."""
+    pattern = os.path.join(glob.escape(os.path.dirname(os.path.abspath(path))), glob.escape(temporary_prefix(path)))
     for stale in glob.glob(pattern + "*.tmp"):
         with suppress(OSError):  # gone already, or not ours to remove: it does no harm
-            os.unlink(stale)
+            if os.path.isdir(stale):
+                shutil.rmtree(stale)
+            else:
+                os.unlink(stale)
 
 
 def check_output_path(path, flag, inputs=()):

@@ -12,12 +12,11 @@ runs with no b_lm code:
     merges, our special tokens. It encodes exactly as bpe.py does.
   - characters: one token per character, the same ids.
 
-A GPT-2 vocabulary read from Hugging Face is laid out the way bpe.py lays out
-its own (the 256 bytes in byte order, then one token per merge in the order
-learned, then the special tokens), and the embedding and head rows move with
-their tokens; special tokens b_lm needs and the model lacks get new rows, set
-to the mean of the others. The text a model reads and writes, and every
-probability, are unchanged; only the numbering of the byte tokens can differ.
+A GPT-2 vocabulary read in is laid out as bpe.py lays out its own (bytes in
+byte order, then a token per merge, then the special tokens), the embedding
+and head rows moving with their tokens; special tokens the model lacks get
+the mean row. Text and probabilities are unchanged; only the byte tokens'
+numbering can differ.
 """
 import json
 import os

@@ -11,12 +11,12 @@ loop itself is trainer.py's, shared with sft.py.
 """
 import torch
 
-from checkpoint import check_model, load_checkpoint, model_from_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint
 from data import corpus_batches
 from device import attention_for, check_fits_in_memory
 from errors import ArgumentParser, UserError, run_main
 from tasks import TextTask
-from tokenizer_io import load_tokenizer, tokenizer_from_dict
+from tokenizer_io import load_tokenizer
 from trainer import (Run, add_training_flags, check_training_args, claimed_outputs, resumed_run, train,
                      training_processes)
 from transformer import MODELS, build_model, count_parameters, estimate_parameters
@@ -79,16 +79,15 @@ def model_config(args, vocab_size, device):
                 cell=args.rnn_cell, dropout=args.dropout)
 
 
-def resumed_tokenizer(args, checkpoint):
-    """The checkpoint's tokenizer, after checking that a --tokenizer given with --resume is the same one."""
-    tokenizer = tokenizer_from_dict(checkpoint["tokenizer"])
-    if args.tokenizer == "char" and tokenizer.kind != "char":
-        raise UserError(f"{args.ckpt} was trained with a {tokenizer.kind} tokenizer, not 'char'")
-    if args.tokenizer and args.tokenizer != "char":
-        if load_tokenizer(args.tokenizer, args.data).to_dict() != checkpoint["tokenizer"]:
-            raise UserError(f"{args.tokenizer} does not match the tokenizer inside {args.ckpt}; "
-                            f"resume without --tokenizer to use the checkpoint's")
-    return tokenizer
+def check_resumed_tokenizer(args, checkpoint):
+    """UserError unless a --tokenizer given with --resume is the one inside the checkpoint."""
+    kind = checkpoint["tokenizer"].get("kind")
+    if args.tokenizer == "char" and kind != "char":
+        raise UserError(f"{args.ckpt} was trained with a {kind} tokenizer, not 'char'")
+    if args.tokenizer and args.tokenizer != "char" and \
+            load_tokenizer(args.tokenizer, args.data).to_dict() != checkpoint["tokenizer"]:
+        raise UserError(f"{args.tokenizer} does not match the tokenizer inside {args.ckpt}; "
+                        f"resume without --tokenizer to use the checkpoint's")
 
 
 def main(argv=None):
@@ -98,39 +97,39 @@ def main(argv=None):
 
 
 def pretrain(args):
-    checkpoint, base = None, None
+    """Train a new model, or --resume's or --init-from's checkpoint with its tokenizer and shape."""
+    checkpoint = None
     if args.init_from:
         if args.resume or args.tokenizer:
             raise UserError("--init-from starts a new run from a checkpoint, with its tokenizer: it does not "
                             "combine with --resume or --tokenizer")
-        base = load_checkpoint(args.init_from)
-        tokenizer = check_model(base, args.init_from)
+        checkpoint = load_checkpoint(args.init_from)
         for name in ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias"):
-            setattr(args, name, base["model_config"].get(name, getattr(args, name)))
-        args.model = base["model_type"]
+            setattr(args, name, checkpoint["model_config"].get(name, getattr(args, name)))
+        args.model = checkpoint["model_type"]
     elif args.resume:
         checkpoint = resumed_run(args, RESUMED_FLAGS)
-        tokenizer = resumed_tokenizer(args, checkpoint)
-    else:
-        tokenizer = load_tokenizer(args.tokenizer or "char", args.data)
+        check_resumed_tokenizer(args, checkpoint)
     with training_processes(args.device) as (procs, device):
-        batches = corpus_batches(args.data, tokenizer, args.block_size, args.val_fraction, args.seed)
-        if checkpoint or base:
+        if checkpoint:
             torch.manual_seed(args.seed)
-            model, _ = model_from_checkpoint(checkpoint or base, device, args.ckpt if checkpoint else args.init_from)
+            model, tokenizer = model_from_checkpoint(checkpoint, device, args.init_from or args.ckpt)
             model.train()
         else:
+            tokenizer = load_tokenizer(args.tokenizer or "char", args.data)
             config = model_config(args, tokenizer.vocab_size, device)
             check_fits_in_memory(estimate_parameters(args.model, config), device,
                                  what=f"a model of {args.n_layer} layers, {args.n_embd} wide,")
             torch.manual_seed(args.seed)
             model = build_model(args.model, config).to(device)
+        batches = corpus_batches(args.data, tokenizer, args.block_size, args.val_fraction, args.seed)
         description = (f"{args.model}: {count_parameters(model) / 1e6:.2f}M parameters, {tokenizer.kind} tokenizer "
                        f"({tokenizer.vocab_size} tokens), {len(batches.train):,} train / {len(batches.val):,} "
                        f"val tokens")
+        resumed = checkpoint if args.resume else None
         task = TextTask(batches, args.batch_size, tokenizer.token_chars())
         return train(Run(args, model, tokenizer, task, procs, device, description, train_args=vars(args),
-                         chat=bool(checkpoint and checkpoint.get("chat")), resume_from=checkpoint))
+                         chat=bool(resumed and resumed.get("chat")), resume_from=resumed))
 
 
 if __name__ == "__main__":

@@ -89,11 +89,10 @@ def add_training_flags(parser, **defaults):
 
 
 def check_training_args(args):
-    """UserError for any training flag out of its range (NaN and infinity included).
+    """UserError for any training flag out of range (NaN and infinity included).
 
-    Also names the metrics CSV and the plot after the checkpoint when no flag
-    names them, so that every run's files sit together and one run's never
-    overwrite another's.
+    Unless flags name them, the metrics CSV and plot are named after the
+    checkpoint, so one run's files never overwrite another's.
     """
     stem = os.path.splitext(args.ckpt)[0]
     args.metrics = stem + ".csv" if args.metrics is None else args.metrics
