@@ -25,8 +25,20 @@ class KVCache:
         self.values = [None] * n_layer
         self.length = 0  # positions already cached; the model advances it after each forward
 
+    def positions(self, T, device):
+        """The positions of T new tokens, after the cached ones."""
+        if self.length + T > self.max_len:
+            raise ValueError(f"sequence of {self.length + T} tokens exceeds the cache's {self.max_len}")
+        return torch.arange(self.length, self.length + T, device=device)
+
+    def advance(self, T):
+        self.length += T
+
     def append(self, layer, k, v):
-        """Store new k, v (B, nh, T, hs) after the cached ones; return all of them."""
+        """Store new k, v (B, nh, T, hs) after the cached ones; return all of them, and no mask.
+
+        Every row is at the same position, so attend's causal rule is the mask.
+        """
         if self.keys[layer] is None:
             B, nh, _, hs = k.shape
             self.keys[layer] = k.new_empty(B, nh, self.max_len, hs)
@@ -37,7 +49,7 @@ class KVCache:
         T, end = k.size(2), self.length + k.size(2)
         self.keys[layer].narrow(2, self.length, T).copy_(k)
         self.values[layer].narrow(2, self.length, T).copy_(v)
-        return self.keys[layer].narrow(2, 0, end), self.values[layer].narrow(2, 0, end)
+        return self.keys[layer].narrow(2, 0, end), self.values[layer].narrow(2, 0, end), None
 
 
 @dataclass(frozen=True)
@@ -113,7 +125,7 @@ def generate_ids(model, prompt_ids, settings):
     cache, fed = None, start  # fed: tokens[:fed] are already in the cache
     for _ in range(settings.max_new_tokens):
         if len(tokens) - start > block:
-            start = len(tokens) - block // 2
+            start = len(tokens) - max(1, block // 2)
             cache = None
         with gradients_off(device):
             if use_cache:

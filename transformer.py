@@ -52,30 +52,36 @@ class CausalSelfAttention(nn.Module):
         # view and one permute instead of a split and three view/transposes: the
         # same tensors, fewer ops, which matters when decoding one token at a time.
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
+        mask = None
         if kv_cache is not None:
             # The new keys/values join those of earlier positions; queries are only the new ones.
-            k, v = kv_cache.append(layer, k, v)
-        y = attend(q, k, v, self.attention, self.dropout if self.training else 0.0)
+            k, v, mask = kv_cache.append(layer, k, v)
+        y = attend(q, k, v, self.attention, self.dropout if self.training else 0.0, mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y))
 
 
-def attend(q, k, v, kind="sdpa", dropout=0.0):
+def attend(q, k, v, kind="sdpa", dropout=0.0, mask=None):
     """Causal attention of q (B, nh, Tq, hs) over k, v (B, nh, Tk, hs), Tq <= Tk.
 
     The queries are the last Tq positions of the Tk keys (Tq < Tk when a
     KV cache holds the earlier ones), so query i may see keys up to Tk - Tq + i.
+    A batch of sequences at different lengths (serving.py) passes its own mask
+    instead: (B, 1, Tq, Tk) booleans, True where a query may attend.
     """
     Tq, Tk = q.size(-2), k.size(-2)
+    if mask is None and 1 < Tq < Tk:
+        mask = causal_mask(Tq, Tk, q.device)
+    # A square is plain causal attention, and a single query (a decoding step
+    # with the cache) sees every key: neither needs a mask tensor.
+    square = mask is None and Tq > 1
     if kind == "sdpa":
-        # A square is plain causal attention, and a single query (a decoding step
-        # with the cache) sees every key: neither needs a mask tensor.
-        if Tq == Tk or Tq == 1:
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=Tq > 1)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(Tq, Tk, q.device), dropout_p=dropout)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=square)
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, Tq, Tk)
-    if Tq > 1:
-        att = att.masked_fill(~causal_mask(Tq, Tk, q.device), float("-inf"))
+    if square:
+        mask = causal_mask(Tq, Tk, q.device)
+    if mask is not None:
+        att = att.masked_fill(~mask, float("-inf"))
     att = F.softmax(att, dim=-1)
     att = F.dropout(att, p=dropout, training=dropout > 0)
     return att @ v  # (B, nh, Tq, hs)
@@ -145,15 +151,17 @@ class Transformer(nn.Module):
 
     def forward(self, idx, targets=None, kv_cache=None):
         B, T = idx.shape
-        start = kv_cache.length if kv_cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)
+        if kv_cache is None:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}")
+            pos = torch.arange(T, device=idx.device)
+        else:
+            pos = kv_cache.positions(T, idx.device)  # (T,), or (B, T) when rows sit at different positions
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for layer, block in enumerate(self.blocks):
             x = block(x, kv_cache, layer)
         if kv_cache is not None:
-            kv_cache.length += T
+            kv_cache.advance(T)
         logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
         loss = None
         if targets is not None:

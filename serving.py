@@ -1,0 +1,214 @@
+"""Serving many generations at once: continuous batching over one model.
+
+A server that decoded each request on its own would spend most of a CPU's
+time on per-call overhead: a one-token forward pass of a small model costs
+about the same for one sequence as for sixteen. So every active generation
+sits in a slot of one shared key/value cache, each at its own length, and
+one forward pass advances them all by a token (each row at its own position,
+masked to its own keys). A new request joins between two steps: its prompt
+is prefilled into a free slot, and from the next step on it decodes with the
+others. A finished or abandoned request frees its slot at once.
+
+Every sequence follows generate_ids' rules (sampling.py): the same context
+window, slid the same way when it fills, and sample_next with the request's
+own settings and seeded generator. So a request gets the tokens generate.py
+would give it, whatever else is running.
+"""
+import threading
+from collections import deque
+
+import torch
+
+from sampling import gradients_off, sample_next
+
+
+class SlotCache:
+    """Keys and values of up to max_batch sequences, one slot each, every slot at its own length.
+
+    The active sequences occupy slots 0..n-1, so a decoding step works on a
+    view of the buffers rather than a gathered copy; when a sequence leaves,
+    the last one moves into its slot.
+    """
+
+    def __init__(self, n_layer, max_batch, max_len):
+        self.max_len = max_len
+        self.keys = [None] * n_layer
+        self.values = [None] * n_layer
+        self.lengths = [0] * max_batch  # tokens cached in each slot
+        self.rows = None  # what the next forward pass covers: ('prefill', slot) or ('decode', n)
+
+    def prefill(self, slot):
+        """Make the next forward pass fill slot from position 0 (one sequence, its whole context)."""
+        self.rows = ("prefill", slot)
+        self.lengths[slot] = 0
+
+    def decode(self, n):
+        """Make the next forward pass add one token to each of slots 0..n-1."""
+        self.rows = ("decode", n)
+
+    def positions(self, T, device):
+        kind, arg = self.rows
+        if kind == "prefill":
+            return torch.arange(T, device=device)
+        return torch.tensor(self.lengths[:arg], device=device).view(arg, 1)  # (n, 1): each row's next position
+
+    def append(self, layer, k, v):
+        """Store the pass's new k, v (B, nh, T, hs); return the keys and values to attend to, and the mask."""
+        if self.keys[layer] is None:
+            _, nh, _, hs = k.shape
+            self.keys[layer] = k.new_zeros(len(self.lengths), nh, self.max_len, hs)
+            self.values[layer] = v.new_zeros(len(self.lengths), nh, self.max_len, hs)
+        keys, values = self.keys[layer], self.values[layer]
+        kind, arg = self.rows
+        if kind == "prefill":
+            T = k.size(2)
+            keys[arg, :, :T] = k[0]
+            values[arg, :, :T] = v[0]
+            return k, v, None  # a fresh sequence: plain causal attention over its own tokens
+        n, lengths = arg, self.lengths[:arg]
+        end = max(lengths) + 1
+        where = torch.tensor(lengths, device=k.device).view(n, 1, 1, 1).expand_as(k)
+        keys[:n].scatter_(2, where, k)
+        values[:n].scatter_(2, where, v)
+        # Row i attends to its own lengths[i] cached keys and the new one; the rest of the
+        # window is other sequences' padding.
+        mask = torch.arange(end, device=k.device) <= where[:, :1, :, :1]  # (n, 1, 1, end)
+        return keys[:n, :, :end], values[:n, :, :end], mask
+
+    def advance(self, T):
+        kind, arg = self.rows
+        if kind == "prefill":
+            self.lengths[arg] = T
+        else:
+            for i in range(arg):
+                self.lengths[i] += 1
+
+    def move(self, src, dst):
+        """Move slot src's sequence into slot dst."""
+        for buffers in (self.keys, self.values):
+            for b in buffers:
+                if b is not None:
+                    b[dst] = b[src]
+        self.lengths[dst] = self.lengths[src]
+
+
+class Generation:
+    """One request: its tokens so far, its settings, and where its tokens go.
+
+    emit(token) is called from the generator's thread with each new token id,
+    then emit(None) once when the generation is over (stopped, at its length
+    limit, or cancelled); emit(exception) if the model failed.
+    """
+
+    def __init__(self, prompt_ids, settings, emit):
+        if not prompt_ids:
+            raise ValueError("generation needs at least one prompt token")
+        self.tokens = list(prompt_ids)
+        self.settings = settings
+        self.emit = emit
+        self.generator = torch.Generator().manual_seed(settings.seed) if settings.seed is not None else None
+        self.generated = 0
+        self.start = 0  # the model's context is tokens[start:], as in generate_ids
+        self.in_cache = False  # whether its slot holds tokens[start:-1]
+        self.cancelled = False
+
+    def cancel(self):
+        """Stop this generation: its slot is freed before the next step. Safe from any thread."""
+        self.cancelled = True
+
+    def finished(self):
+        stopped = self.generated > 0 and self.tokens[-1] in self.settings.stop_ids
+        return self.cancelled or stopped or self.generated >= self.settings.max_new_tokens
+
+
+class BatchedGenerator:
+    """A thread that runs every submitted Generation, up to max_batch of them in one forward pass."""
+
+    def __init__(self, model, max_batch=16):
+        self.model = model
+        self.max_batch = max_batch
+        self.block = model.config.block_size
+        self.device = next(model.parameters()).device
+        self.cache = SlotCache(len(model.blocks), max_batch, self.block)
+        self.active = []  # the Generation in each slot, slots 0..n-1
+        self.waiting = deque()
+        self.wakeup = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="batched-generator", daemon=True)
+        self.thread.start()
+
+    def submit(self, prompt_ids, settings, emit):
+        """Queue a generation; returns its Generation (to cancel it)."""
+        generation = Generation(prompt_ids, settings, emit)
+        with self.wakeup:
+            self.waiting.append(generation)
+            self.wakeup.notify()
+        return generation
+
+    def _run(self):
+        while True:
+            with self.wakeup:
+                self.wakeup.wait_for(lambda: self.waiting or self.active)
+                while self.waiting and len(self.active) < self.max_batch:
+                    self.active.append(self.waiting.popleft())
+            try:
+                with gradients_off(self.device):  # the cache's buffers are inference tensors: all work on them is too
+                    self.step()
+            except Exception as e:  # a bug, not a bad request: fail what runs, keep serving
+                for generation in self.active:
+                    generation.emit(e)
+                self.active = []
+
+    def step(self):
+        """Advance every active generation by a token (one that just joined, by two)."""
+        self._drop_finished()
+        # A generation new to its slot, or whose window is full, first runs its
+        # context through the model on its own, as generate_ids does.
+        while any(self._needs_prefill(g) for g in self.active):
+            for slot, g in enumerate(self.active):
+                if self._needs_prefill(g):
+                    self._sample(g, self._prefill(slot, g))
+            self._drop_finished()
+        if not self.active:
+            return
+        n = len(self.active)
+        last = torch.tensor([[g.tokens[-1]] for g in self.active], device=self.device)
+        self.cache.decode(n)
+        logits, _ = self.model(last, kv_cache=self.cache)
+        for g, row in zip(self.active, logits[:, -1]):
+            self._sample(g, row)
+        self._drop_finished()
+
+    def _needs_prefill(self, g):
+        return not g.in_cache or len(g.tokens) - g.start > self.block
+
+    def _prefill(self, slot, g):
+        if g.in_cache:  # the window is full: keep its newest half
+            g.start = len(g.tokens) - max(1, self.block // 2)
+        else:
+            g.start = max(0, len(g.tokens) - self.block)
+        self.cache.prefill(slot)
+        logits, _ = self.model(torch.tensor([g.tokens[g.start:]], device=self.device), kv_cache=self.cache)
+        g.in_cache = True
+        return logits[0, -1]
+
+    @staticmethod
+    def _sample(g, logits):
+        token = sample_next(logits, g.settings, g.generator)
+        g.tokens.append(token)
+        g.generated += 1
+        g.emit(token)
+
+    def _drop_finished(self):
+        """Free the slots of generations that are over, telling each."""
+        slot = 0
+        while slot < len(self.active):
+            g = self.active[slot]
+            if not g.finished():
+                slot += 1
+                continue
+            last = len(self.active) - 1
+            if slot != last:
+                self.cache.move(last, slot)
+            self.active[slot] = self.active[last]
+            self.active.pop()
+            g.emit(None)

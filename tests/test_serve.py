@@ -1,0 +1,322 @@
+"""serve.py: a real server process, driven by the real openai client, raw HTTP and a headless Chromium."""
+import contextlib
+import http.client
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+
+import openai
+import pytest
+
+import generate
+from conftest import ROOT, assert_clean_error, run_script
+
+QUESTIONS = ["Who is the father of Achilles?", "Who killed Patroclus?", "Where is Troy?", "Who is Hector?",
+             "What did Achilles do?", "Who is the king of men?", "Who is Helen?", "Why are they fighting?"]
+
+
+@contextlib.contextmanager
+def serving(ckpt, *flags):
+    """A serve.py process on a free port: yields its base URL; on exit checks it logged no traceback."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), "--ckpt", ckpt, "--port", "0", *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"http://\S+", line)
+        assert match, line + proc.stderr.read()
+        yield match.group(0)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err and "500" not in err, err
+
+
+@pytest.fixture(scope="module")
+def chat_url(tiny_chat_ckpt):
+    with serving(tiny_chat_ckpt, "--max-batch", "4") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def base_url(tiny_ckpt):
+    with serving(tiny_ckpt) as url:
+        yield url
+
+
+def client(url, key="none"):
+    return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def ask(url, question, **kw):
+    messages = [{"role": "user", "content": question}]
+    return client(url).chat.completions.create(model="chat", messages=messages, temperature=0, **kw)
+
+
+def streamed(url, question, **kw):
+    """A streamed chat answer: (text, finish_reason, the chunks)."""
+    chunks = list(client(url).chat.completions.create(model="chat", stream=True, temperature=0, **kw,
+                                                      messages=[{"role": "user", "content": question}]))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    return text, finish, chunks
+
+
+def request(url, method, path, body=None, headers=None):
+    """(status, parsed JSON) of one raw HTTP request; body may be bytes or a JSON-able value."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+    conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+    response = conn.getresponse()
+    raw = response.read()
+    conn.close()
+    is_json = response.getheader("content-type", "").startswith("application/json")
+    return response.status, json.loads(raw) if is_json else raw.decode()
+
+
+def test_chat_answers_equal_generate_py(chat_url, tiny_chat_ckpt, cli):
+    for question, length, extra in [(QUESTIONS[0], 30, []), (QUESTIONS[1], 12, ["--temp", "0.8", "--seed", "7"])]:
+        expected = cli(generate, "--ckpt", tiny_chat_ckpt, "--chat", question, "--length", length,
+                       "--temp", "0", *extra).stdout.rstrip("\n")
+        kw = dict(max_tokens=length)
+        if extra:
+            kw.update(temperature=0.8, seed=7)
+        reply = client(chat_url).chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": question}], **{"temperature": 0, **kw})
+        assert reply.choices[0].message.content == expected
+        assert reply.choices[0].message.role == "assistant"
+        assert reply.usage.completion_tokens <= length
+        assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+def test_streaming_sends_the_same_text_in_openai_chunks(chat_url):
+    whole = ask(chat_url, QUESTIONS[2], max_tokens=25)
+    text, finish, chunks = streamed(chat_url, QUESTIONS[2], max_tokens=25, stream_options={"include_usage": True})
+    assert text == whole.choices[0].message.content
+    assert finish == [whole.choices[0].finish_reason]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens  # the usage chunk comes last
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # it streamed
+
+
+def test_max_tokens_and_stop_behave_as_in_the_api(chat_url):
+    long = ask(chat_url, QUESTIONS[3], max_tokens=20)
+    assert long.choices[0].finish_reason == "length" and long.usage.completion_tokens == 20
+    text = long.choices[0].message.content
+    short = ask(chat_url, QUESTIONS[3], max_tokens=7)
+    assert short.usage.completion_tokens == 7 and text.startswith(short.choices[0].message.content)
+    stop = text[8:10]  # a string the greedy answer contains: the answer ends just before its first occurrence
+    for reply in (ask(chat_url, QUESTIONS[3], max_tokens=20, stop=[stop, "never seen"]),
+                  ask(chat_url, QUESTIONS[3], max_tokens=20, stop=stop)):
+        assert reply.choices[0].message.content == text[:text.index(stop)]
+        assert reply.choices[0].finish_reason == "stop"
+    streamed_text, finish, _ = streamed(chat_url, QUESTIONS[3], max_tokens=20, stop=stop)
+    assert streamed_text == text[:text.index(stop)] and finish == ["stop"]
+
+
+def test_a_conversation_uses_its_history_and_system_messages_are_ignored(chat_url, tiny_chat_ckpt):
+    import chat
+    from checkpoint import load_model
+    from sampling import Sampling
+    model, tokenizer, _ = load_model(tiny_chat_ckpt)
+    history = [(QUESTIONS[0], "Peleus")]
+    expected = chat.answer(model, tokenizer, QUESTIONS[1], Sampling(max_new_tokens=15, temperature=0), history)
+    messages = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": QUESTIONS[0]},
+                {"role": "assistant", "content": [{"type": "text", "text": "Peleus"}]},
+                {"role": "user", "content": QUESTIONS[1]}]
+    reply = client(chat_url).chat.completions.create(model="chat", messages=messages, max_tokens=15, temperature=0)
+    assert reply.choices[0].message.content == expected
+
+
+def test_models_lists_the_checkpoint_and_its_context(chat_url):
+    models = client(chat_url).models.list().data
+    assert [m.id for m in models] == ["chat"]
+    assert models[0].model_extra["context_length"] == 16
+
+
+def test_a_base_model_continues_text_and_refuses_chat(base_url, tiny_ckpt, cli):
+    expected = cli(generate, "--ckpt", tiny_ckpt, "--start", "Sing, O goddess", "--length", "30", "--temp", "0").stdout
+    reply = client(base_url).completions.create(model="tiny", prompt="Sing, O goddess", max_tokens=30, temperature=0)
+    assert "Sing, O goddess" + reply.choices[0].text + "\n" == expected
+    assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 30
+    pieces = list(client(base_url).completions.create(model="tiny", prompt="Sing, O goddess", max_tokens=30,
+                                                      temperature=0, stream=True))
+    assert "".join(p.choices[0].text for p in pieces) == reply.choices[0].text
+    with pytest.raises(openai.BadRequestError, match="not a chat model"):
+        ask(base_url, "Who is Hector?")
+
+
+def test_eight_concurrent_streams_get_their_single_client_answers(chat_url):
+    alone = {q: ask(chat_url, q, max_tokens=40).choices[0].message.content for q in QUESTIONS}
+    answers, errors = {}, []
+
+    def stream(question):
+        try:
+            answers[question] = streamed(chat_url, question, max_tokens=40)[0]
+        except Exception as e:  # reported below, with the others' results
+            errors.append(e)
+
+    def abandon():  # a client that goes away mid-stream
+        conn = endless_stream(chat_url)
+        conn.sock.shutdown(2)
+        conn.close()
+
+    threads = [threading.Thread(target=stream, args=(q,)) for q in QUESTIONS] + [threading.Thread(target=abandon)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert answers == alone
+    assert idle(chat_url)  # the abandoned generation freed its slot
+
+
+def idle(url, tries=100):
+    """Whether the server's generator is (or soon becomes) idle: no generation running or waiting."""
+    for _ in range(tries):
+        status, health = request(url, "GET", "/health")
+        if health["active"] == 0 and health["waiting"] == 0:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def endless_stream(url):
+    """An open connection streaming a completion that would run for 100,000 tokens, its first event read."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    body = {"prompt": "Sing", "stream": True, "max_tokens": 100000}  # plain text never ends by itself
+    conn.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    assert conn.getresponse().read(6) == b"data: "
+    return conn
+
+
+def test_a_disconnected_client_frees_its_slot_at_once(tiny_chat_ckpt):
+    with serving(tiny_chat_ckpt, "--max-batch", "1") as url:
+        conn = endless_stream(url)
+        assert request(url, "GET", "/health")[1]["active"] == 1
+        conn.sock.shutdown(2)
+        conn.close()
+        assert idle(url)
+        # the one slot is free again: the next request is answered
+        assert ask(url, QUESTIONS[0], max_tokens=5).usage.completion_tokens == 5
+
+
+CHAT = {"model": "chat", "messages": [{"role": "user", "content": "Who is Hector?"}], "max_tokens": 3}
+BAD_REQUESTS = [
+    ("not JSON", b"{'messages': nope", 400, None),
+    ("a JSON list", [1, 2], 400, None),
+    ("no messages", {"model": "chat"}, 400, "messages"),
+    ("empty messages", {**CHAT, "messages": []}, 400, "messages"),
+    ("max_tokens a string", {**CHAT, "max_tokens": "ten"}, 400, "max_tokens"),
+    ("negative max_tokens", {**CHAT, "max_tokens": -1}, 400, "max_tokens"),
+    ("huge max_tokens", {**CHAT, "max_tokens": 10 ** 30}, 400, "max_tokens"),
+    ("temperature out of range", {**CHAT, "temperature": 7}, 400, "temperature"),
+    ("NaN-like top_p", {**CHAT, "top_p": "nan"}, 400, "top_p"),
+    ("negative seed", {**CHAT, "seed": -3}, 400, "seed"),
+    ("unknown field", {**CHAT, "frobnicate": True}, 400, "frobnicate"),
+    ("n > 1", {**CHAT, "n": 3}, 400, "n"),
+    ("stream not a bool", {**CHAT, "stream": "maybe"}, 400, "stream"),
+    ("five stop strings", {**CHAT, "stop": list("abcde")}, 400, "stop"),
+    ("a bad role", {**CHAT, "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages"),
+    ("content a number", {**CHAT, "messages": [{"role": "user", "content": 5}]}, 400, "messages"),
+    ("ends with the assistant", {**CHAT, "messages": [{"role": "assistant", "content": "hi"}]}, 400, "messages"),
+    ("two user turns", {**CHAT, "messages": [{"role": "user", "content": "a"}] * 2}, 400, "messages"),
+    ("a character the model lacks", {**CHAT, "messages": [{"role": "user", "content": "日本"}]}, 400, "messages"),
+    ("a body over the limit", {**CHAT, "user": "x" * (2 << 20)}, 413, None),
+]
+
+
+@pytest.mark.parametrize("name,body,status,param", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(chat_url, name, body, status, param):
+    code, reply = request(chat_url, "POST", "/v1/chat/completions", body)
+    assert code == status, reply
+    assert reply["error"]["type"] == "invalid_request_error" and reply["error"]["message"]
+    if param:
+        assert reply["error"]["param"].startswith(param), reply
+    assert ask(chat_url, "Who is Hector?", max_tokens=3).usage.completion_tokens == 3
+
+
+def test_odd_requests_are_answered_sensibly(chat_url, base_url):
+    assert request(chat_url, "GET", "/v1/nothing")[0] == 404
+    assert request(chat_url, "GET", "/v1/chat/completions")[0] == 405
+    assert request(chat_url, "GET", "/v1/models/other")[0] == 404
+    code, reply = request(base_url, "POST", "/v1/completions", {"prompt": "日本", "max_tokens": 2})
+    assert code == 400 and "日" in reply["error"]["message"]
+    assert request(base_url, "POST", "/v1/completions", {"prompt": ["a", "b"]})[0] == 400
+    # a chunked body with no length is counted as it arrives
+    parts = urllib.parse.urlsplit(chat_url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    conn.request("POST", "/v1/chat/completions", body=iter([b"{" + b" " * (1 << 20), b"}"]),
+                 headers={"Content-Type": "application/json"}, encode_chunked=True)
+    assert conn.getresponse().status == 413
+    conn.close()
+    # a question longer than the context keeps its end, as the REPL does
+    reply = ask(chat_url, "Who is the father of Achilles? " * 50, max_tokens=4)
+    assert reply.usage.prompt_tokens <= 16 and reply.usage.completion_tokens == 4
+    assert ask(chat_url, QUESTIONS[0], max_tokens=0).choices[0].message.content == ""
+
+
+def test_an_api_key_is_required_when_given(tiny_chat_ckpt):
+    with serving(tiny_chat_ckpt, "--api-key", "s3cret") as url:
+        for key in ("wrong", "s3cre"):
+            with pytest.raises(openai.AuthenticationError):
+                client(url, key).models.list()
+        assert request(url, "POST", "/v1/chat/completions", CHAT)[0] == 401
+        assert client(url, "s3cret").models.list().data[0].id == "chat"
+        status, page = request(url, "GET", "/")  # the page itself is public: it asks for the key
+        assert status == 200 and "API key" in page
+
+
+def test_bad_command_lines_are_one_line(tmp_path, tiny_ckpt):
+    assert_clean_error(run_script("serve.py", "--ckpt", str(tmp_path / "missing.pth"), "--port", "0"), "missing.pth")
+    assert_clean_error(run_script("serve.py", "--port", "70000"), "--port")
+    assert_clean_error(run_script("serve.py", "--max-batch", "0"), "--max-batch")
+    with serving(tiny_ckpt) as url:
+        port = urllib.parse.urlsplit(url).port
+        assert_clean_error(run_script("serve.py", "--ckpt", tiny_ckpt, "--port", str(port)), str(port))
+
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+
+
+@pytest.mark.skipif(not (BROWSER and DRIVER) and not os.environ.get("B_LM_REQUIRE_BROWSER"),
+                    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+def test_the_chat_page_streams_an_answer_in_a_real_browser(chat_url, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = BROWSER
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,700"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(DRIVER), options=options)
+    try:
+        browser.get(chat_url + "/")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: "context 16 tokens" in b.find_element(By.ID, "model").text)
+        browser.find_element(By.ID, "max_tokens").clear()
+        browser.find_element(By.ID, "max_tokens").send_keys("30")
+        browser.find_element(By.ID, "question").send_keys(QUESTIONS[0])
+        browser.find_element(By.ID, "send").click()
+        answer = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, ".assistant[data-done='true']"))
+        assert answer.text.strip() == ask(chat_url, QUESTIONS[0], max_tokens=30).choices[0].message.content.strip()
+        assert browser.find_element(By.CSS_SELECTOR, ".user").text == QUESTIONS[0]
+        browser.save_screenshot(str(tmp_path / "page.png"))
+        browser.find_element(By.ID, "new").click()
+        assert browser.find_elements(By.CSS_SELECTOR, ".msg") == []
+        requests = [e["name"] for e in browser.execute_script("return performance.getEntriesByType('resource')")]
+        assert all(r.startswith(chat_url) for r in requests), requests  # nothing from outside
+    finally:
+        browser.quit()
