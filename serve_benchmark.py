@@ -1,0 +1,127 @@
+"""How serve.py holds up under load: aggregate tokens/s and time to first token, 1 to 16 clients.
+
+    python serve_benchmark.py --ckpt chat.pth                  # 1, 4 and 16 clients, 30 s each
+    python serve_benchmark.py --ckpt chat.pth --clients 1 8 --seconds 10
+
+Starts serve.py on a free local port, then for each load runs that many
+clients at once, each streaming chat completions back to back (the test
+questions of qa.jsonl, greedy, as the chat page would ask them) until the
+time is up. Tokens are the server's own usage counts; time to first token
+runs from sending the request to the first text arriving. Run it with
+nothing else busy: the clients share the machine with the server.
+"""
+import http.client
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+from errors import ArgumentParser, UserError, run_main
+from qa import load_qa
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(description="Benchmark serve.py: throughput and time to first token under load.")
+    p.add_argument("--ckpt", default="chat.pth", help="chat checkpoint to serve (default: %(default)s)")
+    p.add_argument("--qa", default=os.path.join(ROOT, "qa.jsonl"), help="questions: its test split (default: qa.jsonl)")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16],
+                   help="concurrent clients, one run each, each >= 1 (default: 1 4 16)")
+    p.add_argument("--seconds", type=float, default=30.0, help="length of each run, > 0 (default: %(default)s)")
+    p.add_argument("--max-tokens", type=int, default=100, help="max_tokens of each answer, >= 1 (default: %(default)s)")
+    args = p.parse_args(argv)
+    if min(args.clients) < 1 or not 0 < args.seconds < 1e6 or args.max_tokens < 1:
+        raise UserError("--clients and --max-tokens must be >= 1 and --seconds > 0")
+    if not os.path.isfile(args.ckpt):
+        raise UserError(f"checkpoint {args.ckpt} not found")
+    return args
+
+
+def stream_one(host, port, question, max_tokens):
+    """One streamed chat completion: (seconds to the first text, seconds in all, completion tokens)."""
+    body = {"messages": [{"role": "user", "content": question}], "max_tokens": max_tokens, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    conn = http.client.HTTPConnection(host, port, timeout=600)
+    conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    if response.status != 200:
+        raise RuntimeError(f"the server answered {response.status}: {response.read()[:200]!r}")
+    first, tokens = None, 0
+    for line in response:
+        if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+            continue
+        event = json.loads(line[6:])
+        if event.get("usage"):
+            tokens = event["usage"]["completion_tokens"]
+        elif first is None and event["choices"] and event["choices"][0]["delta"].get("content"):
+            first = time.perf_counter() - start
+    conn.close()
+    total = time.perf_counter() - start
+    return (first if first is not None else total), total, tokens
+
+
+def run_load(host, port, questions, clients, seconds, max_tokens):
+    """clients threads streaming back to back for seconds: (tokens/s over all, TTFT list, requests)."""
+    results, errors = [], []
+    deadline = time.perf_counter() + seconds
+
+    def client(k):
+        i = k
+        try:
+            while time.perf_counter() < deadline:
+                results.append(stream_one(host, port, questions[i % len(questions)], max_tokens))
+                i += clients
+        except Exception as e:  # reported once all threads are done
+            errors.append(e)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise UserError(f"a client failed: {errors[0]}")
+    return sum(r[2] for r in results) / elapsed, [r[0] for r in results], len(results)
+
+
+def start_server(ckpt, max_batch):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), "--ckpt", ckpt, "--port", "0",
+                             "--max-batch", str(max_batch)], stdout=subprocess.PIPE, text=True, env=env)
+    match = re.search(r"http://([\d.]+):(\d+)", proc.stdout.readline())
+    if not match:
+        proc.wait()
+        raise UserError(f"serve.py did not start (exit {proc.returncode})")
+    return proc, match.group(1), int(match.group(2))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    questions = [row["question"] for row in load_qa(args.qa, "test")]
+    proc, host, port = start_server(args.ckpt, max(args.clients))
+    try:
+        stream_one(host, port, questions[0], 8)  # warm-up: the first pass pays for allocation
+        print(f"{args.ckpt}: {args.seconds:g} s per load, greedy answers of at most {args.max_tokens} tokens")
+        print(f"{'clients':>7} {'requests':>8} {'tokens/s':>9} {'vs 1':>6} {'TTFT median':>12} {'TTFT p95':>9}")
+        base = None
+        for n in args.clients:
+            rate, ttft, requests = run_load(host, port, questions, n, args.seconds, args.max_tokens)
+            base = base or rate
+            p95 = statistics.quantiles(ttft, n=20)[-1] if len(ttft) > 1 else ttft[0]
+            print(f"{n:>7} {requests:>8} {rate:>9,.0f} {rate / base:>5.1f}x {statistics.median(ttft) * 1000:>9.0f} ms "
+                  f"{p95 * 1000:>6.0f} ms", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+if __name__ == "__main__":
+    run_main(main)
