@@ -62,11 +62,11 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: Optional[str] = None
     max_tokens: Optional[int] = Field(None, ge=0, le=MAX_TOKENS_LIMIT)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, ge=0, le=1)
+    temperature: Optional[float] = Field(None, ge=0, le=2)  # None: OpenAI's default, 1
+    top_p: Optional[float] = Field(None, ge=0, le=1)
     seed: Optional[int] = Field(None, ge=0, lt=2 ** 63)
     stop: Union[str, List[str], None] = Field(None)
-    stream: bool = False
+    stream: Optional[bool] = False
     stream_options: Optional[dict] = None
     n: int = Field(1, ge=1, le=1)
     user: Optional[str] = None
@@ -106,8 +106,17 @@ def conversation(messages):
     for i, m in enumerate(turns):
         if m.role != ("user" if i % 2 == 0 else "assistant"):
             raise APIError(400, "user and assistant messages must alternate, starting with the user's", "messages")
-    texts = [m.text() for m in turns]
+    texts = [valid_text(m.text(), "messages") for m in turns]
     return list(zip(texts[:-1:2], texts[1::2])), texts[-1]
+
+
+def valid_text(text, param):
+    """text, if it can be encoded: JSON can carry lone surrogates, which no tokenizer can."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(400, "the text holds a lone surrogate (an invalid \\ud800-\\udfff escape)", param)
+    return text
 
 
 def stop_strings(stop):
@@ -190,9 +199,12 @@ class Completion:
 
 def sampling(params, max_tokens, default_max_tokens):
     """The Sampling a request's parameters describe."""
-    temperature = params.temperature if params.top_p > 0 else 0.0  # top_p 0 keeps only the likeliest token
+    temperature = 1.0 if params.temperature is None else params.temperature
+    top_p = 1.0 if params.top_p is None else params.top_p
+    if top_p == 0:  # keep only the likeliest token
+        temperature, top_p = 0.0, 1.0
     return Sampling(max_new_tokens=default_max_tokens if max_tokens is None else max_tokens,
-                    temperature=temperature, top_p=params.top_p or 1.0, seed=params.seed)
+                    temperature=temperature, top_p=top_p, seed=params.seed)
 
 
 def sse(data):
@@ -303,7 +315,7 @@ def create_app(generator, tokenizer, model_id, context_length, chat_model, api_k
         if params.echo:
             raise APIError(400, "echo is not supported", "echo")
         try:
-            prompt_ids, settings = await run_in_threadpool(text_prompt, tokenizer, prompts[0],
+            prompt_ids, settings = await run_in_threadpool(text_prompt, tokenizer, valid_text(prompts[0], "prompt"),
                                                            sampling(params, params.max_tokens, 16))
         except UserError as e:
             raise APIError(400, str(e), "prompt")

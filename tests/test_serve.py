@@ -231,6 +231,7 @@ BAD_REQUESTS = [
     ("ends with the assistant", {**CHAT, "messages": [{"role": "assistant", "content": "hi"}]}, 400, "messages"),
     ("two user turns", {**CHAT, "messages": [{"role": "user", "content": "a"}] * 2}, 400, "messages"),
     ("a character the model lacks", {**CHAT, "messages": [{"role": "user", "content": "日本"}]}, 400, "messages"),
+    ("a lone surrogate", b'{"messages": [{"role": "user", "content": "Hector \\ud800"}]}', 400, "messages"),
     ("a body over the limit", {**CHAT, "user": "x" * (2 << 20)}, 413, None),
 ]
 
@@ -263,6 +264,8 @@ def test_odd_requests_are_answered_sensibly(chat_url, base_url):
     reply = ask(chat_url, "Who is the father of Achilles? " * 50, max_tokens=4)
     assert reply.usage.prompt_tokens <= 16 and reply.usage.completion_tokens == 4
     assert ask(chat_url, QUESTIONS[0], max_tokens=0).choices[0].message.content == ""
+    nulls = {**CHAT, "temperature": None, "top_p": None, "stream": None, "stop": None, "seed": None}
+    assert request(chat_url, "POST", "/v1/chat/completions", nulls)[0] == 200  # null means the default
 
 
 def test_an_api_key_is_required_when_given(tiny_chat_ckpt):
