@@ -1,9 +1,14 @@
-"""Models in the Hugging Face format: GPT-2-architecture directories to and from b_lm checkpoints.
+"""Models in the Hugging Face format: b_lm checkpoints to and from Hugging Face directories.
 
-b_lm's Transformer is GPT-2's architecture (learned positions, pre-norm
-LayerNorm blocks, a 4x GELU MLP), so a model maps onto `GPT2LMHeadModel`
-weight for weight. GPT-2 stores its linear layers as `Conv1D`, whose weight is
-the transpose of `nn.Linear`'s; b_lm's absent biases are written as zeros.
+b_lm's Transformer with its GPT-2 parts (learned positions, pre-norm
+LayerNorm blocks, a 4x GELU MLP) maps onto `GPT2LMHeadModel` weight for
+weight. GPT-2 stores its linear layers as `Conv1D`, whose weight is the
+transpose of `nn.Linear`'s; b_lm's absent biases are written as zeros.
+With its Llama parts (rotary positions, RMSNorm, the gated SwiGLU MLP) it
+maps onto `LlamaForCausalLM`: our fused qkv and gate-up matrices split into
+Llama's q/k/v and gate/up projections, and our rotary embeddings already
+pair dimensions as transformers' Llama does. Export writes either; import
+reads GPT-2.
 
 Tokenizers travel as a `tokenizer.json` that Hugging Face's `tokenizers`
 runs with no b_lm code:
@@ -20,13 +25,14 @@ numbering can differ.
 """
 import json
 import os
+from dataclasses import asdict
 
 import torch
 
 from bpe import BPETokenizer
 from errors import UserError
 from tokenizer import ASSISTANT, END_OF_TURN, ENDOFTEXT, SPECIAL_TOKENS, USER, CharTokenizer
-from transformer import GPTConfig
+from transformer import GPTConfig, mlp_width
 
 # The pre-tokenizer regex of GPT-2 (and of Hugging Face's ByteLevel pre-tokenizer).
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -70,19 +76,23 @@ def to_hf(checkpoint, tokenizer, out_dir):
     chat = bool(checkpoint.get("chat"))
     eos = END_OF_TURN if chat else ENDOFTEXT
     specials = tokenizer.special_tokens
-    config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
-              "n_positions": c.block_size, "n_ctx": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer,
-              "n_head": c.n_head, "n_inner": None, "activation_function": "gelu" if c.gelu == "exact" else "gelu_new",
-              "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "layer_norm_epsilon": 1e-5,
-              "initializer_range": 0.02, "scale_attn_weights": True, "use_cache": True,
-              "tie_word_embeddings": c.tie_embeddings, "bos_token_id": specials[ENDOFTEXT],
-              "eos_token_id": specials[eos], "dtype": "float32"}
+    parts = (c.positions, c.norm, c.mlp)
+    if parts == ("learned", "layer", "gelu"):
+        config, weights = gpt2_config(c), gpt2_weights(c, checkpoint["model"])
+    elif parts == ("rope", "rms", "swiglu"):
+        config, weights = llama_config(c), llama_weights(c, checkpoint["model"])
+    else:
+        raise UserError(f"this model mixes GPT-2 and Llama parts (positions {c.positions}, norm {c.norm}, "
+                        f"mlp {c.mlp}), which no Hugging Face architecture holds: to-hf writes learned/layer/gelu "
+                        f"(GPT-2) or rope/rms/swiglu (Llama)")
+    config.update(vocab_size=c.vocab_size, tie_word_embeddings=c.tie_embeddings, bos_token_id=specials[ENDOFTEXT],
+                  eos_token_id=specials[eos], initializer_range=0.02, use_cache=True, dtype="float32")
     os.makedirs(out_dir, exist_ok=True)
     _write_json(os.path.join(out_dir, "config.json"), config)
     _write_json(os.path.join(out_dir, "generation_config.json"),
                 {"bos_token_id": specials[ENDOFTEXT], "eos_token_id": specials[eos],
                  "pad_token_id": specials[ENDOFTEXT]})
-    save_file(gpt2_weights(c, checkpoint["model"]), os.path.join(out_dir, "model.safetensors"),
+    save_file(weights, os.path.join(out_dir, "model.safetensors"),
               metadata={"format": "pt"})
     _write_json(os.path.join(out_dir, "tokenizer.json"), tokenizer_json(tokenizer))
     tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": c.block_size,
@@ -91,6 +101,46 @@ def to_hf(checkpoint, tokenizer, out_dir):
     if chat:
         tokenizer_config["chat_template"] = CHAT_TEMPLATE
     _write_json(os.path.join(out_dir, "tokenizer_config.json"), tokenizer_config)
+
+
+def gpt2_config(c):
+    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_positions": c.block_size,
+            "n_ctx": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": None,
+            "activation_function": "gelu" if c.gelu == "exact" else "gelu_new", "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0, "attn_pdrop": 0.0, "layer_norm_epsilon": 1e-5, "scale_attn_weights": True}
+
+
+def llama_config(c):
+    # rope_theta for transformers 4, rope_parameters for 5.
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": c.n_embd,
+            "intermediate_size": mlp_width(c.mlp, c.n_embd), "num_hidden_layers": c.n_layer,
+            "num_attention_heads": c.n_head, "num_key_value_heads": c.n_head, "head_dim": c.n_embd // c.n_head,
+            "max_position_embeddings": c.block_size, "rms_norm_eps": 1e-5, "hidden_act": "silu",
+            "rope_theta": c.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
+            "attention_bias": c.bias, "mlp_bias": c.bias, "attention_dropout": 0.0}
+
+
+def llama_weights(config, ours):
+    """{Llama parameter name: tensor} from our state dict, which it empties as it goes."""
+    C, H = config.n_embd, mlp_width(config.mlp, config.n_embd)
+    out = {"model.embed_tokens.weight": ours.pop("wte.weight")}
+    for i in range(config.n_layer):
+        mine, theirs = f"blocks.{i}.", f"model.layers.{i}."
+        for part in ("weight", "bias") if config.bias else ("weight",):
+            q, k, v = ours.pop(f"{mine}attn.qkv.{part}").split(C)
+            gate, up = ours.pop(f"{mine}mlp.fc.{part}").split(H)
+            out.update({f"{theirs}self_attn.q_proj.{part}": q, f"{theirs}self_attn.k_proj.{part}": k,
+                        f"{theirs}self_attn.v_proj.{part}": v,
+                        f"{theirs}self_attn.o_proj.{part}": ours.pop(f"{mine}attn.proj.{part}"),
+                        f"{theirs}mlp.gate_proj.{part}": gate, f"{theirs}mlp.up_proj.{part}": up,
+                        f"{theirs}mlp.down_proj.{part}": ours.pop(f"{mine}mlp.proj.{part}")})
+        out[f"{theirs}input_layernorm.weight"] = ours.pop(f"{mine}ln_1.weight")
+        out[f"{theirs}post_attention_layernorm.weight"] = ours.pop(f"{mine}ln_2.weight")
+    out["model.norm.weight"] = ours.pop("ln_f.weight")
+    head = ours.pop("lm_head.weight")
+    if not config.tie_embeddings:
+        out["lm_head.weight"] = head
+    return {k: v.contiguous() for k, v in out.items()}
 
 
 def gpt2_weights(config, ours):
@@ -201,9 +251,9 @@ def from_hf(in_dir):
     bias = any(v.any() for k, v in ours.items() if k.endswith(".bias"))
     if not bias:
         ours = {k: v for k, v in ours.items() if not k.endswith(".bias")}
-    model_config = dict(vocab_size=tokenizer.vocab_size, block_size=block, n_layer=n_layer, n_head=n_head,
-                        n_embd=C, dropout=0.0, bias=bias, attention="sdpa", tie_embeddings=tied,
-                        gelu=ACTIVATIONS[activation])
+    model_config = asdict(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=block, n_layer=n_layer,
+                                    n_head=n_head, n_embd=C, dropout=0.0, bias=bias, attention="sdpa",
+                                    tie_embeddings=tied, gelu=ACTIVATIONS[activation]))
     return model_config, {k: v.float() for k, v in ours.items()}, tokenizer, chat
 
 

@@ -19,11 +19,13 @@ from tasks import TextTask
 from tokenizer_io import load_tokenizer
 from trainer import (Run, add_training_flags, check_training_args, claimed_outputs, resumed_run, train,
                      training_processes)
-from transformer import MODELS, build_model, count_parameters, estimate_parameters
+from transformer import MLP_KINDS, MODELS, NORM_KINDS, POSITION_KINDS, build_model, count_parameters, \
+    estimate_parameters
 
 # Flags that define the model and its data, and the optimizer whose saved state
 # only fits itself: a resumed run takes them from the checkpoint.
-RESUMED_FLAGS = ("model", "n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "attention", "rnn_cell",
+RESUMED_FLAGS = ("model", "n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "attention", "positions",
+                 "norm", "mlp", "rnn_cell",
                  "optimizer", "lr", "muon_lr", "weight_decay", "beta2", "val_fraction")
 
 
@@ -47,6 +49,13 @@ def parse_args(argv=None):
     a("--attention", default="auto", choices=["auto", "sdpa", "explicit"],
       help="sdpa: F.scaled_dot_product_attention; explicit: matmul-softmax, which DirectML runs natively; "
            "auto: explicit on DirectML, else sdpa (default: %(default)s)")
+    a("--positions", default="learned", choices=POSITION_KINDS,
+      help="learned: a position embedding (GPT-2); rope: rotary embeddings of queries and keys (Llama) "
+           "(default: %(default)s)")
+    a("--norm", default="layer", choices=NORM_KINDS, help="layer: LayerNorm (GPT-2); rms: RMSNorm (Llama) "
+                                                          "(default: %(default)s)")
+    a("--mlp", default="gelu", choices=MLP_KINDS, help="gelu: 4x GELU MLP (GPT-2); swiglu: gated MLP of the same "
+                                                       "size (Llama) (default: %(default)s)")
     a("--rnn-cell", default="gru", choices=["gru", "lstm"], help="cell of --model rnn (default: %(default)s)")
     a("--val-fraction", type=float, default=0.1,
       help="last fraction of the tokens held out, in (0, 1) (default: %(default)s)")
@@ -68,13 +77,17 @@ def check_args(args):
         raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.model == "transformer" and args.n_embd % args.n_head:
         raise UserError(f"--n-embd {args.n_embd} must be divisible by --n-head {args.n_head}")
+    if args.model == "transformer" and args.positions == "rope" and args.n_embd // args.n_head % 2:
+        raise UserError(f"--positions rope needs an even head size (--n-embd / --n-head), got "
+                        f"{args.n_embd // args.n_head}")
 
 
 def model_config(args, vocab_size, device):
     if args.model == "transformer":
         return dict(vocab_size=vocab_size, block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
                     n_embd=args.n_embd, dropout=args.dropout, bias=args.bias,
-                    attention=attention_for(device, args.attention))
+                    attention=attention_for(device, args.attention), positions=args.positions, norm=args.norm,
+                    mlp=args.mlp)
     return dict(vocab_size=vocab_size, block_size=args.block_size, n_layer=args.n_layer, n_embd=args.n_embd,
                 cell=args.rnn_cell, dropout=args.dropout)
 

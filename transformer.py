@@ -15,6 +15,9 @@ from errors import UserError
 
 ATTENTION_KINDS = ("sdpa", "explicit")
 GELU_KINDS = ("exact", "tanh")
+POSITION_KINDS = ("learned", "rope")
+NORM_KINDS = ("layer", "rms")
+MLP_KINDS = ("gelu", "swiglu")
 
 
 @dataclass
@@ -33,6 +36,21 @@ class GPTConfig:
     # What GPT-2 checkpoints need (convert.py from-hf); b_lm's own models keep the defaults.
     tie_embeddings: bool = False  # the output head shares the token embedding's matrix
     gelu: str = "exact"  # or 'tanh', the approximation GPT-2 was trained with ('gelu_new')
+    # The parts of a Llama-style block (they map onto transformers' LlamaForCausalLM).
+    # Each is an option of its own; the defaults are GPT-2's.
+    positions: str = "learned"  # or 'rope': rotary embeddings turn each head's queries and keys by position
+    norm: str = "layer"  # or 'rms': RMSNorm, LayerNorm without the mean and the bias
+    mlp: str = "gelu"  # or 'swiglu': the gated MLP silu(x W_gate) * (x W_up), then W_down
+    rope_theta: float = 10000.0  # the longest rotary wavelength, in positions (2 pi theta)
+
+
+def mlp_width(mlp, n_embd):
+    """The MLP's hidden width: 4 * n_embd, or for the gated MLP, 2/3 of that rounded up to a multiple of 8.
+
+    Two thirds keep the gated MLP's three matrices at the parameters (and
+    FLOPs) of the plain MLP's two.
+    """
+    return 4 * n_embd if mlp == "gelu" else -(-8 * n_embd // 3 // 8) * 8
 
 
 class CausalSelfAttention(nn.Module):
@@ -46,12 +64,14 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, kv_cache=None, layer=0):
+    def forward(self, x, kv_cache=None, layer=0, rope=None):
         B, T, C = x.shape
         # (B, T, 3C) -> 3 x (B, nh, T, hs): each head attends independently. One
         # view and one permute instead of a split and three view/transposes: the
         # same tensors, fewer ops, which matters when decoding one token at a time.
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)
         mask = None
         if kv_cache is not None:
             # The new keys/values join those of earlier positions; queries are only the new ones.
@@ -87,6 +107,27 @@ def attend(q, k, v, kind="sdpa", dropout=0.0, mask=None):
     return att @ v  # (B, nh, Tq, hs)
 
 
+def rope_tables(config):
+    """cos and sin (block_size, head_size) of rotary embeddings, in transformers' Llama layout.
+
+    Each head's dimension i and i + head_size/2 form a pair, turned at
+    position p by the angle p * theta^(-2i/head_size): slow turns carry
+    distant positions, fast turns near ones. Attention scores then depend
+    only on how far apart a query and a key are.
+    """
+    hs = config.n_embd // config.n_head
+    inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs)
+    angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x, cos, sin):
+    """x (B, nh, T, hs) turned by the rotary angles of its positions (cos, sin broadcast to it)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
 def causal_mask(Tq, Tk, device):
     """(Tq, Tk) booleans, True where query i (the last Tq of Tk positions) may attend."""
     return torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(diagonal=Tk - Tq)
@@ -95,13 +136,38 @@ def causal_mask(Tq, Tk, device):
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        hidden = mlp_width(config.mlp, config.n_embd)
+        self.gated = config.mlp == "swiglu"
+        # The gated MLP's W_gate and W_up are one matrix: one matmul instead of two.
+        self.fc = nn.Linear(config.n_embd, (2 if self.gated else 1) * hidden, bias=config.bias)
+        self.proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
         self.approximate = "tanh" if config.gelu == "tanh" else "none"
 
     def forward(self, x):
-        return self.dropout(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
+        h = self.fc(x)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate=self.approximate)
+        return self.dropout(self.proj(h))
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight: LayerNorm without centring or bias, cheaper and as good in practice."""
+
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def norm_layer(config):
+    return RMSNorm(config.n_embd) if config.norm == "rms" else nn.LayerNorm(config.n_embd, bias=config.bias)
 
 
 class Block(nn.Module):
@@ -109,13 +175,13 @@ class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = norm_layer(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = norm_layer(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, kv_cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), kv_cache, layer)
+    def forward(self, x, kv_cache=None, layer=0, rope=None):
+        x = x + self.attn(self.ln_1(x), kv_cache, layer, rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -124,14 +190,24 @@ class Transformer(nn.Module):
         super().__init__()
         if config.attention not in ATTENTION_KINDS:
             raise UserError(f"unknown attention {config.attention!r}: choose one of {ATTENTION_KINDS}")
-        if config.gelu not in GELU_KINDS:
-            raise UserError(f"unknown gelu {config.gelu!r}: choose one of {GELU_KINDS}")
+        for name, kinds in (("gelu", GELU_KINDS), ("positions", POSITION_KINDS), ("norm", NORM_KINDS),
+                            ("mlp", MLP_KINDS)):
+            if getattr(config, name) not in kinds:
+                raise UserError(f"unknown {name} {getattr(config, name)!r}: choose one of {kinds}")
+        if config.positions == "rope" and (config.n_embd // config.n_head) % 2:
+            raise UserError(f"rotary embeddings turn pairs of dimensions: the head size "
+                            f"{config.n_embd // config.n_head} (n_embd / n_head) must be even")
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        if config.positions == "learned":
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        else:  # tables, not parameters: not in the state dict, rebuilt from the config
+            cos, sin = rope_tables(config)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_f = norm_layer(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
@@ -157,9 +233,16 @@ class Transformer(nn.Module):
             pos = torch.arange(T, device=idx.device)
         else:
             pos = kv_cache.positions(T, idx.device)  # (T,), or (B, T) when rows sit at different positions
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        x, rope = self.wte(idx), None  # (B, T, C)
+        if self.config.positions == "learned":
+            x = x + self.wpe(pos)
+        else:  # (T, hs), or (B, 1, T, hs) for rows at their own positions
+            rope = self.rope_cos[pos], self.rope_sin[pos]
+            if pos.dim() == 2:
+                rope = rope[0].unsqueeze(1), rope[1].unsqueeze(1)
+        x = self.drop(x)
         for layer, block in enumerate(self.blocks):
-            x = block(x, kv_cache, layer)
+            x = block(x, kv_cache, layer, rope)
         if kv_cache is not None:
             kv_cache.advance(T)
         logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
@@ -239,4 +322,6 @@ def estimate_parameters(model_type, config):
     if model_type == "rnn":
         gates = 4 if c.get("cell") == "lstm" else 3
         return 2 * V * C + L * gates * (2 * C * C + 2 * C)
-    return (1 if c.get("tie_embeddings") else 2) * V * C + T * C + L * (12 * C * C + 13 * C)
+    mlp = (3 if c.get("mlp") == "swiglu" else 2) * C * mlp_width(c.get("mlp", "gelu"), C)
+    positions = 0 if c.get("positions") == "rope" else T * C
+    return (1 if c.get("tie_embeddings") else 2) * V * C + positions + L * (4 * C * C + mlp + 13 * C)

@@ -34,12 +34,13 @@ def refused(capsys, *argv, fragment=""):
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, small_corpus):
-    """A char and a BPE checkpoint with a context of 96, trained a little: {kind: path}."""
+    """A char, a BPE and a Llama-style char checkpoint with a context of 96, trained a little: {kind: path}."""
     folder = tmp_path_factory.mktemp("convert")
     tokenizer_path = folder / "tok.json"
     train_bpe(open(small_corpus, encoding="utf-8").read(), 320).save(str(tokenizer_path))
     paths = {}
-    for kind, flags in (("char", []), ("bpe", ["--tokenizer", str(tokenizer_path)])):
+    for kind, flags in (("char", []), ("bpe", ["--tokenizer", str(tokenizer_path)]),
+                        ("llama", ["--positions", "rope", "--norm", "rms", "--mlp", "swiglu"])):
         paths[kind] = str(folder / f"{kind}.pth")
         train.main(["--data", small_corpus, "--ckpt", paths[kind], "--metrics", "", *TINY, "--block-size", "96",
                     "--max-iters", "20", *flags])
@@ -52,11 +53,13 @@ def exported(ckpt, folder):
             transformers.AutoTokenizer.from_pretrained(str(folder)))
 
 
-@pytest.mark.parametrize("kind", ["char", "bpe"])
+@pytest.mark.parametrize("kind", ["char", "bpe", "llama"])
 def test_an_exported_model_is_the_same_model_in_transformers(tmp_path, checkpoints, kind):
     model, tokenizer, _ = load_model(checkpoints[kind])
     theirs, their_tokenizer = exported(checkpoints[kind], tmp_path / "hf")
-    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
+    architecture = "LlamaForCausalLM" if kind == "llama" else "GPT2LMHeadModel"
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == [architecture]
+    assert type(theirs).__name__ == architecture
     for prompt in PROMPTS:
         ids = tokenizer.encode(prompt)
         assert their_tokenizer(prompt)["input_ids"] == ids
@@ -242,3 +245,11 @@ def test_an_imported_model_samples_and_chat_tunes_like_our_own(tmp_path, gpt2_fo
     answer = cli(generate, "--ckpt", tmp_path / "chat.pth", "--chat", "Who is the father of Achilles?", "--length",
                  "5")
     assert answer.returncode == 0 and "<|" not in answer.stdout, answer.stderr
+
+
+def test_a_model_mixing_gpt2_and_llama_parts_is_refused(tmp_path, capsys, small_corpus):
+    ckpt = tmp_path / "mixed.pth"
+    train.main(["--data", small_corpus, "--ckpt", str(ckpt), "--metrics", "", *TINY, "--max-iters", "2",
+                "--positions", "rope"])
+    refused(capsys, "to-hf", ckpt, tmp_path / "hf", fragment="mixes GPT-2 and Llama parts")
+    assert not (tmp_path / "hf").exists()
