@@ -18,11 +18,15 @@ def collect(q):
     return tokens
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "explicit"])
-def test_concurrent_generations_equal_generate_ids_alone(attention):
+LLAMA = dict(positions="rope", norm="rms", mlp="swiglu")
+
+
+@pytest.mark.parametrize("attention,parts", [("sdpa", {}), ("explicit", {}), ("sdpa", LLAMA), ("explicit", LLAMA)],
+                         ids=["sdpa", "explicit", "llama-sdpa", "llama-explicit"])
+def test_concurrent_generations_equal_generate_ids_alone(attention, parts):
     torch.manual_seed(0)
     model = Transformer(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32,
-                                  attention=attention)).eval()
+                                  attention=attention, **parts)).eval()
     generator = BatchedGenerator(model, max_batch=4)  # 10 requests: some wait for a free slot
     runs = []
     for i in range(10):

@@ -12,13 +12,18 @@ def tiny(attention="sdpa", **kw):
     return build_model("transformer", GPTConfig(**cfg)).eval()
 
 
-@pytest.mark.parametrize("model_type", ["transformer-sdpa", "transformer-explicit", "rnn"])
+LLAMA = dict(positions="rope", norm="rms", mlp="swiglu")
+
+
+@pytest.mark.parametrize("model_type", ["transformer-sdpa", "transformer-explicit", "llama-sdpa", "llama-explicit",
+                                        "rnn"])
 def test_causality(model_type):
     if model_type == "rnn":
         torch.manual_seed(0)
         model = build_model("rnn", RNNConfig(vocab_size=11, n_layer=2, n_embd=16)).eval()
     else:
-        model = tiny(model_type.split("-")[1])
+        kind, attention = model_type.split("-")
+        model = tiny(attention, **(LLAMA if kind == "llama" else {}))
     idx = torch.randint(0, 11, (2, 12))
     changed = idx.clone()
     changed[:, 7] = (changed[:, 7] + 1) % 11
@@ -40,8 +45,9 @@ def test_sdpa_and_explicit_attention_agree():
     torch.testing.assert_close(loss_a, loss_b)
 
 
-def test_kv_cache_matches_full_forward():
-    model = tiny()
+@pytest.mark.parametrize("parts", [{}, LLAMA, dict(positions="rope")], ids=["gpt2", "llama", "rope"])
+def test_kv_cache_matches_full_forward(parts):
+    model = tiny(**parts)
     idx = torch.randint(0, 11, (1, 12))
     full, _ = model(idx)
     cache = KVCache(2, 12)
@@ -70,3 +76,24 @@ def test_overfits_one_batch(model_type):
 def test_context_longer_than_block_size_is_refused_by_the_model():
     with pytest.raises(ValueError):
         tiny()(torch.zeros(1, 13, dtype=torch.long))
+
+
+def test_rotary_attention_depends_only_on_distance():
+    """The score of a query and a key turned by RoPE depends on how far apart they are, not where."""
+    from transformer import rope_tables, rotate
+    cos, sin = rope_tables(GPTConfig(vocab_size=1, block_size=40, n_head=1, n_embd=8))
+    q, k = torch.randn(8), torch.randn(8)
+    score = lambda i, j: torch.dot(rotate(q, cos[i], sin[i]), rotate(k, cos[j], sin[j]))  # noqa: E731
+    torch.testing.assert_close(score(9, 4), score(35, 30))
+    assert not torch.allclose(score(9, 4), score(9, 5))
+
+
+def test_the_llama_parts_keep_the_parameter_count_and_the_estimate_follows():
+    from dataclasses import asdict
+    from transformer import count_parameters, estimate_parameters
+    for parts in ({}, LLAMA):
+        model = tiny(n_embd=48, **parts)
+        estimate = estimate_parameters("transformer", asdict(model.config))
+        assert count_parameters(model) <= estimate <= 1.1 * count_parameters(model)
+    gpt2, llama = count_parameters(tiny(n_embd=48)), count_parameters(tiny(n_embd=48, **LLAMA))
+    assert abs(llama - gpt2) / gpt2 < 0.05  # the gated MLP is sized to the plain one's parameters

@@ -1,0 +1,161 @@
+"""b_lm's default run against nanoGPT's README CPU recipe, at equal wall time, on one machine.
+
+    python nanogpt_benchmark.py --nanogpt ~/src/nanoGPT                 # runs both (about 2 x 5 minutes)
+    python nanogpt_benchmark.py --nanogpt ~/src/nanoGPT --ours checkpoint.pth --ours-seconds 479
+
+It clones nothing: give it a checkout of github.com/karpathy/nanoGPT.
+1. b_lm: `python train.py` as the quick start runs it (or a checkpoint of
+   that run and its training seconds), timed.
+2. nanoGPT gets the corpus and the split b_lm uses (the last 10% of
+   data.txt's characters are validation) as its char dataset, a short run to
+   time its iterations, then the README's CPU recipe (4 layers, 128 wide,
+   block 64, batch 12, no dropout) with --max_iters (and --lr_decay_iters)
+   set so that its training takes b_lm's training time.
+3. Both are scored the same way: the mean nats per character over the whole
+   validation split, in non-overlapping windows of each model's context,
+   nanoGPT from its best checkpoint (it saves when its val loss improves).
+Run it with nothing else busy: both runs are timed.
+"""
+import importlib.util
+import math
+import os
+import pickle
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from checkpoint import load_checkpoint, load_model
+from errors import ArgumentParser, UserError, run_main
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+RECIPE = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
+          "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--dropout=0.0"]
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(description="b_lm's default run against nanoGPT's CPU recipe at equal wall time.")
+    p.add_argument("--nanogpt", required=True, help="a checkout of karpathy/nanoGPT (its train.py and model.py)")
+    p.add_argument("--data", default=os.path.join(ROOT, "data.txt"), help="corpus (default: data.txt)")
+    p.add_argument("--ours", default=None, metavar="CKPT",
+                   help="score this checkpoint of the default run instead of training one (needs --ours-seconds)")
+    p.add_argument("--ours-seconds", type=float, default=None, help="the training seconds of --ours")
+    p.add_argument("--work", default=None, help="folder for the runs' files (default: a new temporary folder)")
+    args = p.parse_args(argv)
+    for name in ("train.py", "model.py", "config/train_shakespeare_char.py"):
+        if not os.path.isfile(os.path.join(args.nanogpt, name)):
+            raise UserError(f"{args.nanogpt} is not a nanoGPT checkout: it has no {name}")
+    if not os.path.isfile(args.data):
+        raise UserError(f"data file {args.data} not found")
+    if (args.ours is None) != (args.ours_seconds is None):
+        raise UserError("--ours and --ours-seconds go together")
+    if args.ours_seconds is not None and not 0 < args.ours_seconds < math.inf:
+        raise UserError(f"--ours-seconds must be > 0, got {args.ours_seconds}")
+    if args.ours is not None and not os.path.isfile(args.ours):
+        raise UserError(f"checkpoint {args.ours} not found")
+    return args
+
+
+def val_nats_per_char(logits_of, val, block_size):
+    """Mean nats over every target of val (a 1-D id tensor) in non-overlapping windows of block_size."""
+    nats, count = 0.0, 0
+    starts = list(range(0, len(val) - 1 - block_size + 1, block_size))
+    with torch.no_grad():
+        for i in range(0, len(starts), 64):
+            batch = starts[i:i + 64]
+            x = torch.stack([val[s:s + block_size] for s in batch])
+            y = torch.stack([val[s + 1:s + block_size + 1] for s in batch])
+            nats += F.cross_entropy(logits_of(x).flatten(0, 1), y.flatten(), reduction="sum").item()
+            count += y.numel()
+    return nats / count
+
+
+def prepare_nanogpt_data(text, folder):
+    """nanoGPT's char dataset (train.bin, val.bin, meta.pkl) with b_lm's split; returns val's ids."""
+    chars = sorted(set(text))
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    ids = np.array([stoi[ch] for ch in text], dtype=np.uint16)
+    n_val = int(len(ids) * 0.1)  # data.py's split: the last 10% of the stream
+    os.makedirs(folder, exist_ok=True)
+    ids[:-n_val].tofile(os.path.join(folder, "train.bin"))
+    ids[-n_val:].tofile(os.path.join(folder, "val.bin"))
+    with open(os.path.join(folder, "meta.pkl"), "wb") as f:
+        pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}, f)
+    return torch.from_numpy(ids[-n_val:].astype(np.int64))
+
+
+def run_nanogpt(args, work, iters, eval_interval):
+    """Run nanoGPT's recipe for iters steps in work; (wall seconds, its per-iteration times in ms)."""
+    command = [sys.executable, os.path.join(args.nanogpt, "train.py"),
+               os.path.join(args.nanogpt, "config/train_shakespeare_char.py"), *RECIPE, "--dataset=iliad_char",
+               f"--out_dir={os.path.join(work, 'out')}", f"--max_iters={iters}", f"--lr_decay_iters={iters}",
+               f"--eval_interval={eval_interval}"]
+    # nanoGPT reads configurator.py and data/ from its working directory: run it in ours, with a copy.
+    shutil.copy(os.path.join(args.nanogpt, "configurator.py"), work)
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=work, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise UserError(f"nanoGPT failed: {result.stderr.strip().splitlines()[-1] if result.stderr else '?'}")
+    return seconds, [float(ms) for ms in re.findall(r"^iter \d+: .*time ([\d.]+)ms", result.stdout, re.M)]
+
+
+def score_nanogpt(args, work, val):
+    spec = importlib.util.spec_from_file_location("nanogpt_model", os.path.join(args.nanogpt, "model.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    checkpoint = torch.load(os.path.join(work, "out", "ckpt.pt"), map_location="cpu", weights_only=True)
+    model = module.GPT(module.GPTConfig(**checkpoint["model_args"]))
+    model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in checkpoint["model"].items()})
+    model.eval()
+    # nanoGPT returns every position's logits only when given targets; the loss it returns is unused.
+    logits_of = lambda x: model(x, torch.zeros_like(x))[0]  # noqa: E731
+    return val_nats_per_char(logits_of, val, model.config.block_size), checkpoint["iter_num"]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    work = args.work or tempfile.mkdtemp(prefix="nanogpt-benchmark-")
+    os.makedirs(work, exist_ok=True)
+    text = open(args.data, encoding="utf-8").read()
+    val = prepare_nanogpt_data(text, os.path.join(work, "data", "iliad_char"))
+
+    if args.ours is None:
+        args.ours = os.path.join(work, "ours.pth")
+        print("training b_lm's default model ...", flush=True)
+        subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--data", args.data, "--ckpt", args.ours,
+                        "--metrics", "", "--plot", "", "--overwrite"], check=True, capture_output=True)
+    ours_seconds = args.ours_seconds or load_checkpoint(args.ours)["elapsed_s"]
+    model, tokenizer, _ = load_model(args.ours)
+    if tokenizer.kind != "char":
+        raise UserError(f"{args.ours} uses a {tokenizer.kind} tokenizer: this benchmark compares character models")
+    model.eval()
+    our_val = torch.tensor(tokenizer.encode(text[-len(val):]))
+    ours = val_nats_per_char(lambda x: model(x)[0], our_val, model.config.block_size)
+
+    print("timing nanoGPT's iterations ...", flush=True)
+    _, times = run_nanogpt(args, work, 200, 10 ** 6)
+    per_iter = statistics.median(times[20:]) / 1000  # past the first iterations' warm-up
+    iters = round(ours_seconds / per_iter)
+    print(f"nanoGPT: {per_iter * 1000:.1f} ms per iteration, so {iters} iterations in {ours_seconds:.0f} s; "
+          f"training ...", flush=True)
+    wall, _ = run_nanogpt(args, work, iters, 250)
+    theirs, best_iter = score_nanogpt(args, work, val)
+
+    print(f"\n| run | iterations | wall | val loss (nats/char) |\n|---|---|---|---|")
+    print(f"| b_lm default `python train.py` | {load_checkpoint(args.ours)['step']} | {ours_seconds:.0f} s "
+          f"(training) | {ours:.4f} |")
+    print(f"| nanoGPT CPU recipe, same training time (best checkpoint: iteration {best_iter}) | {iters} | "
+          f"{wall:.0f} s (incl. its evals) | {theirs:.4f} |")
+    print(f"\nb_lm leads by {theirs - ours:.3f} nats/char")
+
+
+if __name__ == "__main__":
+    run_main(main)
