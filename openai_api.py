@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import secrets
+import threading
 import time
 import uuid
 from typing import List, Literal, Optional, Union
@@ -162,39 +163,75 @@ class Completion:
         n, m = len(self.prompt_ids), self.completion_tokens
         return {"prompt_tokens": n, "completion_tokens": m, "total_tokens": n + m}
 
-    async def pieces(self):
-        loop = asyncio.get_running_loop()
+    async def pieces(self, mailbox):
+        """The text as it is generated. Tokens that arrived together come out as one piece.
+
+        Under load the generator runs ahead of the event loop, and sending
+        each token on its own would cost more than generating it.
+        """
         queue = asyncio.Queue()
-
-        def emit(item):  # called from the generator's thread
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the server is shutting down and its loop is closed
-                pass
-
-        generation = self.generator.submit(self.prompt_ids, self.settings, emit)
+        generation = self.generator.submit(self.prompt_ids, self.settings, lambda item: mailbox.post(queue, item))
         decoder, stop_text = StreamDecoder(self.tokenizer), StopText(self.stops)
         try:
-            while (item := await queue.get()) is not None:
-                if isinstance(item, Exception):
-                    raise item
-                self.completion_tokens += 1
-                if item in self.settings.stop_ids:
-                    self.finish_reason = "stop"
-                    continue
-                text, stopped = stop_text.push(decoder.push(item))
+            while True:
+                items = [await queue.get()]
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                text, stopped, ended = "", False, False
+                for item in items:
+                    if isinstance(item, Exception):
+                        raise item
+                    if item is None:
+                        ended = True
+                        break
+                    self.completion_tokens += 1
+                    if item in self.settings.stop_ids:
+                        self.finish_reason = "stop"
+                        continue
+                    piece, stopped = stop_text.push(decoder.push(item))
+                    text += piece
+                    if stopped:
+                        break
+                if ended and not stopped:
+                    tail, stopped = stop_text.push(decoder.flush())
+                    text += tail if stopped else tail + stop_text.flush()
                 if text:
                     yield text
-                if stopped:
-                    self.finish_reason = "stop"
+                if stopped or ended:
+                    self.finish_reason = "stop" if stopped else self.finish_reason or "length"
                     return
-            text, stopped = stop_text.push(decoder.flush())
-            text += "" if stopped else stop_text.flush()
-            if text:
-                yield text
-            self.finish_reason = self.finish_reason or ("stop" if stopped else "length")
         finally:
             generation.cancel()  # a no-op when it is over; frees the slot when the client went away
+
+
+class Mailbox:
+    """Hands items from the generator's thread to queues on the event loop, waking the loop once per batch.
+
+    The generator emits a token for every active request at each step; one
+    wake-up for all of them instead of one each keeps the loop's overhead
+    from growing with the batch.
+    """
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.pending = []
+
+    def post(self, queue, item):
+        with self.lock:
+            self.pending.append((queue, item))
+            if len(self.pending) > 1:  # a delivery is already on its way
+                return
+        try:
+            self.loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # the server is shutting down and its loop is closed
+            pass
+
+    def _deliver(self):
+        with self.lock:
+            items, self.pending = self.pending, []
+        for queue, item in items:
+            queue.put_nowait(item)
 
 
 def sampling(params, max_tokens, default_max_tokens):
@@ -322,11 +359,15 @@ def create_app(generator, tokenizer, model_id, context_length, chat_model, api_k
         completion = Completion(generator, tokenizer, prompt_ids, settings, stop_strings(params.stop))
         return await respond(completion, params, "cmpl", chat=False)
 
+    mailboxes = {}  # one per event loop: the server runs one
+
     async def respond(completion, params, prefix, chat):
+        loop = asyncio.get_running_loop()
+        mailbox = mailboxes.setdefault(loop, Mailbox(loop))
         ident, now = f"{prefix}-{uuid.uuid4().hex}", int(time.time())
         head = {"id": ident, "created": now, "model": model_id}
         if not params.stream:
-            text = "".join([piece async for piece in completion.pieces()])
+            text = "".join([piece async for piece in completion.pieces(mailbox)])
             if chat:
                 choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                           "finish_reason": completion.finish_reason}
@@ -351,7 +392,7 @@ def create_app(generator, tokenizer, model_id, context_length, chat_model, api_k
             if chat:
                 yield chunk("", role="assistant")
             try:
-                async for piece in completion.pieces():
+                async for piece in completion.pieces(mailbox):
                     yield chunk(piece)
             except Exception as e:  # the status line is sent: report in the stream
                 yield sse({"error": {"message": f"generation failed: {e}", "type": "server_error"}})

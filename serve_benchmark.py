@@ -6,7 +6,9 @@
 Starts serve.py on a free local port, then for each load runs that many
 clients at once, each streaming chat completions back to back (the test
 questions of qa.jsonl, greedy, as the chat page would ask them) until the
-time is up. Tokens are the server's own usage counts; time to first token
+time is up. The model's answers are short, so that load is mostly requests
+and prompts; --text streams completions that run to --max-tokens instead,
+which is mostly decoding. Tokens are the server's own usage counts; time to first token
 runs from sending the request to the first text arriving. Run it with
 nothing else busy: the clients share the machine with the server.
 """
@@ -34,6 +36,9 @@ def parse_args(argv=None):
                    help="concurrent clients, one run each, each >= 1 (default: 1 4 16)")
     p.add_argument("--seconds", type=float, default=30.0, help="length of each run, > 0 (default: %(default)s)")
     p.add_argument("--max-tokens", type=int, default=100, help="max_tokens of each answer, >= 1 (default: %(default)s)")
+    p.add_argument("--text", action="store_true",
+                   help="stream text completions that run to --max-tokens (sampled continuations of the "
+                        "questions) instead of chat answers, which end where the model ends them")
     args = p.parse_args(argv)
     if min(args.clients) < 1 or not 0 < args.seconds < 1e6 or args.max_tokens < 1:
         raise UserError("--clients and --max-tokens must be >= 1 and --seconds > 0")
@@ -42,13 +47,21 @@ def parse_args(argv=None):
     return args
 
 
-def stream_one(host, port, question, max_tokens):
-    """One streamed chat completion: (seconds to the first text, seconds in all, completion tokens)."""
-    body = {"messages": [{"role": "user", "content": question}], "max_tokens": max_tokens, "temperature": 0,
-            "stream": True, "stream_options": {"include_usage": True}}
+def stream_one(host, port, question, max_tokens, text_mode=False):
+    """One streamed completion: (seconds to the first text, seconds in all, completion tokens).
+
+    A chat answer (greedy, ending where the model ends it), or in text mode a
+    sampled continuation of the question that runs to max_tokens.
+    """
+    body = {"max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}
+    if text_mode:
+        path, body = "/v1/completions", {**body, "prompt": question, "temperature": 0.8, "seed": len(question)}
+    else:
+        path, body = "/v1/chat/completions", {**body, "messages": [{"role": "user", "content": question}],
+                                              "temperature": 0}
     start = time.perf_counter()
     conn = http.client.HTTPConnection(host, port, timeout=600)
-    conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
     response = conn.getresponse()
     if response.status != 200:
         raise RuntimeError(f"the server answered {response.status}: {response.read()[:200]!r}")
@@ -59,14 +72,15 @@ def stream_one(host, port, question, max_tokens):
         event = json.loads(line[6:])
         if event.get("usage"):
             tokens = event["usage"]["completion_tokens"]
-        elif first is None and event["choices"] and event["choices"][0]["delta"].get("content"):
+        elif first is None and event["choices"] and (event["choices"][0].get("text")
+                                                     or event["choices"][0].get("delta", {}).get("content")):
             first = time.perf_counter() - start
     conn.close()
     total = time.perf_counter() - start
     return (first if first is not None else total), total, tokens
 
 
-def run_load(host, port, questions, clients, seconds, max_tokens):
+def run_load(host, port, questions, clients, seconds, max_tokens, text_mode):
     """clients threads streaming back to back for seconds: (tokens/s over all, TTFT list, requests)."""
     results, errors = [], []
     deadline = time.perf_counter() + seconds
@@ -75,7 +89,7 @@ def run_load(host, port, questions, clients, seconds, max_tokens):
         i = k
         try:
             while time.perf_counter() < deadline:
-                results.append(stream_one(host, port, questions[i % len(questions)], max_tokens))
+                results.append(stream_one(host, port, questions[i % len(questions)], max_tokens, text_mode))
                 i += clients
         except Exception as e:  # reported once all threads are done
             errors.append(e)
@@ -109,11 +123,13 @@ def main(argv=None):
     proc, host, port = start_server(args.ckpt, max(args.clients))
     try:
         stream_one(host, port, questions[0], 8)  # warm-up: the first pass pays for allocation
-        print(f"{args.ckpt}: {args.seconds:g} s per load, greedy answers of at most {args.max_tokens} tokens")
+        what = (f"text completions of {args.max_tokens} tokens" if args.text else
+                f"greedy chat answers of at most {args.max_tokens} tokens")
+        print(f"{args.ckpt}: {args.seconds:g} s per load, {what}")
         print(f"{'clients':>7} {'requests':>8} {'tokens/s':>9} {'vs 1':>6} {'TTFT median':>12} {'TTFT p95':>9}")
         base = None
         for n in args.clients:
-            rate, ttft, requests = run_load(host, port, questions, n, args.seconds, args.max_tokens)
+            rate, ttft, requests = run_load(host, port, questions, n, args.seconds, args.max_tokens, args.text)
             base = base or rate
             p95 = statistics.quantiles(ttft, n=20)[-1] if len(ttft) > 1 else ttft[0]
             print(f"{n:>7} {requests:>8} {rate:>9,.0f} {rate / base:>5.1f}x {statistics.median(ttft) * 1000:>9.0f} ms "
