@@ -35,22 +35,31 @@ class SlotCache:
         self.keys = [None] * n_layer
         self.values = [None] * n_layer
         self.lengths = [0] * max_batch  # tokens cached in each slot
-        self.rows = None  # what the next forward pass covers: ('prefill', slot) or ('decode', n)
+        self.rows = None  # what the next forward pass covers: ('prefill', slots) or ('decode', n)
 
-    def prefill(self, slot):
-        """Make the next forward pass fill slot from position 0 (one sequence, its whole context)."""
-        self.rows = ("prefill", slot)
-        self.lengths[slot] = 0
+    def prefill(self, slots, lengths):
+        """Make the next forward pass fill these slots from position 0 with contexts of these lengths.
 
-    def decode(self, n):
+        The contexts come padded at the end to one length; causal attention
+        keeps each real token from seeing the padding, and a slot's padded
+        positions are overwritten by its next tokens before anything reads them.
+        """
+        self.rows = ("prefill", slots)
+        self.prefill_lengths = lengths
+
+    def decode(self, n, device):
         """Make the next forward pass add one token to each of slots 0..n-1."""
         self.rows = ("decode", n)
+        # Every layer writes and masks at the same places: work them out once per pass.
+        self.next_position = torch.tensor(self.lengths[:n], device=device).view(n, 1)
+        # Row i attends to its own lengths[i] cached keys and the new one; the rest of the
+        # window is other sequences' padding.
+        self.end = max(self.lengths[:n]) + 1
+        self.mask = (torch.arange(self.end, device=device) <= self.next_position).view(n, 1, 1, self.end)
 
     def positions(self, T, device):
         kind, arg = self.rows
-        if kind == "prefill":
-            return torch.arange(T, device=device)
-        return torch.tensor(self.lengths[:arg], device=device).view(arg, 1)  # (n, 1): each row's next position
+        return torch.arange(T, device=device) if kind == "prefill" else self.next_position  # (n, 1) when decoding
 
     def append(self, layer, k, v):
         """Store the pass's new k, v (B, nh, T, hs); return the keys and values to attend to, and the mask."""
@@ -61,24 +70,21 @@ class SlotCache:
         keys, values = self.keys[layer], self.values[layer]
         kind, arg = self.rows
         if kind == "prefill":
-            T = k.size(2)
-            keys[arg, :, :T] = k[0]
-            values[arg, :, :T] = v[0]
-            return k, v, None  # a fresh sequence: plain causal attention over its own tokens
-        n, lengths = arg, self.lengths[:arg]
-        end = max(lengths) + 1
-        where = torch.tensor(lengths, device=k.device).view(n, 1, 1, 1).expand_as(k)
+            T, slots = k.size(2), torch.tensor(arg, device=k.device)
+            keys[slots, :, :T] = k
+            values[slots, :, :T] = v
+            return k, v, None  # fresh sequences: plain causal attention over their own tokens
+        n = arg
+        where = self.next_position.view(n, 1, 1, 1).expand_as(k)
         keys[:n].scatter_(2, where, k)
         values[:n].scatter_(2, where, v)
-        # Row i attends to its own lengths[i] cached keys and the new one; the rest of the
-        # window is other sequences' padding.
-        mask = torch.arange(end, device=k.device) <= where[:, :1, :, :1]  # (n, 1, 1, end)
-        return keys[:n, :, :end], values[:n, :, :end], mask
+        return keys[:n, :, :self.end], values[:n, :, :self.end], self.mask
 
     def advance(self, T):
         kind, arg = self.rows
         if kind == "prefill":
-            self.lengths[arg] = T
+            for slot, length in zip(arg, self.prefill_lengths):
+                self.lengths[slot] = length
         else:
             for i in range(arg):
                 self.lengths[i] += 1
@@ -111,10 +117,18 @@ class Generation:
         self.start = 0  # the model's context is tokens[start:], as in generate_ids
         self.in_cache = False  # whether its slot holds tokens[start:-1]
         self.cancelled = False
+        self._banned = None
 
     def cancel(self):
         """Stop this generation: its slot is freed before the next step. Safe from any thread."""
         self.cancelled = True
+
+    def banned_mask(self, vocab_size):
+        """(vocab_size,) booleans, True for the ids this generation may never sample."""
+        if self._banned is None:
+            self._banned = torch.zeros(vocab_size, dtype=torch.bool)
+            self._banned[list(self.settings.banned_ids)] = True
+        return self._banned
 
     def finished(self):
         stopped = self.generated > 0 and self.tokens[-1] in self.settings.stop_ids
@@ -161,39 +175,63 @@ class BatchedGenerator:
     def step(self):
         """Advance every active generation by a token (one that just joined, by two)."""
         self._drop_finished()
-        # A generation new to its slot, or whose window is full, first runs its
-        # context through the model on its own, as generate_ids does.
+        # Generations new to their slots, or whose windows are full, first run
+        # their contexts through the model, as generate_ids does: together, in one pass.
         while any(self._needs_prefill(g) for g in self.active):
-            for slot, g in enumerate(self.active):
-                if self._needs_prefill(g):
-                    self._sample(g, self._prefill(slot, g))
+            slots = [slot for slot, g in enumerate(self.active) if self._needs_prefill(g)]
+            for slot, logits in zip(slots, self._prefill(slots)):
+                self._sample(self.active[slot], logits)
             self._drop_finished()
         if not self.active:
             return
         n = len(self.active)
         last = torch.tensor([[g.tokens[-1]] for g in self.active], device=self.device)
-        self.cache.decode(n)
+        self.cache.decode(n, self.device)
         logits, _ = self.model(last, kv_cache=self.cache)
-        for g, row in zip(self.active, logits[:, -1]):
-            self._sample(g, row)
+        for g, token in zip(self.active, self._next_tokens(logits[:, -1].float().cpu())):
+            self._take(g, token)
         self._drop_finished()
+
+    def _next_tokens(self, logits):
+        """Each active generation's next token from its row of logits (n, vocab), as sample_next picks it.
+
+        The greedy rows share one masked argmax, which costs what one row's
+        sampling costs; sampled rows go one by one, each with its own generator.
+        """
+        picks = [None] * len(self.active)
+        greedy = [i for i, g in enumerate(self.active) if g.settings.temperature == 0]
+        if greedy:
+            banned = torch.stack([self.active[i].banned_mask(logits.size(-1)) for i in greedy])
+            for i, token in zip(greedy, logits[greedy].masked_fill(banned, float("-inf")).argmax(dim=-1).tolist()):
+                picks[i] = token
+        return [sample_next(logits[i], g.settings, g.generator) if token is None else token
+                for i, (g, token) in enumerate(zip(self.active, picks))]
 
     def _needs_prefill(self, g):
         return not g.in_cache or len(g.tokens) - g.start > self.block
 
-    def _prefill(self, slot, g):
-        if g.in_cache:  # the window is full: keep its newest half
-            g.start = len(g.tokens) - max(1, self.block // 2)
-        else:
-            g.start = max(0, len(g.tokens) - self.block)
-        self.cache.prefill(slot)
-        logits, _ = self.model(torch.tensor([g.tokens[g.start:]], device=self.device), kv_cache=self.cache)
-        g.in_cache = True
-        return logits[0, -1]
+    def _prefill(self, slots):
+        """Run the contexts of the generations in these slots through the model; their last logits."""
+        contexts = []
+        for slot in slots:
+            g = self.active[slot]
+            if g.in_cache:  # the window is full: keep its newest half
+                g.start = len(g.tokens) - max(1, self.block // 2)
+            else:
+                g.start = max(0, len(g.tokens) - self.block)
+            g.in_cache = True
+            contexts.append(g.tokens[g.start:])
+        T = max(map(len, contexts))
+        padded = torch.tensor([c + [0] * (T - len(c)) for c in contexts], device=self.device)
+        self.cache.prefill(slots, [len(c) for c in contexts])
+        logits, _ = self.model(padded, kv_cache=self.cache)
+        return [logits[i, len(c) - 1] for i, c in enumerate(contexts)]
+
+    def _sample(self, g, logits):
+        self._take(g, sample_next(logits, g.settings, g.generator))
 
     @staticmethod
-    def _sample(g, logits):
-        token = sample_next(logits, g.settings, g.generator)
+    def _take(g, token):
         g.tokens.append(token)
         g.generated += 1
         g.emit(token)
