@@ -14,6 +14,8 @@ import os
 import socket
 import sys
 
+import torch
+
 from checkpoint import load_model
 from device import DEVICE_CHOICES, choose_device
 from errors import ArgumentParser, UserError, run_main
@@ -31,11 +33,16 @@ def parse_args(argv=None):
     a("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every API request (default: none)")
     a("--max-batch", type=int, default=16,
       help="generations decoded together in one forward pass, >= 1; more wait their turn (default: %(default)s)")
+    a("--threads", type=int, default=1,
+      help="CPU threads for the model, >= 1: one suits small models, whose decoding steps are too small to "
+           "share out, and leaves the other cores to the HTTP side (default: %(default)s)")
     a("--name", default=None, help="the model's name in the API (default: the checkpoint's file name, no suffix)")
     a("--device", default="auto", choices=DEVICE_CHOICES, help="auto: cuda, mps, dml, then cpu (default: %(default)s)")
     args = p.parse_args(argv)
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in [0, 65535], got {args.port}")
+    if args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
     if args.max_batch < 1:
         raise UserError(f"--max-batch must be >= 1, got {args.max_batch}")
     if args.api_key is not None and not args.api_key.strip():
@@ -66,6 +73,7 @@ def is_loopback(host):
 def main(argv=None):
     args = parse_args(argv)
     sock = listening_socket(args.host, args.port)
+    torch.set_num_threads(args.threads)
     model, tokenizer, checkpoint = load_model(args.ckpt, choose_device(args.device))
     if not supports_cache(model):
         raise UserError(f"{args.ckpt} is a CharRNN: serve.py batches Transformer models only "
