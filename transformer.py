@@ -69,9 +69,12 @@ class CausalSelfAttention(nn.Module):
         # (B, T, 3C) -> 3 x (B, nh, T, hs): each head attends independently. One
         # view and one permute instead of a split and three view/transposes: the
         # same tensors, fewer ops, which matters when decoding one token at a time.
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
-        if rope is not None:
-            q, k = rotate(q, *rope), rotate(k, *rope)
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head)
+        if rope is None:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        else:  # queries and keys turn together: one set of ops for both
+            q, k = rotate(qkv[:, :, :2], *rope).permute(2, 0, 3, 1, 4).unbind(0)
+            v = qkv[:, :, 2].transpose(1, 2)
         mask = None
         if kv_cache is not None:
             # The new keys/values join those of earlier positions; queries are only the new ones.
@@ -123,7 +126,7 @@ def rope_tables(config):
 
 
 def rotate(x, cos, sin):
-    """x (B, nh, T, hs) turned by the rotary angles of its positions (cos, sin broadcast to it)."""
+    """x (..., hs) turned by the rotary angles of its positions (cos, sin broadcast to it)."""
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
@@ -236,10 +239,8 @@ class Transformer(nn.Module):
         x, rope = self.wte(idx), None  # (B, T, C)
         if self.config.positions == "learned":
             x = x + self.wpe(pos)
-        else:  # (T, hs), or (B, 1, T, hs) for rows at their own positions
-            rope = self.rope_cos[pos], self.rope_sin[pos]
-            if pos.dim() == 2:
-                rope = rope[0].unsqueeze(1), rope[1].unsqueeze(1)
+        else:  # (T, 1, 1, hs), or (B, T, 1, 1, hs) for rows at their own positions: one turn per position
+            rope = self.rope_cos[pos][..., None, None, :], self.rope_sin[pos][..., None, None, :]
         x = self.drop(x)
         for layer, block in enumerate(self.blocks):
             x = block(x, kv_cache, layer, rope)
