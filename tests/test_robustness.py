@@ -274,6 +274,9 @@ def test_every_float_flag_of_sampling_refuses_nan_infinity_and_out_of_range(tiny
     (["--n-layer", "99999999999999999999999", "--max-iters", "1"], "parameters"),
     (["--batch-size", "99999999999999999999999", "--max-iters", "1"], "--batch-size"),
     (["--grad-accum", "99999999999999999999999", "--max-iters", "1"], "--grad-accum"),
+    (["--positions", "rope", "--n-embd", "18", "--n-head", "2"], "even head size"),
+    (["--positions", "absolute"], "--positions"),
+    (["--mlp", "geglu"], "--mlp"),
 ])
 def test_numbers_out_of_range_are_refused_before_any_work(workdir, capsys, flags, fragment):
     before = snapshot(workdir)
