@@ -1,4 +1,4 @@
-"""Move models between b_lm and the Hugging Face format (GPT-2 architecture).
+"""Move models between b_lm and the Hugging Face format (GPT-2; to-hf also writes Llama).
 
     python convert.py to-hf checkpoint.pth hf_model/     # then transformers loads hf_model/
     python convert.py from-hf gpt2/ gpt2.pth             # a GPT-2 directory you downloaded
@@ -67,10 +67,11 @@ def import_(args):
 
 def main(argv=None):
     parser = ArgumentParser(description="Convert between b_lm checkpoints and Hugging Face model folders "
-                                        "(GPT-2 architecture).")
+                                        "(GPT-2 architecture; to-hf also writes Llama).")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     to = commands.add_parser("to-hf", help="b_lm checkpoint -> Hugging Face folder",
-                             description="Write a b_lm checkpoint as a Hugging Face GPT-2 folder.")
+                             description="Write a b_lm checkpoint as a Hugging Face folder: GPT-2, or Llama for a "
+                                         "model trained with --positions rope --norm rms --mlp swiglu.")
     to.add_argument("ckpt", help="the b_lm checkpoint")
     to.add_argument("out_dir", help="the folder to write (new, or empty, or with --overwrite)")
     to.add_argument("--overwrite", action="store_true", help="replace out_dir if it holds files")

@@ -172,6 +172,6 @@ def check_fits_in_memory(n_parameters, device, extra_bytes=0, what="the model"):
             return
     need = 16 * n_parameters + extra_bytes
     if need > total:
-        raise UserError(f"{what} would need about {need / 2**30:,.1f} GiB to train ({n_parameters / 1e6:,.1f}M "
-                        f"parameters), more than the {total / 2**30:,.1f} GiB this {device.type} has: "
-                        f"make it smaller")
+        training = f" to train ({n_parameters / 1e6:,.1f}M parameters)" if n_parameters else ""
+        raise UserError(f"{what} would need about {need / 2**30:,.1f} GiB{training}, more than the "
+                        f"{total / 2**30:,.1f} GiB this {device.type} has: make it smaller")

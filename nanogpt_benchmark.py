@@ -58,6 +58,8 @@ def parse_args(argv=None):
         raise UserError("--ours and --ours-seconds go together")
     if args.ours_seconds is not None and not 0 < args.ours_seconds < math.inf:
         raise UserError(f"--ours-seconds must be > 0, got {args.ours_seconds}")
+    if args.work is not None and os.path.exists(args.work) and not os.path.isdir(args.work):
+        raise UserError(f"--work {args.work} is a file: name a folder for the runs' files")
     if args.ours is not None and not os.path.isfile(args.ours):
         raise UserError(f"checkpoint {args.ours} not found")
     return args
@@ -103,7 +105,7 @@ def run_nanogpt(args, work, iters, eval_interval):
     result = subprocess.run(command, cwd=work, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
-        raise UserError(f"nanoGPT failed: {result.stderr.strip().splitlines()[-1] if result.stderr else '?'}")
+        raise UserError(f"nanoGPT failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
     return seconds, [float(ms) for ms in re.findall(r"^iter \d+: .*time ([\d.]+)ms", result.stdout, re.M)]
 
 
@@ -130,8 +132,10 @@ def main(argv=None):
     if args.ours is None:
         args.ours = os.path.join(work, "ours.pth")
         print("training b_lm's default model ...", flush=True)
-        subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--data", args.data, "--ckpt", args.ours,
-                        "--metrics", "", "--plot", "", "--overwrite"], check=True, capture_output=True)
+        result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--data", args.data, "--ckpt",
+                                 args.ours, "--metrics", "", "--plot", "", "--overwrite"], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise UserError(f"b_lm's training failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
     ours_seconds = args.ours_seconds or load_checkpoint(args.ours)["elapsed_s"]
     model, tokenizer, _ = load_model(args.ours)
     if tokenizer.kind != "char":
@@ -149,7 +153,7 @@ def main(argv=None):
     wall, _ = run_nanogpt(args, work, iters, 250)
     theirs, best_iter = score_nanogpt(args, work, val)
 
-    print(f"\n| run | iterations | wall | val loss (nats/char) |\n|---|---|---|---|")
+    print("\n| run | iterations | wall | val loss (nats/char) |\n|---|---|---|---|")
     print(f"| b_lm default `python train.py` | {load_checkpoint(args.ours)['step']} | {ours_seconds:.0f} s "
           f"(training) | {ours:.4f} |")
     print(f"| nanoGPT CPU recipe, same training time (best checkpoint: iteration {best_iter}) | {iters} | "

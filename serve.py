@@ -17,7 +17,7 @@ import sys
 import torch
 
 from checkpoint import load_model
-from device import DEVICE_CHOICES, choose_device
+from device import DEVICE_CHOICES, check_fits_in_memory, choose_device
 from errors import ArgumentParser, UserError, run_main
 from sampling import supports_cache
 from serving import BatchedGenerator
@@ -32,19 +32,20 @@ def parse_args(argv=None):
     a("--port", type=int, default=8000, help="port, 0 to 65535; 0 picks a free one (default: %(default)s)")
     a("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every API request (default: none)")
     a("--max-batch", type=int, default=16,
-      help="generations decoded together in one forward pass, >= 1; more wait their turn (default: %(default)s)")
+      help="generations decoded together in one forward pass, in [1, 4096]; more wait their turn "
+           "(default: %(default)s)")
     a("--threads", type=int, default=1,
-      help="CPU threads for the model, >= 1: one suits small models, whose decoding steps are too small to "
+      help="CPU threads for the model, in [1, 256]: one suits small models, whose decoding steps are too small to "
            "share out, and leaves the other cores to the HTTP side (default: %(default)s)")
     a("--name", default=None, help="the model's name in the API (default: the checkpoint's file name, no suffix)")
     a("--device", default="auto", choices=DEVICE_CHOICES, help="auto: cuda, mps, dml, then cpu (default: %(default)s)")
     args = p.parse_args(argv)
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in [0, 65535], got {args.port}")
-    if args.threads < 1:
-        raise UserError(f"--threads must be >= 1, got {args.threads}")
-    if args.max_batch < 1:
-        raise UserError(f"--max-batch must be >= 1, got {args.max_batch}")
+    if not 1 <= args.threads <= 256:
+        raise UserError(f"--threads must be in [1, 256], got {args.threads}")
+    if not 1 <= args.max_batch <= 4096:
+        raise UserError(f"--max-batch must be in [1, 4096], got {args.max_batch}")
     if args.api_key is not None and not args.api_key.strip():
         raise UserError("--api-key must not be empty")
     return args
@@ -74,10 +75,14 @@ def main(argv=None):
     args = parse_args(argv)
     sock = listening_socket(args.host, args.port)
     torch.set_num_threads(args.threads)
-    model, tokenizer, checkpoint = load_model(args.ckpt, choose_device(args.device))
+    device = choose_device(args.device)
+    model, tokenizer, checkpoint = load_model(args.ckpt, device)
     if not supports_cache(model):
         raise UserError(f"{args.ckpt} is a CharRNN: serve.py batches Transformer models only "
                         f"(use generate.py or interactive_generate.py for it)")
+    c = model.config  # the shared cache holds keys and values of every slot's whole context
+    cache_bytes = 2 * c.n_layer * args.max_batch * c.block_size * c.n_embd * 4
+    check_fits_in_memory(0, device, cache_bytes, f"the key/value cache of --max-batch {args.max_batch}")
     import uvicorn  # here, not at the top: --help and bad flags stay fast
     from openai_api import create_app
     model.eval()

@@ -23,9 +23,11 @@ import threading
 import time
 
 from errors import ArgumentParser, UserError, run_main
+from openai_api import MAX_TOKENS_LIMIT
 from qa import load_qa
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+MAX_CLIENTS = 256  # a thread each, and the server's --max-batch
 
 
 def parse_args(argv=None):
@@ -33,15 +35,19 @@ def parse_args(argv=None):
     p.add_argument("--ckpt", default="chat.pth", help="chat checkpoint to serve (default: %(default)s)")
     p.add_argument("--qa", default=os.path.join(ROOT, "qa.jsonl"), help="questions: its test split (default: qa.jsonl)")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16],
-                   help="concurrent clients, one run each, each >= 1 (default: 1 4 16)")
+                   help="concurrent clients, one run each, each in [1, 256] (default: 1 4 16)")
     p.add_argument("--seconds", type=float, default=30.0, help="length of each run, > 0 (default: %(default)s)")
-    p.add_argument("--max-tokens", type=int, default=100, help="max_tokens of each answer, >= 1 (default: %(default)s)")
+    p.add_argument("--max-tokens", type=int, default=100, help="max_tokens of each answer, in [1, 100000] (default: %(default)s)")
     p.add_argument("--text", action="store_true",
                    help="stream text completions that run to --max-tokens (sampled continuations of the "
                         "questions) instead of chat answers, which end where the model ends them")
     args = p.parse_args(argv)
-    if min(args.clients) < 1 or not 0 < args.seconds < 1e6 or args.max_tokens < 1:
-        raise UserError("--clients and --max-tokens must be >= 1 and --seconds > 0")
+    if not all(1 <= n <= MAX_CLIENTS for n in args.clients):
+        raise UserError(f"--clients must each be in [1, {MAX_CLIENTS}], got {args.clients}")
+    if not 1 <= args.max_tokens <= MAX_TOKENS_LIMIT:
+        raise UserError(f"--max-tokens must be in [1, {MAX_TOKENS_LIMIT}], got {args.max_tokens}")
+    if not 0 < args.seconds < 1e6:
+        raise UserError(f"--seconds must be in (0, 1e6), got {args.seconds}")
     if not os.path.isfile(args.ckpt):
         raise UserError(f"checkpoint {args.ckpt} not found")
     return args

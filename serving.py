@@ -180,7 +180,8 @@ class BatchedGenerator:
         while any(self._needs_prefill(g) for g in self.active):
             slots = [slot for slot, g in enumerate(self.active) if self._needs_prefill(g)]
             for slot, logits in zip(slots, self._prefill(slots)):
-                self._sample(self.active[slot], logits)
+                g = self.active[slot]
+                self._take(g, sample_next(logits, g.settings, g.generator))
             self._drop_finished()
         if not self.active:
             return
@@ -226,9 +227,6 @@ class BatchedGenerator:
         self.cache.prefill(slots, [len(c) for c in contexts])
         logits, _ = self.model(padded, kv_cache=self.cache)
         return [logits[i, len(c) - 1] for i, c in enumerate(contexts)]
-
-    def _sample(self, g, logits):
-        self._take(g, sample_next(logits, g.settings, g.generator))
 
     @staticmethod
     def _take(g, token):

@@ -283,6 +283,11 @@ def test_bad_command_lines_are_one_line(tmp_path, tiny_ckpt):
     assert_clean_error(run_script("serve.py", "--ckpt", str(tmp_path / "missing.pth"), "--port", "0"), "missing.pth")
     assert_clean_error(run_script("serve.py", "--port", "70000"), "--port")
     assert_clean_error(run_script("serve.py", "--max-batch", "0"), "--max-batch")
+    assert_clean_error(run_script("serve.py", "--max-batch", "99999999999999999999"), "--max-batch")
+    assert_clean_error(run_script("serve.py", "--threads", "0"), "--threads")
+    assert_clean_error(run_script("serve_benchmark.py", "--ckpt", tiny_ckpt, "--clients", "1", "100000"), "--clients")
+    assert_clean_error(run_script("serve_benchmark.py", "--ckpt", tiny_ckpt, "--seconds", "nan"), "--seconds")
+    assert_clean_error(run_script("nanogpt_benchmark.py", "--nanogpt", str(tmp_path)), "not a nanoGPT checkout")
     with serving(tiny_ckpt) as url:
         port = urllib.parse.urlsplit(url).port
         assert_clean_error(run_script("serve.py", "--ckpt", tiny_ckpt, "--port", str(port)), str(port))
