@@ -27,7 +27,8 @@ from sampling import Sampling, generate_ids
 from tokenizer import ENDOFTEXT
 from timing import (StepTimer, best_seconds, count_flop_params, mfu, model_flops_per_token,
                     peak_flops, tokens_per_second)
-from transformer import ATTENTION_KINDS, GPTConfig, Transformer, estimate_parameters
+from transformer import (ATTENTION_KINDS, DEFAULT_PARTS, GPT2_PARTS, MLP_KINDS, NORM_KINDS, POSITION_KINDS,
+                         GPTConfig, Transformer, estimate_parameters)
 
 
 # ------------------------------------------------------ timing a train step
@@ -220,14 +221,19 @@ def cmd_generate(args):
     if not args.skip_transformers:
         torch.manual_seed(args.seed)
         hf = build_hf_gpt2(**shape)
+    parts = dict(positions=args.positions, norm=args.norm, mlp=args.mlp)
     torch.manual_seed(args.seed)
-    ours = Transformer(GPTConfig(**shape, dropout=0.0, bias=False, attention=args.attention)).eval()
+    ours = Transformer(GPTConfig(**shape, dropout=0.0, bias=False, attention=args.attention, **parts)).eval()
 
     g = torch.Generator().manual_seed(args.seed)
     prompt = torch.randint(args.vocab_size, (1,), generator=g).tolist()
     long_prompt = torch.randint(args.vocab_size, (args.prompt_tokens,), generator=g).tolist()
     runs = [("ours, KV cache", lambda p, n: generate_ours(ours, p, n, use_cache=True)),
             ("ours, no cache", lambda p, n: generate_ours(ours, p, n, use_cache=False))]
+    if parts != GPT2_PARTS:  # the same size with GPT-2's parts, b_lm's model before rotary positions
+        torch.manual_seed(args.seed)
+        gpt2_parts = Transformer(GPTConfig(**shape, dropout=0.0, bias=False, attention=args.attention)).eval()
+        runs.append(("GPT-2 parts, cache", lambda p, n: generate_ours(gpt2_parts, p, n, use_cache=True)))
     if hf is not None:
         runs.append(("transformers GPT-2", lambda p, n: generate_hf(hf, p, n)))
 
@@ -237,7 +243,8 @@ def cmd_generate(args):
         versions += f", transformers {transformers.__version__}"
     threads = torch.get_num_threads()
     print(f"{args.n_layer} layers, {args.n_embd} wide, {args.n_head} heads, block {args.block_size}, "
-          f"vocab {args.vocab_size}; batch 1, float32 on cpu, {threads} thread{'s' * (threads > 1)}, "
+          f"vocab {args.vocab_size}, {args.positions}/{args.norm}/{args.mlp}; batch 1, float32 on cpu, "
+          f"{threads} thread{'s' * (threads > 1)}, "
           f"{versions}")
     params = f"ours {sum(p.numel() for p in ours.parameters()) / 1e6:.2f}M parameters"
     if hf is not None:
@@ -419,6 +426,12 @@ def build_parser():
                    help="torch CPU threads (default: PyTorch's own choice)")
     g.add_argument("--skip-transformers", action="store_true",
                    help="time only our model (no transformers needed)")
+    g.add_argument("--positions", default=DEFAULT_PARTS["positions"], choices=POSITION_KINDS,
+                   help="position encoding of our model, as train.py's flag (default %(default)s)")
+    g.add_argument("--norm", default=DEFAULT_PARTS["norm"], choices=NORM_KINDS,
+                   help="normalisation of our model (default %(default)s)")
+    g.add_argument("--mlp", default=DEFAULT_PARTS["mlp"], choices=MLP_KINDS,
+                   help="MLP of our model (default %(default)s)")
     g.set_defaults(func=cmd_generate)
 
     h = modes.add_parser("hf", help="convert a GPT-2-small-shaped model both ways and time its generation",

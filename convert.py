@@ -1,4 +1,4 @@
-"""Move models between b_lm and the Hugging Face format (GPT-2; to-hf also writes Llama).
+"""Move models between b_lm and the Hugging Face format (StableLM for the default model, GPT-2, Llama).
 
     python convert.py to-hf checkpoint.pth hf_model/     # then transformers loads hf_model/
     python convert.py from-hf gpt2/ gpt2.pth             # a GPT-2 directory you downloaded
@@ -67,17 +67,19 @@ def import_(args):
 
 def main(argv=None):
     parser = ArgumentParser(description="Convert between b_lm checkpoints and Hugging Face model folders "
-                                        "(GPT-2 architecture; to-hf also writes Llama).")
+                                        "(StableLM for the default model, GPT-2, Llama).")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     to = commands.add_parser("to-hf", help="b_lm checkpoint -> Hugging Face folder",
-                             description="Write a b_lm checkpoint as a Hugging Face folder: GPT-2, or Llama for a "
-                                         "model trained with --positions rope --norm rms --mlp swiglu.")
+                             description="Write a b_lm checkpoint as a Hugging Face folder: StableLM for the default "
+                                         "parts (rope/layer/swiglu), GPT-2 for learned/layer/gelu, Llama for "
+                                         "rope/rms/swiglu.")
     to.add_argument("ckpt", help="the b_lm checkpoint")
     to.add_argument("out_dir", help="the folder to write (new, or empty, or with --overwrite)")
     to.add_argument("--overwrite", action="store_true", help="replace out_dir if it holds files")
     to.set_defaults(run=export)
     back = commands.add_parser("from-hf", help="Hugging Face folder -> b_lm checkpoint",
-                               description="Read a Hugging Face GPT-2 folder into a b_lm checkpoint.")
+                               description="Read a Hugging Face GPT-2 folder, or a Llama or StableLM folder in "
+                                           "the shape of b_lm's rotary models, into a b_lm checkpoint.")
     back.add_argument("in_dir", help="the Hugging Face model folder (config.json, model.safetensors, tokenizer)")
     back.add_argument("ckpt", help="the b_lm checkpoint to write")
     back.add_argument("--overwrite", action="store_true", help="replace ckpt if it exists")

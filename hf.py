@@ -4,11 +4,12 @@ b_lm's Transformer with its GPT-2 parts (learned positions, pre-norm
 LayerNorm blocks, a 4x GELU MLP) maps onto `GPT2LMHeadModel` weight for
 weight. GPT-2 stores its linear layers as `Conv1D`, whose weight is the
 transpose of `nn.Linear`'s; b_lm's absent biases are written as zeros.
-With its Llama parts (rotary positions, RMSNorm, the gated SwiGLU MLP) it
-maps onto `LlamaForCausalLM`: our fused qkv and gate-up matrices split into
-Llama's q/k/v and gate/up projections, and our rotary embeddings already
-pair dimensions as transformers' Llama does. Export writes either; import
-reads GPT-2.
+With rotary positions and the gated SwiGLU MLP it maps onto
+`StableLmForCausalLM` (LayerNorm, b_lm's default) or `LlamaForCausalLM`
+(RMSNorm): our fused qkv and gate-up matrices split into their q/k/v and
+gate/up projections, and our rotary embeddings already pair dimensions as
+transformers does. Export writes any of the three; import reads them back
+(Llama and StableLM in the shape b_lm builds).
 
 Tokenizers travel as a `tokenizer.json` that Hugging Face's `tokenizers`
 runs with no b_lm code:
@@ -36,7 +37,8 @@ from transformer import GPTConfig, mlp_width
 
 # The pre-tokenizer regex of GPT-2 (and of Hugging Face's ByteLevel pre-tokenizer).
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-SUPPORTED = "GPT-2 (model_type 'gpt2', GPT2LMHeadModel)"
+SUPPORTED = ("GPT-2 (GPT2LMHeadModel), and Llama (LlamaForCausalLM) or StableLM (StableLmForCausalLM) "
+             "in the shape of b_lm's rotary models")
 # Our parameter names and GPT-2's, per block; True where GPT-2's Conv1D holds the transpose.
 BLOCK_PARTS = [("ln_1", "ln_1", False), ("attn.qkv", "attn.c_attn", True), ("attn.proj", "attn.c_proj", True),
                ("ln_2", "ln_2", False), ("mlp.fc", "mlp.c_fc", True), ("mlp.proj", "mlp.c_proj", True)]
@@ -79,12 +81,16 @@ def to_hf(checkpoint, tokenizer, out_dir):
     parts = (c.positions, c.norm, c.mlp)
     if parts == ("learned", "layer", "gelu"):
         config, weights = gpt2_config(c), gpt2_weights(c, checkpoint["model"])
-    elif parts == ("rope", "rms", "swiglu"):
-        config, weights = llama_config(c), llama_weights(c, checkpoint["model"])
+    elif parts in (("rope", "rms", "swiglu"), ("rope", "layer", "swiglu")):
+        if c.norm == "layer" and c.bias:
+            raise UserError("StableLM, the Hugging Face architecture of rope/layer/swiglu, has no biases in its "
+                            "output projections and MLP: this model (trained with --bias) cannot be exported")
+        config = llama_config(c) if c.norm == "rms" else stablelm_config(c)
+        weights = rotary_weights(c, checkpoint["model"])
     else:
-        raise UserError(f"this model mixes GPT-2 and Llama parts (positions {c.positions}, norm {c.norm}, "
-                        f"mlp {c.mlp}), which no Hugging Face architecture holds: to-hf writes learned/layer/gelu "
-                        f"(GPT-2) or rope/rms/swiglu (Llama)")
+        raise UserError(f"no Hugging Face architecture holds this mix of parts (positions {c.positions}, norm "
+                        f"{c.norm}, mlp {c.mlp}): to-hf writes learned/layer/gelu (GPT-2), rope/layer/swiglu "
+                        f"(StableLM) or rope/rms/swiglu (Llama)")
     config.update(vocab_size=c.vocab_size, tie_word_embeddings=c.tie_embeddings, bos_token_id=specials[ENDOFTEXT],
                   eos_token_id=specials[eos], initializer_range=0.02, use_cache=True, dtype="float32")
     os.makedirs(out_dir, exist_ok=True)
@@ -112,18 +118,38 @@ def gpt2_config(c):
 
 def llama_config(c):
     # rope_theta for transformers 4, rope_parameters for 5.
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": c.n_embd,
-            "intermediate_size": mlp_width(c.mlp, c.n_embd), "num_hidden_layers": c.n_layer,
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **rotary_shape(c),
+            "rms_norm_eps": 1e-5, "attention_bias": c.bias, "mlp_bias": c.bias}
+
+
+def stablelm_config(c):
+    return {"architectures": ["StableLmForCausalLM"], "model_type": "stablelm", **rotary_shape(c),
+            "layer_norm_eps": 1e-5, "partial_rotary_factor": 1.0, "use_qkv_bias": False, "qk_layernorm": False,
+            "use_parallel_residual": False, "hidden_dropout": 0.0}
+
+
+def rotary_shape(c):
+    """The config fields Llama and StableLM share."""
+    return {"hidden_size": c.n_embd, "intermediate_size": mlp_width(c.mlp, c.n_embd), "num_hidden_layers": c.n_layer,
             "num_attention_heads": c.n_head, "num_key_value_heads": c.n_head, "head_dim": c.n_embd // c.n_head,
-            "max_position_embeddings": c.block_size, "rms_norm_eps": 1e-5, "hidden_act": "silu",
-            "rope_theta": c.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
-            "attention_bias": c.bias, "mlp_bias": c.bias, "attention_dropout": 0.0}
+            "max_position_embeddings": c.block_size, "hidden_act": "silu", "attention_dropout": 0.0,
+            "rope_theta": c.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta}}
 
 
-def llama_weights(config, ours):
-    """{Llama parameter name: tensor} from our state dict, which it empties as it goes."""
+def rotary_weights(config, ours):
+    """{Llama or StableLM parameter name: tensor} from our state dict, which it empties as it goes.
+
+    The two name their weights alike; StableLM's LayerNorms also have a bias
+    (zeros when ours have none).
+    """
     C, H = config.n_embd, mlp_width(config.mlp, config.n_embd)
     out = {"model.embed_tokens.weight": ours.pop("wte.weight")}
+
+    def norm(theirs, name):
+        out[f"{theirs}.weight"] = ours.pop(f"{name}.weight")
+        if config.norm == "layer":
+            out[f"{theirs}.bias"] = ours.pop(f"{name}.bias", torch.zeros(C))
+
     for i in range(config.n_layer):
         mine, theirs = f"blocks.{i}.", f"model.layers.{i}."
         for part in ("weight", "bias") if config.bias else ("weight",):
@@ -134,9 +160,9 @@ def llama_weights(config, ours):
                         f"{theirs}self_attn.o_proj.{part}": ours.pop(f"{mine}attn.proj.{part}"),
                         f"{theirs}mlp.gate_proj.{part}": gate, f"{theirs}mlp.up_proj.{part}": up,
                         f"{theirs}mlp.down_proj.{part}": ours.pop(f"{mine}mlp.proj.{part}")})
-        out[f"{theirs}input_layernorm.weight"] = ours.pop(f"{mine}ln_1.weight")
-        out[f"{theirs}post_attention_layernorm.weight"] = ours.pop(f"{mine}ln_2.weight")
-    out["model.norm.weight"] = ours.pop("ln_f.weight")
+        norm(f"{theirs}input_layernorm", f"{mine}ln_1")
+        norm(f"{theirs}post_attention_layernorm", f"{mine}ln_2")
+    norm("model.norm", "ln_f")
     head = ours.pop("lm_head.weight")
     if not config.tie_embeddings:
         out["lm_head.weight"] = head
@@ -204,11 +230,18 @@ def _write_json(path, obj):
 # ------------------------------------------------------------------- Hugging Face -> b_lm
 
 def from_hf(in_dir):
-    """(model config dict, state dict, tokenizer, chat) for a GPT-2 directory; UserError for anything else."""
+    """(model config dict, state dict, tokenizer, chat) for a GPT-2, Llama or StableLM directory in a shape
+    b_lm builds; UserError for anything else."""
     config = _read_json(os.path.join(in_dir, "config.json"), f"{in_dir} has no config.json: it is not a "
                                                              f"Hugging Face model directory")
-    if config.get("model_type") != "gpt2":
-        raise UserError(f"{in_dir} holds a {config.get('model_type')!r} model; convert.py reads {SUPPORTED}")
+    if config.get("model_type") == "gpt2":
+        return gpt2_from_hf(config, in_dir)
+    if config.get("model_type") in ("llama", "stablelm"):
+        return rotary_from_hf(config, in_dir)
+    raise UserError(f"{in_dir} holds a {config.get('model_type')!r} model; convert.py reads {SUPPORTED}")
+
+
+def gpt2_from_hf(config, in_dir):
     activation = config.get("activation_function", "gelu_new")
     if activation not in ACTIVATIONS:
         raise UserError(f"{in_dir}: activation {activation!r} is not GPT-2's; supported: {', '.join(ACTIVATIONS)}")
@@ -254,6 +287,72 @@ def from_hf(in_dir):
     model_config = asdict(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=block, n_layer=n_layer,
                                     n_head=n_head, n_embd=C, dropout=0.0, bias=bias, attention="sdpa",
                                     tie_embeddings=tied, gelu=ACTIVATIONS[activation]))
+    return model_config, {k: v.float() for k, v in ours.items()}, tokenizer, chat
+
+
+def rotary_from_hf(config, in_dir):
+    """from_hf for a Llama or StableLM folder shaped as b_lm's rotary models are (what to_hf writes)."""
+    kind = config["model_type"]
+    try:
+        n_layer, n_head, C, H, block = (int(config[k]) for k in ("num_hidden_layers", "num_attention_heads",
+                                                                 "hidden_size", "intermediate_size",
+                                                                 "max_position_embeddings"))
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{in_dir}/config.json lacks num_hidden_layers, num_attention_heads, hidden_size, "
+                        f"intermediate_size or max_position_embeddings") from None
+    rope = config.get("rope_parameters") or {}
+    theta = float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
+    eps = config.get("rms_norm_eps" if kind == "llama" else "layer_norm_eps", 1e-5)
+    differs = [what for what, different in (
+        ("key/value heads", config.get("num_key_value_heads") not in (None, n_head)),
+        ("head size", n_head < 1 or C % n_head or config.get("head_dim") not in (None, C // max(n_head, 1))),
+        ("MLP width", H != mlp_width("swiglu", C)),
+        ("activation", config.get("hidden_act", "silu") != "silu"),
+        ("rotary scaling", rope.get("rope_type", "default") != "default" or config.get("rope_scaling")),
+        ("partial rotary", rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0)) != 1.0),
+        ("norm epsilon", eps != 1e-5),
+        ("biases", config.get("attention_bias") or config.get("mlp_bias") or config.get("use_qkv_bias")),
+        ("QK norms or parallel residual", config.get("qk_layernorm") or config.get("use_parallel_residual")),
+    ) if different]
+    if differs:
+        raise UserError(f"{in_dir}: a {kind} variant b_lm does not build (its {', '.join(differs)} differ from "
+                        f"what b_lm's rotary models have)")
+    tokenizer, hf_to_ours, chat = read_tokenizer(in_dir)
+    weights, ours = read_weights(in_dir), {}
+    norm = "rms" if kind == "llama" else "layer"
+
+    def take(name, shape):
+        tensor = weights.pop(name, None)
+        if tensor is None or tuple(tensor.shape) != shape:
+            found = "missing" if tensor is None else tuple(tensor.shape)
+            raise UserError(f"{in_dir}: {name} is {found}, the config makes it {shape}")
+        return tensor
+
+    def take_norm(theirs, mine):
+        ours[f"{mine}.weight"] = take(f"{theirs}.weight", (C,))
+        if norm == "layer" and take(f"{theirs}.bias", (C,)).any():
+            raise UserError(f"{in_dir}: {theirs}.bias is not zero, and b_lm's LayerNorms have no bias")
+
+    for i in range(n_layer):
+        theirs, mine = f"model.layers.{i}.", f"blocks.{i}."
+        ours[f"{mine}attn.qkv.weight"] = torch.cat([take(f"{theirs}self_attn.{x}_proj.weight", (C, C))
+                                                    for x in "qkv"])
+        ours[f"{mine}attn.proj.weight"] = take(f"{theirs}self_attn.o_proj.weight", (C, C))
+        ours[f"{mine}mlp.fc.weight"] = torch.cat([take(f"{theirs}mlp.{x}_proj.weight", (H, C)) for x in ("gate", "up")])
+        ours[f"{mine}mlp.proj.weight"] = take(f"{theirs}mlp.down_proj.weight", (C, H))
+        take_norm(f"{theirs}input_layernorm", f"{mine}ln_1")
+        take_norm(f"{theirs}post_attention_layernorm", f"{mine}ln_2")
+    take_norm("model.norm", "ln_f")
+    tied = bool(config.get("tie_word_embeddings", False))
+    ours["wte.weight"] = _rows_for(weights.pop("model.embed_tokens.weight", None), "model.embed_tokens.weight",
+                                   hf_to_ours, tokenizer, C, in_dir)
+    ours["lm_head.weight"] = ours["wte.weight"] if tied else _rows_for(weights.pop("lm_head.weight", None),
+                                                                       "lm_head.weight", hf_to_ours, tokenizer, C,
+                                                                       in_dir)
+    model_config = asdict(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=block, n_layer=n_layer,
+                                    n_head=n_head, n_embd=C, dropout=0.0, bias=False, attention="sdpa",
+                                    tie_embeddings=tied, positions="rope", norm=norm, mlp="swiglu",
+                                    rope_theta=theta))
     return model_config, {k: v.float() for k, v in ours.items()}, tokenizer, chat
 
 

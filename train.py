@@ -19,14 +19,14 @@ from tasks import TextTask
 from tokenizer_io import load_tokenizer
 from trainer import (Run, add_training_flags, check_training_args, claimed_outputs, resumed_run, train,
                      training_processes)
-from transformer import MLP_KINDS, MODELS, NORM_KINDS, POSITION_KINDS, build_model, count_parameters, \
-    estimate_parameters
+from transformer import DEFAULT_PARTS, GPT2_PARTS, MLP_KINDS, MODELS, NORM_KINDS, POSITION_KINDS, build_model, \
+    count_parameters, estimate_parameters
 
 # Flags that define the model and its data, and the optimizer whose saved state
 # only fits itself: a resumed run takes them from the checkpoint.
 RESUMED_FLAGS = ("model", "n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "attention", "positions",
                  "norm", "mlp", "rnn_cell",
-                 "optimizer", "lr", "muon_lr", "weight_decay", "beta2", "val_fraction")
+                 "optimizer", "lr", "muon_lr", "weight_decay", "muon_weight_decay", "beta2", "val_fraction")
 
 
 def parse_args(argv=None):
@@ -49,17 +49,17 @@ def parse_args(argv=None):
     a("--attention", default="auto", choices=["auto", "sdpa", "explicit"],
       help="sdpa: F.scaled_dot_product_attention; explicit: matmul-softmax, which DirectML runs natively; "
            "auto: explicit on DirectML, else sdpa (default: %(default)s)")
-    a("--positions", default="learned", choices=POSITION_KINDS,
-      help="learned: a position embedding (GPT-2); rope: rotary embeddings of queries and keys (Llama) "
+    a("--positions", default=DEFAULT_PARTS["positions"], choices=POSITION_KINDS,
+      help="rope: rotary embeddings of queries and keys (Llama); learned: a position embedding (GPT-2) "
            "(default: %(default)s)")
-    a("--norm", default="layer", choices=NORM_KINDS, help="layer: LayerNorm (GPT-2); rms: RMSNorm (Llama) "
-                                                          "(default: %(default)s)")
-    a("--mlp", default="gelu", choices=MLP_KINDS, help="gelu: 4x GELU MLP (GPT-2); swiglu: gated MLP of the same "
-                                                       "size (Llama) (default: %(default)s)")
+    a("--norm", default=DEFAULT_PARTS["norm"], choices=NORM_KINDS,
+      help="layer: LayerNorm (GPT-2); rms: RMSNorm (Llama) (default: %(default)s)")
+    a("--mlp", default=DEFAULT_PARTS["mlp"], choices=MLP_KINDS,
+      help="swiglu: gated MLP of a 4x MLP's size (Llama); gelu: 4x GELU MLP (GPT-2) (default: %(default)s)")
     a("--rnn-cell", default="gru", choices=["gru", "lstm"], help="cell of --model rnn (default: %(default)s)")
     a("--val-fraction", type=float, default=0.1,
       help="last fraction of the tokens held out, in (0, 1) (default: %(default)s)")
-    add_training_flags(p)
+    add_training_flags(p, min_lr_ratio=0.0, muon_weight_decay=0.1)
     args = p.parse_args(argv)
     check_args(args)
     return args
@@ -117,8 +117,9 @@ def pretrain(args):
             raise UserError("--init-from starts a new run from a checkpoint, with its tokenizer: it does not "
                             "combine with --resume or --tokenizer")
         checkpoint = load_checkpoint(args.init_from)
-        for name in ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias"):
-            setattr(args, name, checkpoint["model_config"].get(name, getattr(args, name)))
+        for name in ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", *GPT2_PARTS):
+            # a config saved before the parts existed has GPT-2's
+            setattr(args, name, checkpoint["model_config"].get(name, GPT2_PARTS.get(name, getattr(args, name))))
         args.model = checkpoint["model_type"]
     elif args.resume:
         checkpoint = resumed_run(args, RESUMED_FLAGS)

@@ -39,10 +39,15 @@ SCORE_LABELS = {"qa_loss": ("answer loss on the train questions", 4), "val_loss"
                 "val_ppl": ("val ppl", 3), "val_bpc": ("val bits/char", 4)}
 
 
+# What a run saved before these flags existed was trained with: their defaults have changed since.
+EARLIER_DEFAULTS = dict(positions="learned", norm="layer", mlp="gelu", muon_weight_decay=0.0)
+
+
 def add_training_flags(parser, **defaults):
     """The flags every training script shares; `defaults` sets each script's own defaults."""
     d = {**dict(ckpt="checkpoint.pth", batch_size=32, max_iters=1500, optimizer="muon", lr=3e-3, warmup_iters=100,
-                eval_interval=250, eval_tokens=32768, final_eval_tokens=1_000_000), **defaults}
+                min_lr_ratio=0.1, muon_weight_decay=0.0, eval_interval=250, eval_tokens=32768,
+                final_eval_tokens=1_000_000), **defaults}
     a = parser.add_argument
     a("--batch-size", type=int, default=d["batch_size"], help="sequences per micro-batch, >= 1 (default: %(default)s)")
     a("--grad-accum", type=int, default=1,
@@ -57,12 +62,14 @@ def add_training_flags(parser, **defaults):
       help="peak learning rate of AdamW, Adam or SGD (with muon: of the embeddings, norms and head), > 0 "
            "(default: %(default)s; on --resume, the checkpoint's)")
     a("--muon-lr", type=float, default=0.02, help="peak learning rate of Muon's matrices, > 0 (default: %(default)s)")
-    a("--min-lr-ratio", type=float, default=0.1,
+    a("--min-lr-ratio", type=float, default=d["min_lr_ratio"],
       help="final learning rate as a fraction of the peak, in [0, 1] (default: %(default)s)")
     a("--warmup-iters", type=int, default=d["warmup_iters"], help="linear warm-up steps, >= 0 (default: %(default)s)")
     a("--lr-decay-iters", type=int, default=0,
       help="cosine decay ends at this step; 0 = --max-iters (default: %(default)s)")
     a("--weight-decay", type=float, default=0.1, help="AdamW weight decay on matrices, >= 0 (default: %(default)s)")
+    a("--muon-weight-decay", type=float, default=d["muon_weight_decay"],
+      help="decoupled weight decay of Muon's matrices, >= 0 (default: %(default)s)")
     a("--beta2", type=float, default=0.99, help="Adam beta2, in [0, 1) (default: %(default)s)")
     a("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this; 0 disables (default: %(default)s)")
     a("--eval-interval", type=int, default=d["eval_interval"],
@@ -109,7 +116,7 @@ def check_training_args(args):
     for flag in ("lr", "muon-lr"):
         if not 0 < getattr(args, flag.replace("-", "_")) < math.inf:
             bad(flag, "a number > 0")
-    for flag in ("time-limit", "grad-clip", "weight-decay"):
+    for flag in ("time-limit", "grad-clip", "weight-decay", "muon-weight-decay"):
         if not 0 <= getattr(args, flag.replace("-", "_")) < math.inf:
             bad(flag, "a number >= 0")
     if not 0 <= args.min_lr_ratio <= 1:
@@ -153,8 +160,9 @@ def resumed_run(args, flags):
     if not args.resume:
         return None
     checkpoint = load_checkpoint(args.ckpt)
+    recorded = checkpoint.get("train_args") or {}
     for name in flags:
-        setattr(args, name, (checkpoint.get("train_args") or {}).get(name, getattr(args, name)))
+        setattr(args, name, recorded.get(name, EARLIER_DEFAULTS.get(name, getattr(args, name))))
     return checkpoint
 
 
@@ -214,7 +222,8 @@ def train(run):
     if args.grad_accum % procs.world_size:
         raise UserError(f"--grad-accum {args.grad_accum} must be a multiple of the {procs.world_size} processes")
     optimizer = build_optimizer(model, args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-                                betas=(0.9, args.beta2), muon_lr=args.muon_lr)
+                                betas=(0.9, args.beta2), muon_lr=args.muon_lr,
+                                muon_weight_decay=args.muon_weight_decay)
     progress = progress_of(run.resume_from, args.ckpt) if run.resume_from else None
     if progress:
         try:

@@ -18,6 +18,10 @@ GELU_KINDS = ("exact", "tanh")
 POSITION_KINDS = ("learned", "rope")
 NORM_KINDS = ("layer", "rms")
 MLP_KINDS = ("gelu", "swiglu")
+# GPT-2's parts are every config's defaults, so checkpoints saved before the
+# other parts existed load as they were; train.py builds DEFAULT_PARTS.
+GPT2_PARTS = dict(positions="learned", norm="layer", mlp="gelu")
+DEFAULT_PARTS = dict(positions="rope", norm="layer", mlp="swiglu")
 
 
 @dataclass
@@ -111,24 +115,29 @@ def attend(q, k, v, kind="sdpa", dropout=0.0, mask=None):
 
 
 def rope_tables(config):
-    """cos and sin (block_size, head_size) of rotary embeddings, in transformers' Llama layout.
+    """cos and signed sin (block_size, head_size) of rotary embeddings, in transformers' Llama layout.
 
     Each head's dimension i and i + head_size/2 form a pair, turned at
     position p by the angle p * theta^(-2i/head_size): slow turns carry
     distant positions, fast turns near ones. Attention scores then depend
-    only on how far apart a query and a key are.
+    only on how far apart a query and a key are. The first half of the sin
+    table carries the minus sign of the turn, so rotate needs no negation.
     """
     hs = config.n_embd // config.n_head
     inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs)
     angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)
-    angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos(), angles.sin()
+    return torch.cat([angles, angles], dim=-1).cos(), torch.cat([-angles.sin(), angles.sin()], dim=-1)
 
 
-def rotate(x, cos, sin):
-    """x (..., hs) turned by the rotary angles of its positions (cos, sin broadcast to it)."""
+def rotate(x, cos, signed_sin):
+    """x (..., hs) turned by the rotary angles of its positions (tables from rope_tables, broadcast to x).
+
+    A pair (a, b) turns to (a cos - b sin, b cos + a sin): x * cos plus the
+    halves swapped times the signed sin. Three kernels, which matters when
+    decoding one token at a time.
+    """
     x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+    return torch.addcmul(x * cos, torch.cat([x2, x1], dim=-1), signed_sin)
 
 
 def causal_mask(Tq, Tk, device):

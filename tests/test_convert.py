@@ -34,13 +34,16 @@ def refused(capsys, *argv, fragment=""):
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, small_corpus):
-    """A char, a BPE and a Llama-style char checkpoint with a context of 96, trained a little: {kind: path}."""
+    """GPT-2-style char and BPE, and Llama-style and StableLM-style (the default) char checkpoints with a
+    context of 96, trained a little: {kind: path}."""
     folder = tmp_path_factory.mktemp("convert")
     tokenizer_path = folder / "tok.json"
     train_bpe(open(small_corpus, encoding="utf-8").read(), 320).save(str(tokenizer_path))
     paths = {}
-    for kind, flags in (("char", []), ("bpe", ["--tokenizer", str(tokenizer_path)]),
-                        ("llama", ["--positions", "rope", "--norm", "rms", "--mlp", "swiglu"])):
+    gpt2 = ["--positions", "learned", "--mlp", "gelu"]
+    for kind, flags in (("char", gpt2), ("bpe", [*gpt2, "--tokenizer", str(tokenizer_path)]),
+                        ("llama", ["--positions", "rope", "--norm", "rms", "--mlp", "swiglu"]),
+                        ("stablelm", [])):  # b_lm's default parts
         paths[kind] = str(folder / f"{kind}.pth")
         train.main(["--data", small_corpus, "--ckpt", paths[kind], "--metrics", "", *TINY, "--block-size", "96",
                     "--max-iters", "20", *flags])
@@ -53,11 +56,11 @@ def exported(ckpt, folder):
             transformers.AutoTokenizer.from_pretrained(str(folder)))
 
 
-@pytest.mark.parametrize("kind", ["char", "bpe", "llama"])
+@pytest.mark.parametrize("kind", ["char", "bpe", "llama", "stablelm"])
 def test_an_exported_model_is_the_same_model_in_transformers(tmp_path, checkpoints, kind):
     model, tokenizer, _ = load_model(checkpoints[kind])
     theirs, their_tokenizer = exported(checkpoints[kind], tmp_path / "hf")
-    architecture = "LlamaForCausalLM" if kind == "llama" else "GPT2LMHeadModel"
+    architecture = {"llama": "LlamaForCausalLM", "stablelm": "StableLmForCausalLM"}.get(kind, "GPT2LMHeadModel")
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == [architecture]
     assert type(theirs).__name__ == architecture
     for prompt in PROMPTS:
@@ -151,7 +154,7 @@ def test_a_gpt2_model_imports_with_its_tokenizer_and_logits(tmp_path, gpt2_folde
     assert their_tokenizer.decode(out[0, x.shape[1]:]) == ours
 
 
-@pytest.mark.parametrize("kind", ["char", "bpe"])
+@pytest.mark.parametrize("kind", ["char", "bpe", "llama", "stablelm"])
 def test_the_round_trip_gives_back_the_same_model(tmp_path, checkpoints, kind):
     convert.main(["to-hf", checkpoints[kind], str(tmp_path / "hf")])
     convert.main(["from-hf", str(tmp_path / "hf"), str(tmp_path / "back.pth")])
@@ -199,7 +202,8 @@ class Payload:
     """Stands for any object whose unpickling could run code."""
 
 
-@pytest.mark.parametrize("case", ["no-config", "llama", "shapes", "pickle", "exists", "not-a-folder"])
+@pytest.mark.parametrize("case", ["no-config", "llama", "rotary-variant", "shapes", "pickle", "exists",
+                                  "not-a-folder"])
 def test_bad_input_is_one_line(tmp_path, gpt2_folder, checkpoints, capsys, case):
     folder = tmp_path / "model"
     shutil.copytree(gpt2_folder[0], folder)
@@ -209,7 +213,15 @@ def test_bad_input_is_one_line(tmp_path, gpt2_folder, checkpoints, capsys, case)
         refused(capsys, "from-hf", folder, tmp_path / "x.pth", fragment="config.json")
     elif case == "llama":
         (folder / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
+        refused(capsys, "from-hf", folder, tmp_path / "x.pth", fragment="lacks num_hidden_layers")
+        (folder / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
         refused(capsys, "from-hf", folder, tmp_path / "x.pth", fragment="GPT-2")
+    elif case == "rotary-variant":  # a Llama-family folder in a shape b_lm does not build
+        convert.main(["to-hf", checkpoints["stablelm"], str(tmp_path / "stablelm")])
+        config = json.loads((tmp_path / "stablelm" / "config.json").read_text())
+        (tmp_path / "stablelm" / "config.json").write_text(json.dumps({**config, "num_key_value_heads": 1,
+                                                                        "hidden_act": "gelu"}))
+        refused(capsys, "from-hf", tmp_path / "stablelm", tmp_path / "x.pth", fragment="key/value heads, activation")
     elif case == "shapes":
         (folder / "config.json").write_text(json.dumps({**config, "n_embd": 48}))
         refused(capsys, "from-hf", folder, tmp_path / "x.pth", fragment="the config makes it")
@@ -247,9 +259,10 @@ def test_an_imported_model_samples_and_chat_tunes_like_our_own(tmp_path, gpt2_fo
     assert answer.returncode == 0 and "<|" not in answer.stdout, answer.stderr
 
 
-def test_a_model_mixing_gpt2_and_llama_parts_is_refused(tmp_path, capsys, small_corpus):
+@pytest.mark.parametrize("flags, fragment", [(["--mlp", "gelu"], "no Hugging Face architecture holds"),
+                                             (["--bias"], "--bias")])
+def test_a_model_no_hugging_face_architecture_holds_is_refused(tmp_path, capsys, small_corpus, flags, fragment):
     ckpt = tmp_path / "mixed.pth"
-    train.main(["--data", small_corpus, "--ckpt", str(ckpt), "--metrics", "", *TINY, "--max-iters", "2",
-                "--positions", "rope"])
-    refused(capsys, "to-hf", ckpt, tmp_path / "hf", fragment="mixes GPT-2 and Llama parts")
+    train.main(["--data", small_corpus, "--ckpt", str(ckpt), "--metrics", "", *TINY, "--max-iters", "2", *flags])
+    refused(capsys, "to-hf", ckpt, tmp_path / "hf", fragment=fragment)
     assert not (tmp_path / "hf").exists()

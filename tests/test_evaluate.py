@@ -60,8 +60,9 @@ def test_report_has_every_metric(tmp_path, tiny_chat_ckpt, capsys):
     with open(QA, encoding="utf-8") as f:
         qa.write_text("".join(f.readlines()[:30]), encoding="utf-8")  # 10 facts: 10 test questions
     report_path = tmp_path / "report.json"
+    # 300 characters: enough words for 4-grams even from a tiny model that rarely writes a space
     evaluate.main(["--ckpt", tiny_chat_ckpt, "--qa", str(qa), "--report", str(report_path), "--samples", "2",
-                   "--sample-length", "60", "--max-answer-tokens", "8"])
+                   "--sample-length", "300", "--max-answer-tokens", "8"])
     out = capsys.readouterr().out
     for label in ("val loss", "val perplexity", "val bits/char", "exact match", "token F1", "distinct-1",
                   "distinct-2", "repeated 4-grams", "words in corpus"):
