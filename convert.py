@@ -1,4 +1,4 @@
-"""Move models between b_lm and the Hugging Face format (StableLM for the default model, GPT-2, Llama).
+"""Move models between b_lm and the Hugging Face format (GPT-2, StableLM, Llama).
 
     python convert.py to-hf checkpoint.pth hf_model/     # then transformers loads hf_model/
     python convert.py from-hf gpt2/ gpt2.pth             # a GPT-2 directory you downloaded
@@ -67,11 +67,11 @@ def import_(args):
 
 def main(argv=None):
     parser = ArgumentParser(description="Convert between b_lm checkpoints and Hugging Face model folders "
-                                        "(StableLM for the default model, GPT-2, Llama).")
+                                        "(GPT-2, StableLM, Llama).")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     to = commands.add_parser("to-hf", help="b_lm checkpoint -> Hugging Face folder",
-                             description="Write a b_lm checkpoint as a Hugging Face folder: StableLM for the default "
-                                         "parts (rope/layer/swiglu), GPT-2 for learned/layer/gelu, Llama for "
+                             description="Write a b_lm checkpoint as a Hugging Face folder: GPT-2 for the default "
+                                         "parts (learned/layer/gelu), StableLM for rope/layer/swiglu, Llama for "
                                          "rope/rms/swiglu.")
     to.add_argument("ckpt", help="the b_lm checkpoint")
     to.add_argument("out_dir", help="the folder to write (new, or empty, or with --overwrite)")

@@ -50,12 +50,12 @@ def parse_args(argv=None):
       help="sdpa: F.scaled_dot_product_attention; explicit: matmul-softmax, which DirectML runs natively; "
            "auto: explicit on DirectML, else sdpa (default: %(default)s)")
     a("--positions", default=DEFAULT_PARTS["positions"], choices=POSITION_KINDS,
-      help="rope: rotary embeddings of queries and keys (Llama); learned: a position embedding (GPT-2) "
+      help="learned: a position embedding (GPT-2); rope: rotary embeddings of queries and keys (Llama) "
            "(default: %(default)s)")
     a("--norm", default=DEFAULT_PARTS["norm"], choices=NORM_KINDS,
       help="layer: LayerNorm (GPT-2); rms: RMSNorm (Llama) (default: %(default)s)")
     a("--mlp", default=DEFAULT_PARTS["mlp"], choices=MLP_KINDS,
-      help="swiglu: gated MLP of a 4x MLP's size (Llama); gelu: 4x GELU MLP (GPT-2) (default: %(default)s)")
+      help="gelu: 4x GELU MLP (GPT-2); swiglu: gated MLP of a 4x MLP's size (Llama) (default: %(default)s)")
     a("--rnn-cell", default="gru", choices=["gru", "lstm"], help="cell of --model rnn (default: %(default)s)")
     a("--val-fraction", type=float, default=0.1,
       help="last fraction of the tokens held out, in (0, 1) (default: %(default)s)")

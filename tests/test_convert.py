@@ -34,16 +34,15 @@ def refused(capsys, *argv, fragment=""):
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, small_corpus):
-    """GPT-2-style char and BPE, and Llama-style and StableLM-style (the default) char checkpoints with a
+    """GPT-2-style (the default) char and BPE, and Llama-style and StableLM-style char checkpoints with a
     context of 96, trained a little: {kind: path}."""
     folder = tmp_path_factory.mktemp("convert")
     tokenizer_path = folder / "tok.json"
     train_bpe(open(small_corpus, encoding="utf-8").read(), 320).save(str(tokenizer_path))
     paths = {}
-    gpt2 = ["--positions", "learned", "--mlp", "gelu"]
-    for kind, flags in (("char", gpt2), ("bpe", [*gpt2, "--tokenizer", str(tokenizer_path)]),
+    for kind, flags in (("char", []), ("bpe", ["--tokenizer", str(tokenizer_path)]),
                         ("llama", ["--positions", "rope", "--norm", "rms", "--mlp", "swiglu"]),
-                        ("stablelm", [])):  # b_lm's default parts
+                        ("stablelm", ["--positions", "rope", "--mlp", "swiglu"])):
         paths[kind] = str(folder / f"{kind}.pth")
         train.main(["--data", small_corpus, "--ckpt", paths[kind], "--metrics", "", *TINY, "--block-size", "96",
                     "--max-iters", "20", *flags])
@@ -259,8 +258,8 @@ def test_an_imported_model_samples_and_chat_tunes_like_our_own(tmp_path, gpt2_fo
     assert answer.returncode == 0 and "<|" not in answer.stdout, answer.stderr
 
 
-@pytest.mark.parametrize("flags, fragment", [(["--mlp", "gelu"], "no Hugging Face architecture holds"),
-                                             (["--bias"], "--bias")])
+@pytest.mark.parametrize("flags, fragment", [(["--positions", "rope"], "no Hugging Face architecture holds"),
+                                             (["--positions", "rope", "--mlp", "swiglu", "--bias"], "--bias")])
 def test_a_model_no_hugging_face_architecture_holds_is_refused(tmp_path, capsys, small_corpus, flags, fragment):
     ckpt = tmp_path / "mixed.pth"
     train.main(["--data", small_corpus, "--ckpt", str(ckpt), "--metrics", "", *TINY, "--max-iters", "2", *flags])
