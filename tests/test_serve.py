@@ -108,17 +108,22 @@ def test_streaming_sends_the_same_text_in_openai_chunks(chat_url):
 
 
 def test_max_tokens_and_stop_behave_as_in_the_api(chat_url):
-    long = ask(chat_url, QUESTIONS[3], max_tokens=20)
-    assert long.choices[0].finish_reason == "length" and long.usage.completion_tokens == 20
+    # the tiny model's longest greedy answer, asked for one token less than it takes
+    replies = {q: ask(chat_url, q, max_tokens=40) for q in QUESTIONS}
+    question = max(replies, key=lambda q: replies[q].usage.completion_tokens)
+    n = replies[question].usage.completion_tokens - 1
+    assert n >= 3
+    long = ask(chat_url, question, max_tokens=n)
+    assert long.choices[0].finish_reason == "length" and long.usage.completion_tokens == n
     text = long.choices[0].message.content
-    short = ask(chat_url, QUESTIONS[3], max_tokens=7)
-    assert short.usage.completion_tokens == 7 and text.startswith(short.choices[0].message.content)
-    stop = text[8:10]  # a string the greedy answer contains: the answer ends just before its first occurrence
-    for reply in (ask(chat_url, QUESTIONS[3], max_tokens=20, stop=[stop, "never seen"]),
-                  ask(chat_url, QUESTIONS[3], max_tokens=20, stop=stop)):
+    short = ask(chat_url, question, max_tokens=n - 1)
+    assert short.usage.completion_tokens == n - 1 and text.startswith(short.choices[0].message.content)
+    stop = text[1:3]  # a string the greedy answer contains: the answer ends just before its first occurrence
+    for reply in (ask(chat_url, question, max_tokens=n, stop=[stop, "never seen"]),
+                  ask(chat_url, question, max_tokens=n, stop=stop)):
         assert reply.choices[0].message.content == text[:text.index(stop)]
         assert reply.choices[0].finish_reason == "stop"
-    streamed_text, finish, _ = streamed(chat_url, QUESTIONS[3], max_tokens=20, stop=stop)
+    streamed_text, finish, _ = streamed(chat_url, question, max_tokens=n, stop=stop)
     assert streamed_text == text[:text.index(stop)] and finish == ["stop"]
 
 
