@@ -30,7 +30,7 @@ from device import attention_for
 from errors import UserError
 from files import atomic_write
 from tokenizer_io import tokenizer_from_dict
-from transformer import MODELS, build_model, estimate_parameters, model_type_of
+from transformer import MODELS, build_model, estimate_parameters, model_type_of, rope_table_floats
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model_type", "model_config", "model", "tokenizer")
@@ -137,6 +137,8 @@ def check_model(checkpoint, path="the checkpoint"):
         present = sum(t.numel() for t in checkpoint["model"].values())
         if estimate_parameters(checkpoint["model_type"], checkpoint["model_config"]) > 2 * present + 10 ** 6:
             raise ValueError(f"the config makes a far larger model than the {present:,} weights present")
+        if rope_table_floats(checkpoint["model_type"], checkpoint["model_config"]) > 2 * present + 10 ** 7:
+            raise ValueError(f"the config's context makes rotary tables far larger than the {present:,} weights")
         with torch.device("meta"):
             skeleton = build_model(checkpoint["model_type"], checkpoint["model_config"])
         expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}

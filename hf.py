@@ -25,6 +25,7 @@ the mean row. Text and probabilities are unchanged; only the byte tokens'
 numbering can differ.
 """
 import json
+import math
 import os
 from dataclasses import asdict
 
@@ -301,7 +302,13 @@ def rotary_from_hf(config, in_dir):
         raise UserError(f"{in_dir}/config.json lacks num_hidden_layers, num_attention_heads, hidden_size, "
                         f"intermediate_size or max_position_embeddings") from None
     rope = config.get("rope_parameters") or {}
-    theta = float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
+    try:
+        theta = float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
+    except (TypeError, ValueError):
+        theta = math.nan
+    if min(n_layer, n_head, C, H, block) < 1 or not 0 < theta < math.inf:
+        raise UserError(f"{in_dir}/config.json: layers, heads, sizes and max_position_embeddings must be >= 1 "
+                        f"and rope_theta a number > 0")
     eps = config.get("rms_norm_eps" if kind == "llama" else "layer_norm_eps", 1e-5)
     differs = [what for what, different in (
         ("key/value heads", config.get("num_key_value_heads") not in (None, n_head)),

@@ -149,6 +149,8 @@ def main(argv=None):
     # carries the eval: the mean past the warm-up, in a run that evaluates as the real one does
     # (every 250), is its cost per iteration with its evals, as b_lm's training time has its own.
     _, times = run_nanogpt(args, work, 500, 250)
+    if len(times) <= 20:
+        raise UserError(f"cannot read nanoGPT's iteration times from its log: is {args.nanogpt} karpathy/nanoGPT?")
     per_iter = statistics.mean(times[20:]) / 1000
     iters = round(ours_seconds / per_iter)
     print(f"nanoGPT: {per_iter * 1000:.1f} ms per iteration with its evals, so {iters} iterations in "

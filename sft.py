@@ -44,7 +44,8 @@ from trainer import (Run, add_training_flags, check_training_args, claimed_outpu
                      training_processes)
 
 # What a resumed run takes from the checkpoint rather than from the command line.
-RESUMED_FLAGS = ("init_from", "qa", "data", "pretrain_mix", "optimizer", "lr", "muon_lr", "weight_decay", "muon_weight_decay", "beta2")
+RESUMED_FLAGS = ("init_from", "qa", "data", "pretrain_mix", "optimizer", "lr", "muon_lr", "weight_decay",
+                 "muon_weight_decay", "beta2")
 
 
 def parse_args(argv=None):

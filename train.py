@@ -20,7 +20,7 @@ from tokenizer_io import load_tokenizer
 from trainer import (Run, add_training_flags, check_training_args, claimed_outputs, resumed_run, train,
                      training_processes)
 from transformer import DEFAULT_PARTS, GPT2_PARTS, MLP_KINDS, MODELS, NORM_KINDS, POSITION_KINDS, build_model, \
-    count_parameters, estimate_parameters
+    count_parameters, estimate_parameters, rope_table_floats
 
 # Flags that define the model and its data, and the optimizer whose saved state
 # only fits itself: a resumed run takes them from the checkpoint.
@@ -133,7 +133,9 @@ def pretrain(args):
             tokenizer = load_tokenizer(args.tokenizer or "char", args.data)
             config = model_config(args, tokenizer.vocab_size, device)
             check_fits_in_memory(estimate_parameters(args.model, config), device,
-                                 what=f"a model of {args.n_layer} layers, {args.n_embd} wide,")
+                                 extra_bytes=4 * rope_table_floats(args.model, config),
+                                 what=f"a model of {args.n_layer} layers, {args.n_embd} wide, context "
+                                      f"{args.block_size},")
             torch.manual_seed(args.seed)
             model = build_model(args.model, config).to(device)
         batches = corpus_batches(args.data, tokenizer, args.block_size, args.val_fraction, args.seed)

@@ -323,6 +323,15 @@ def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
 
 
+def rope_table_floats(model_type, config):
+    """Floats in the rotary tables a config makes (cos and sin, block_size x head_size each), from the config
+    alone: buffers, not parameters, but memory all the same."""
+    c = config if isinstance(config, dict) else vars(config)
+    if model_type == "rnn" or c.get("positions") != "rope":
+        return 0
+    return 2 * int(c.get("block_size", 0)) * (int(c.get("n_embd", 0)) // max(1, int(c.get("n_head", 1))))
+
+
 def estimate_parameters(model_type, config):
     """About how many parameters build_model(model_type, config) would make, from the config alone.
 

@@ -221,6 +221,11 @@ def test_bad_input_is_one_line(tmp_path, gpt2_folder, checkpoints, capsys, case)
         (tmp_path / "stablelm" / "config.json").write_text(json.dumps({**config, "num_key_value_heads": 1,
                                                                         "hidden_act": "gelu"}))
         refused(capsys, "from-hf", tmp_path / "stablelm", tmp_path / "x.pth", fragment="key/value heads, activation")
+        for change, fragment in (({"rope_parameters": {"rope_theta": "abc"}}, "rope_theta a number > 0"),
+                                 ({"num_hidden_layers": 0}, "must be >= 1"),
+                                 ({"max_position_embeddings": 10 ** 12}, "rotary tables far larger")):
+            (tmp_path / "stablelm" / "config.json").write_text(json.dumps({**config, **change}))
+            refused(capsys, "from-hf", tmp_path / "stablelm", tmp_path / "x.pth", fragment=fragment)
     elif case == "shapes":
         (folder / "config.json").write_text(json.dumps({**config, "n_embd": 48}))
         refused(capsys, "from-hf", folder, tmp_path / "x.pth", fragment="the config makes it")
