@@ -59,7 +59,7 @@ def parse_args(argv=None):
     a("--rnn-cell", default="gru", choices=["gru", "lstm"], help="cell of --model rnn (default: %(default)s)")
     a("--val-fraction", type=float, default=0.1,
       help="last fraction of the tokens held out, in (0, 1) (default: %(default)s)")
-    add_training_flags(p, min_lr_ratio=0.0, muon_weight_decay=0.1)
+    add_training_flags(p, muon_lr=0.06, min_lr_ratio=0.0, muon_weight_decay=0.1)
     args = p.parse_args(argv)
     check_args(args)
     return args

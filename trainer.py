@@ -45,8 +45,8 @@ EARLIER_DEFAULTS = dict(positions="learned", norm="layer", mlp="gelu", muon_weig
 
 def add_training_flags(parser, **defaults):
     """The flags every training script shares; `defaults` sets each script's own defaults."""
-    d = {**dict(ckpt="checkpoint.pth", batch_size=32, max_iters=1500, optimizer="muon", lr=3e-3, warmup_iters=100,
-                min_lr_ratio=0.1, muon_weight_decay=0.0, eval_interval=250, eval_tokens=32768,
+    d = {**dict(ckpt="checkpoint.pth", batch_size=32, max_iters=1500, optimizer="muon", lr=3e-3, muon_lr=0.02,
+                warmup_iters=100, min_lr_ratio=0.1, muon_weight_decay=0.0, eval_interval=250, eval_tokens=32768,
                 final_eval_tokens=1_000_000), **defaults}
     a = parser.add_argument
     a("--batch-size", type=int, default=d["batch_size"], help="sequences per micro-batch, >= 1 (default: %(default)s)")
@@ -61,7 +61,8 @@ def add_training_flags(parser, **defaults):
     a("--lr", type=float, default=d["lr"],
       help="peak learning rate of AdamW, Adam or SGD (with muon: of the embeddings, norms and head), > 0 "
            "(default: %(default)s; on --resume, the checkpoint's)")
-    a("--muon-lr", type=float, default=0.02, help="peak learning rate of Muon's matrices, > 0 (default: %(default)s)")
+    a("--muon-lr", type=float, default=d["muon_lr"],
+      help="peak learning rate of Muon's matrices, > 0 (default: %(default)s)")
     a("--min-lr-ratio", type=float, default=d["min_lr_ratio"],
       help="final learning rate as a fraction of the peak, in [0, 1] (default: %(default)s)")
     a("--warmup-iters", type=int, default=d["warmup_iters"], help="linear warm-up steps, >= 0 (default: %(default)s)")
