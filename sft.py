@@ -60,7 +60,7 @@ def parse_args(argv=None):
     a("--pretrain-mix", type=float, default=0.25,
       help="share of each batch's rows that are corpus text, and that text's weight in the loss, "
            "in [0, 1) (default: %(default)s)")
-    add_training_flags(p, ckpt="chat.pth", max_iters=2000, batch_size=16, optimizer="adamw", warmup_iters=50,
+    add_training_flags(p, ckpt="chat.pth", max_iters=2000, batch_size=16, optimizer="adamw", lr=1e-2, warmup_iters=50,
                        eval_interval=500, eval_tokens=16384, final_eval_tokens=0)
     args = p.parse_args(argv)
     check_training_args(args)
