@@ -287,6 +287,11 @@ class Loop:
         return build_checkpoint(self.model, self.run.tokenizer, self.optimizer, self.progress,
                                 self.run.train_args, self.run.chat)
 
+    def stop_diverged(self, what):
+        """Stop a run whose weights went bad, leaving the last good checkpoint as it is."""
+        kept = f"{self.args.ckpt} keeps step {self.saved_step}" if self.saved_step is not None else "nothing was saved"
+        raise UserError(f"{what} at step {self.progress.step}; stopped: {kept}. Try a lower --lr or --muon-lr")
+
     def save(self):
         if self.procs.is_main:
             save_checkpoint(self.args.ckpt, self.snapshot())
@@ -307,6 +312,9 @@ class Loop:
                        tokens_per_s=round(tokens_per_s))
         if evaluate:
             scores = self.task.evaluate(self.model, max_tokens, self.dtype)
+            # the last step's update can break the weights after its own loss was fine: never save them
+            if not math.isfinite(scores["val_loss"]):
+                self.stop_diverged(f"the val loss became {scores['val_loss']}")
             row.update({k: round(v, SCORE_LABELS[k][1]) for k, v in scores.items()})
             best = self.progress.best_val_loss
             self.progress.best_val_loss = scores["val_loss"] if best is None else min(best, scores["val_loss"])
@@ -345,10 +353,7 @@ class Loop:
         loss, out_of_time, stopping = mean_across(procs, [sum(losses) / len(losses), float(out_of_time),
                                                           float(stop.requested)], self.device)
         if not math.isfinite(loss):
-            kept = (f"{args.ckpt} keeps step {self.saved_step}" if self.saved_step is not None
-                    else "nothing was saved")
-            raise UserError(f"the loss became {loss} at step {self.progress.step}; stopped: {kept}. "
-                            f"Try a lower --lr")
+            self.stop_diverged(f"the loss became {loss}")
         if args.grad_clip > 0:
             scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.grad_clip)

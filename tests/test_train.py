@@ -92,6 +92,13 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, small_corpu
     assert not os.path.exists(tmp_path / "fresh.pth")
 
 
+def test_an_update_that_breaks_the_weights_is_never_saved(tmp_path, small_corpus):
+    # the step's own loss is finite; the weights it leaves give a NaN val loss at the evaluation that would save
+    with pytest.raises(UserError, match="val loss became nan at step 1; stopped: nothing was saved"):
+        run(tmp_path, small_corpus, "--max-iters", "1", "--muon-lr", "1e30")
+    assert not os.path.exists(tmp_path / "run.pth") and not os.path.exists(tmp_path / "run.csv")
+
+
 @pytest.mark.parametrize("where", INTERRUPT_POINTS)
 def test_ctrl_c_anywhere_in_a_step_resumes_exactly(tmp_path, small_corpus, monkeypatch, where):
     # The signal only raises a flag: the step in flight finishes, then the run saves and stops.
