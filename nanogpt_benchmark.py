@@ -17,7 +17,6 @@ It clones nothing: give it a checkout of github.com/karpathy/nanoGPT.
 Run it with nothing else busy: both runs are timed.
 """
 import importlib.util
-import math
 import os
 import pickle
 import re
@@ -32,8 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from checkpoint import load_checkpoint, load_model
+from checkpoint import load_model
 from errors import ArgumentParser, UserError, run_main
+
+WEEK = 7 * 24 * 3600  # --ours-seconds beyond this is a typo: nanoGPT would train for it
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 RECIPE = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
@@ -56,12 +57,13 @@ def parse_args(argv=None):
         raise UserError(f"data file {args.data} not found")
     if (args.ours is None) != (args.ours_seconds is None):
         raise UserError("--ours and --ours-seconds go together")
-    if args.ours_seconds is not None and not 0 < args.ours_seconds < math.inf:
-        raise UserError(f"--ours-seconds must be > 0, got {args.ours_seconds}")
+    if args.ours_seconds is not None and not 0 < args.ours_seconds <= WEEK:
+        raise UserError(f"--ours-seconds must be > 0 and at most a week ({WEEK} s), got {args.ours_seconds}")
     if args.work is not None and os.path.exists(args.work) and not os.path.isdir(args.work):
         raise UserError(f"--work {args.work} is a file: name a folder for the runs' files")
     if args.ours is not None and not os.path.isfile(args.ours):
-        raise UserError(f"checkpoint {args.ours} not found")
+        raise UserError(f"checkpoint {args.ours} is a folder, not a file" if os.path.isdir(args.ours)
+                        else f"checkpoint {args.ours} not found")
     return args
 
 
@@ -93,11 +95,14 @@ def prepare_nanogpt_data(text, folder):
     return torch.from_numpy(ids[-n_val:].astype(np.int64))
 
 
-def run_nanogpt(args, work, iters, eval_interval):
-    """Run nanoGPT's recipe for iters steps in work; (wall seconds, its per-iteration times in ms)."""
+def run_nanogpt(args, work, out, iters, eval_interval):
+    """Run nanoGPT's recipe for iters steps in work, saving into work/out; (wall seconds, its per-iteration
+    times in ms)."""
+    out_dir = os.path.join(work, out)
+    shutil.rmtree(out_dir, ignore_errors=True)  # an earlier run's ckpt.pt must not pass for this run's
     command = [sys.executable, os.path.join(args.nanogpt, "train.py"),
                os.path.join(args.nanogpt, "config/train_shakespeare_char.py"), *RECIPE, "--dataset=iliad_char",
-               f"--out_dir={os.path.join(work, 'out')}", f"--max_iters={iters}", f"--lr_decay_iters={iters}",
+               f"--out_dir={out_dir}", f"--max_iters={iters}", f"--lr_decay_iters={iters}",
                f"--eval_interval={eval_interval}"]
     # nanoGPT reads configurator.py and data/ from its working directory: run it in ours, with a copy.
     shutil.copy(os.path.join(args.nanogpt, "configurator.py"), work)
@@ -113,7 +118,11 @@ def score_nanogpt(args, work, val):
     spec = importlib.util.spec_from_file_location("nanogpt_model", os.path.join(args.nanogpt, "model.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    checkpoint = torch.load(os.path.join(work, "out", "ckpt.pt"), map_location="cpu", weights_only=True)
+    path = os.path.join(work, "out", "ckpt.pt")
+    if not os.path.isfile(path):  # nanoGPT saves from its first evaluation after iteration 0 on
+        raise UserError("nanoGPT saved no checkpoint: b_lm's training time gave it too few iterations to "
+                        "reach its first evaluation")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     model = module.GPT(module.GPTConfig(**checkpoint["model_args"]))
     model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in checkpoint["model"].items()})
     model.eval()
@@ -136,8 +145,8 @@ def main(argv=None):
                                  args.ours, "--metrics", "", "--plot", "", "--overwrite"], capture_output=True, text=True)
         if result.returncode != 0:
             raise UserError(f"b_lm's training failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
-    ours_seconds = args.ours_seconds or load_checkpoint(args.ours)["elapsed_s"]
-    model, tokenizer, _ = load_model(args.ours)
+    model, tokenizer, checkpoint = load_model(args.ours)
+    ours_seconds = args.ours_seconds or checkpoint["elapsed_s"]
     if tokenizer.kind != "char":
         raise UserError(f"{args.ours} uses a {tokenizer.kind} tokenizer: this benchmark compares character models")
     model.eval()
@@ -148,18 +157,18 @@ def main(argv=None):
     # nanoGPT times each iteration from the end of the one before, so an iteration that evaluates
     # carries the eval: the mean past the warm-up, in a run that evaluates as the real one does
     # (every 250), is its cost per iteration with its evals, as b_lm's training time has its own.
-    _, times = run_nanogpt(args, work, 500, 250)
+    _, times = run_nanogpt(args, work, "timing", 500, 250)
     if len(times) <= 20:
         raise UserError(f"cannot read nanoGPT's iteration times from its log: is {args.nanogpt} karpathy/nanoGPT?")
     per_iter = statistics.mean(times[20:]) / 1000
     iters = round(ours_seconds / per_iter)
     print(f"nanoGPT: {per_iter * 1000:.1f} ms per iteration with its evals, so {iters} iterations in "
           f"{ours_seconds:.0f} s; training ...", flush=True)
-    wall, times = run_nanogpt(args, work, iters, 250)
+    wall, times = run_nanogpt(args, work, "out", iters, 250)
     theirs, best_iter = score_nanogpt(args, work, val)
 
     print("\n| run | iterations | training time | val loss (nats/char) |\n|---|---|---|---|")
-    print(f"| b_lm default `python train.py` | {load_checkpoint(args.ours)['step']} | {ours_seconds:.0f} s | "
+    print(f"| b_lm default `python train.py` | {checkpoint['step']} | {ours_seconds:.0f} s | "
           f"{ours:.4f} |")
     print(f"| nanoGPT CPU recipe, same training time (best checkpoint: iteration {best_iter}) | {iters} | "
           f"{sum(times) / 1000:.0f} s ({wall:.0f} s with start-up) | {theirs:.4f} |")
