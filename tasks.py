@@ -43,13 +43,20 @@ class ChatRows:
     Pairs the model cannot learn are skipped and counted: `too_long` whose
     answer alone does not fit a row, `unencodable` with characters a char
     tokenizer lacks. Rows are padded with <|endoftext|>, whose targets are masked out.
+
+    shuffle_words is the share of drawn training turns whose question has its
+    words put in a random order, drawn afresh each time. The two or three
+    phrasings a fact is trained on share their content words ("Name Achilles’
+    father." / "Who is the father of Achilles?") far more than their order, so
+    a model that must answer from the words alone answers new phrasings better
+    than one free to key the answer on a single wording.
     """
 
-    def __init__(self, tokenizer, records, row_len, generator):
-        self.row_len = row_len
-        self.generator = generator
+    def __init__(self, tokenizer, records, row_len, generator, shuffle_words=0.0):
+        self.tokenizer, self.row_len, self.generator = tokenizer, row_len, generator
+        self.shuffle_words = shuffle_words
         self.pad = tokenizer.special_tokens[ENDOFTEXT]
-        self.turns, self.too_long, self.unencodable = [], 0, 0
+        self.turns, self.texts, self.too_long, self.unencodable = [], [], 0, 0
         for r in records:
             try:
                 turn = fit_turn(*encode_turn(tokenizer, r["question"], r["answer"]), row_len)
@@ -60,6 +67,7 @@ class ChatRows:
                 self.too_long += 1
             else:
                 self.turns.append(turn)
+                self.texts.append((r["question"], r["answer"]))
         self.n_answer_tokens = sum(sum(mask) for _, mask in self.turns)
 
     def skipped_note(self):
@@ -87,13 +95,29 @@ class ChatRows:
             rows.append((ids, mask))
         return rows
 
+    def draw_turn(self):
+        """One random train turn as (ids, mask); its question's words shuffled in a shuffle_words share."""
+        k = int(torch.randint(len(self.turns), (1,), generator=self.generator))
+        if self.shuffle_words and float(torch.rand((), generator=self.generator)) < self.shuffle_words:
+            question, answer = self.texts[k]
+            words = question.split()
+            order = torch.randperm(len(words), generator=self.generator).tolist()
+            try:
+                shuffled = fit_turn(*encode_turn(self.tokenizer, " ".join(words[i] for i in order), answer),
+                                    self.row_len)
+            except UserError:  # a char vocabulary without a space
+                shuffled = None
+            # A reordered question can also take more tokens (BPE) and no longer fit: keep the original.
+            return shuffled or self.turns[k]
+        return self.turns[k]
+
     def train_batch(self, batch_size):
         """Rows of random turns: each row a short conversation of unrelated questions."""
         rows = []
         for _ in range(batch_size):
             ids, mask = [], []
             while True:
-                turn_ids, turn_mask = self.turns[int(torch.randint(len(self.turns), (1,), generator=self.generator))]
+                turn_ids, turn_mask = self.draw_turn()
                 if ids and len(ids) + len(turn_ids) > self.row_len:
                     break  # the row is as full as this draw allows; the draw is dropped
                 ids, mask = ids + turn_ids, mask + turn_mask

@@ -40,7 +40,7 @@ SCORE_LABELS = {"qa_loss": ("answer loss on the train questions", 4), "val_loss"
 
 
 # What a run saved before these flags existed was trained with: their defaults have changed since.
-EARLIER_DEFAULTS = dict(positions="learned", norm="layer", mlp="gelu", muon_weight_decay=0.0)
+EARLIER_DEFAULTS = dict(positions="learned", norm="layer", mlp="gelu", muon_weight_decay=0.0, shuffle_words=0.0)
 
 
 def add_training_flags(parser, **defaults):

@@ -60,6 +60,29 @@ def test_chat_rows_target_only_the_answers():
     assert rows.n_answer_tokens == sum(len(tok.encode(r["answer"])) + 1 for r in records)
 
 
+def test_shuffled_questions_keep_their_words_and_answers():
+    tok = CharTokenizer(open(QA, encoding="utf-8").read())
+    records = load_qa(QA, "train")[:40]
+    bags = {(tuple(sorted(r["question"].split())), r["answer"]) for r in records}
+    originals = {(r["question"], r["answer"]) for r in records}
+    user, end = tok.special_tokens["<|user|>"], tok.special_tokens["<|end|>"]
+
+    def drawn_turns(shuffle_words):
+        rows = ChatRows(tok, records, 65, torch.Generator().manual_seed(0), shuffle_words)
+        turns = []
+        for _ in range(50):
+            ids, mask = rows.draw_turn()
+            question = tok.decode(ids[1: mask.index(1) - 2])
+            answer = tok.decode([i for i, m in zip(ids, mask) if m][:-1])
+            turns.append((question, answer))
+        return turns
+
+    assert set(drawn_turns(0.0)) <= originals
+    shuffled = drawn_turns(1.0)
+    assert all((tuple(sorted(q.split())), a) in bags for q, a in shuffled)
+    assert sum((q, a) not in originals for q, a in shuffled) > 25  # most orders are new ones
+
+
 def test_the_loss_weights_chat_and_text_by_the_mix():
     torch.manual_seed(0)
     logits = torch.randn(4, 5, 7)
@@ -101,6 +124,7 @@ def test_an_interrupted_and_resumed_run_ends_as_an_uninterrupted_one(tmp_path, t
     ("bad-json", "line 2: not valid JSON"),
     ("missing-field", "line 1: missing field 'answer'"),
     ("mix", "--pretrain-mix"),
+    ("shuffle", "--shuffle-words must be in [0, 1], got nan"),
     ("no-base", "not found"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_ckpt, cli, monkeypatch, case, fragment):
@@ -115,7 +139,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_ckpt, cli, monk
         qa.write_text(json.dumps(record) + "\n", encoding="utf-8")
     else:
         qa.write_text(good, encoding="utf-8")
-        flags += ["--pretrain-mix", "1"] if case == "mix" else ["--init-from", str(tmp_path / "none.pth")]
+        flags += {"mix": ["--pretrain-mix", "1"], "shuffle": ["--shuffle-words", "nan"]}.get(
+            case, ["--init-from", str(tmp_path / "none.pth")])
     monkeypatch.chdir(tmp_path)
     result = cli(sft, *flags)
     assert_clean_error(result, fragment)
