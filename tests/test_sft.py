@@ -65,7 +65,6 @@ def test_shuffled_questions_keep_their_words_and_answers():
     records = load_qa(QA, "train")[:40]
     bags = {(tuple(sorted(r["question"].split())), r["answer"]) for r in records}
     originals = {(r["question"], r["answer"]) for r in records}
-    user, end = tok.special_tokens["<|user|>"], tok.special_tokens["<|end|>"]
 
     def drawn_turns(shuffle_words):
         rows = ChatRows(tok, records, 65, torch.Generator().manual_seed(0), shuffle_words)
@@ -118,6 +117,21 @@ def test_an_interrupted_and_resumed_run_ends_as_an_uninterrupted_one(tmp_path, t
     assert (resumed["qa_loss"], resumed["val_loss"]) == (whole["qa_loss"], whole["val_loss"])
     a, b = load_checkpoint(whole_ckpt)["model"], load_checkpoint(split_ckpt)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_saved_before_shuffled_words_existed_resumes_as_it_was_trained(tmp_path, tiny_ckpt, monkeypatch):
+    common = ["--max-iters", "6", "--eval-interval", "3", "--grad-clip", "0"]
+    whole, _ = run(tmp_path, tiny_ckpt, *common, "--shuffle-words", "0", name="whole")
+    with monkeypatch.context() as patch:
+        interrupt_during(patch, "backward", call=2)
+        with pytest.raises(SystemExit):
+            run(tmp_path, tiny_ckpt, *common, "--shuffle-words", "0", name="old")
+    path = tmp_path / "old.pth"
+    saved = torch.load(path, weights_only=True)
+    del saved["train_args"]["shuffle_words"]  # as an sft.py without the flag saved it
+    torch.save(saved, path)
+    resumed, _ = run(tmp_path, tiny_ckpt, *common, "--resume", name="old")  # the default 0.5 is not taken
+    assert (resumed["qa_loss"], resumed["val_loss"]) == (whole["qa_loss"], whole["val_loss"])
 
 
 @pytest.mark.parametrize("case, fragment", [
