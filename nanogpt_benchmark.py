@@ -95,10 +95,9 @@ def prepare_nanogpt_data(text, folder):
     return torch.from_numpy(ids[-n_val:].astype(np.int64))
 
 
-def run_nanogpt(args, work, out, iters, eval_interval):
-    """Run nanoGPT's recipe for iters steps in work, saving into work/out; (wall seconds, its per-iteration
+def run_nanogpt(args, work, out_dir, iters, eval_interval):
+    """Run nanoGPT's recipe for iters steps in work, saving into out_dir; (wall seconds, its per-iteration
     times in ms)."""
-    out_dir = os.path.join(work, out)
     shutil.rmtree(out_dir, ignore_errors=True)  # an earlier run's ckpt.pt must not pass for this run's
     command = [sys.executable, os.path.join(args.nanogpt, "train.py"),
                os.path.join(args.nanogpt, "config/train_shakespeare_char.py"), *RECIPE, "--dataset=iliad_char",
@@ -114,11 +113,11 @@ def run_nanogpt(args, work, out, iters, eval_interval):
     return seconds, [float(ms) for ms in re.findall(r"^iter \d+: .*time ([\d.]+)ms", result.stdout, re.M)]
 
 
-def score_nanogpt(args, work, val):
+def score_nanogpt(args, out_dir, val):
     spec = importlib.util.spec_from_file_location("nanogpt_model", os.path.join(args.nanogpt, "model.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    path = os.path.join(work, "out", "ckpt.pt")
+    path = os.path.join(out_dir, "ckpt.pt")
     if not os.path.isfile(path):  # nanoGPT saves from its first evaluation after iteration 0 on
         raise UserError("nanoGPT saved no checkpoint: b_lm's training time gave it too few iterations to "
                         "reach its first evaluation")
@@ -157,15 +156,16 @@ def main(argv=None):
     # nanoGPT times each iteration from the end of the one before, so an iteration that evaluates
     # carries the eval: the mean past the warm-up, in a run that evaluates as the real one does
     # (every 250), is its cost per iteration with its evals, as b_lm's training time has its own.
-    _, times = run_nanogpt(args, work, "timing", 500, 250)
+    _, times = run_nanogpt(args, work, os.path.join(work, "timing"), 500, 250)
     if len(times) <= 20:
         raise UserError(f"cannot read nanoGPT's iteration times from its log: is {args.nanogpt} karpathy/nanoGPT?")
     per_iter = statistics.mean(times[20:]) / 1000
     iters = round(ours_seconds / per_iter)
     print(f"nanoGPT: {per_iter * 1000:.1f} ms per iteration with its evals, so {iters} iterations in "
           f"{ours_seconds:.0f} s; training ...", flush=True)
-    wall, times = run_nanogpt(args, work, "out", iters, 250)
-    theirs, best_iter = score_nanogpt(args, work, val)
+    out_dir = os.path.join(work, "out")
+    wall, times = run_nanogpt(args, work, out_dir, iters, 250)
+    theirs, best_iter = score_nanogpt(args, out_dir, val)
 
     print("\n| run | iterations | training time | val loss (nats/char) |\n|---|---|---|---|")
     print(f"| b_lm default `python train.py` | {checkpoint['step']} | {ours_seconds:.0f} s | "
