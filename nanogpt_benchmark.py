@@ -48,7 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--ours", default=None, metavar="CKPT",
                    help="score this checkpoint of the default run instead of training one (needs --ours-seconds)")
     p.add_argument("--ours-seconds", type=float, default=None, help="the training seconds of --ours")
-    p.add_argument("--work", default=None, help="folder for the runs' files (default: a new temporary folder)")
+    p.add_argument("--work", default=None,
+                   help="a new or empty folder for the runs' files (default: a new temporary folder)")
     args = p.parse_args(argv)
     for name in ("train.py", "model.py", "config/train_shakespeare_char.py"):
         if not os.path.isfile(os.path.join(args.nanogpt, name)):
@@ -61,6 +62,10 @@ def parse_args(argv=None):
         raise UserError(f"--ours-seconds must be > 0 and at most a week ({WEEK} s), got {args.ours_seconds}")
     if args.work is not None and os.path.exists(args.work) and not os.path.isdir(args.work):
         raise UserError(f"--work {args.work} is a file: name a folder for the runs' files")
+    # The runs write data/, configurator.py and ours.pth there and clear out/ and timing/: never in a
+    # folder that holds anything else (a nanoGPT checkout's own out/ would be lost).
+    if args.work is not None and os.path.isdir(args.work) and os.listdir(args.work):
+        raise UserError(f"--work {args.work} is not empty: name a new or empty folder for the runs' files")
     if args.ours is not None and not os.path.isfile(args.ours):
         raise UserError(f"checkpoint {args.ours} is a folder, not a file" if os.path.isdir(args.ours)
                         else f"checkpoint {args.ours} not found")

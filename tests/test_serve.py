@@ -293,6 +293,15 @@ def test_bad_command_lines_are_one_line(tmp_path, tiny_ckpt):
     assert_clean_error(run_script("serve_benchmark.py", "--ckpt", tiny_ckpt, "--clients", "1", "100000"), "--clients")
     assert_clean_error(run_script("serve_benchmark.py", "--ckpt", tiny_ckpt, "--seconds", "nan"), "--seconds")
     assert_clean_error(run_script("nanogpt_benchmark.py", "--nanogpt", str(tmp_path)), "not a nanoGPT checkout")
+    checkout = tmp_path / "nanoGPT"  # enough of one to pass its check
+    for name in ("train.py", "model.py", "config/train_shakespeare_char.py"):
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / name).write_text("")
+    (checkout / "out").mkdir()
+    (checkout / "out" / "ckpt.pt").write_bytes(b"the user's own run")
+    assert_clean_error(run_script("nanogpt_benchmark.py", "--nanogpt", str(checkout), "--work", str(checkout)),
+                       "is not empty")
+    assert (checkout / "out" / "ckpt.pt").read_bytes() == b"the user's own run"
     with serving(tiny_ckpt) as url:
         port = urllib.parse.urlsplit(url).port
         assert_clean_error(run_script("serve.py", "--ckpt", tiny_ckpt, "--port", str(port)), str(port))
