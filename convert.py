@@ -16,31 +16,25 @@ import tempfile
 
 from checkpoint import check_model, checkpoint_dict, load_checkpoint, save_checkpoint
 from errors import ArgumentParser, UserError, run_main
-from files import check_output_path, exclusive, remove_stale_temporaries, temporary_prefix
-from hf import from_hf, to_hf
+from files import (check_output_folder, check_output_path, exclusive, refuse_existing, remove_stale_temporaries,
+                   swap_in_folder, temporary_prefix)
+from hf import from_hf, is_b_lm_export, to_hf
 
 
 def export(args):
-    out = args.out_dir.rstrip("/\\") or args.out_dir
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"{out} is a file: name a folder to write the model into")
-    if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
-        raise UserError(f"{out} already exists and is not empty: pass --overwrite to replace it")
-    parent = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(parent):
-        raise UserError(f"folder {parent} does not exist")
+    out = args.out_dir
+    check_output_folder(out, "OUT_DIR", [args.ckpt], args.overwrite, ours=is_b_lm_export)
     with exclusive(out, "OUT_DIR"):
         remove_stale_temporaries(out)  # what an export killed halfway left beside it
         checkpoint = load_checkpoint(args.ckpt)
         tokenizer = check_model(checkpoint, args.ckpt)
         c, chat = checkpoint["model_config"], checkpoint.get("chat")
         # Write beside it, then swap it in: a failed export never leaves half a model where a whole one was.
-        staging = tempfile.mkdtemp(dir=parent, prefix=temporary_prefix(out), suffix=".tmp")
+        staging = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(out)), prefix=temporary_prefix(out),
+                                   suffix=".tmp")
         try:
             to_hf(checkpoint, tokenizer, staging)
-            if os.path.isdir(out):
-                shutil.rmtree(out)
-            os.replace(staging, out)
+            swap_in_folder(staging, out)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     print(f"wrote {out}: {c.get('n_layer')} layers, {c.get('n_embd')} wide, vocab {tokenizer.vocab_size}, "
@@ -50,10 +44,9 @@ def export(args):
 def import_(args):
     if not os.path.isdir(args.in_dir):
         raise UserError(f"{args.in_dir} is not a folder: give the directory of a Hugging Face model")
-    check_output_path(args.ckpt, "CKPT")
+    check_output_path(args.ckpt, "CKPT", [args.in_dir])
     with exclusive(args.ckpt, "CKPT"):
-        if os.path.exists(args.ckpt) and not args.overwrite:
-            raise UserError(f"{args.ckpt} already exists: pass --overwrite to replace it")
+        refuse_existing(args.ckpt, "CKPT", args.overwrite)
         config, weights, tokenizer, chat = from_hf(args.in_dir)
         train_args = {"model": "transformer", **{k: config[k] for k in ("n_layer", "n_head", "n_embd", "block_size",
                                                                          "dropout", "bias")}, "data": None,
@@ -74,8 +67,9 @@ def main(argv=None):
                                          "parts (learned/layer/gelu), StableLM for rope/layer/swiglu, Llama for "
                                          "rope/rms/swiglu.")
     to.add_argument("ckpt", help="the b_lm checkpoint")
-    to.add_argument("out_dir", help="the folder to write (new, or empty, or with --overwrite)")
-    to.add_argument("--overwrite", action="store_true", help="replace out_dir if it holds files")
+    to.add_argument("out_dir", help="the folder to write: new, empty, or with --overwrite an earlier export")
+    to.add_argument("--overwrite", action="store_true",
+                    help="replace out_dir if it is an earlier export of convert.py to-hf holding nothing else")
     to.set_defaults(run=export)
     back = commands.add_parser("from-hf", help="Hugging Face folder -> b_lm checkpoint",
                                description="Read a Hugging Face GPT-2 folder, or a Llama or StableLM folder in "

@@ -26,7 +26,7 @@ from checkpoint import load_model, training_data
 from data import corpus_batches, iter_text_blocks
 from device import DEVICE_CHOICES, choose_device
 from errors import ArgumentParser, UserError, run_main
-from files import atomic_write, check_output_path
+from files import atomic_write, check_output_path, refuse_existing
 from qa import load_qa
 from sampling import Sampling
 from scores import qa_scores, sample_scores
@@ -56,6 +56,7 @@ def parse_args(argv=None):
     a("--data", default=None, help="corpus for the validation loss and the vocabulary (default: the file the "
                                    "checkpoint was trained on)")
     a("--report", default="eval_report.json", help="JSON report to write; '' skips it (default: %(default)s)")
+    a("--overwrite", action="store_true", help="replace --report if it exists")
     a("--max-answer-tokens", type=int, default=48,
       help="longest answer generated, 1 to 100,000; a model that never says <|end|> stops here "
            "(default: %(default)s)")
@@ -83,6 +84,7 @@ def run_evaluation(args):
     """All three groups of scores for args.ckpt, as the report's dict."""
     if args.report:
         check_output_path(args.report, "--report", [args.qa, args.ckpt, args.data])
+        refuse_existing(args.report, "--report", args.overwrite)
     records = load_qa(args.qa, args.split)  # bad files fail here, before the slow parts
     if not records:
         raise UserError(f"{args.qa} has no {args.split} questions")

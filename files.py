@@ -1,7 +1,15 @@
-"""Writing files so that a crash, a Ctrl-C or a second run never leaves a half-written or lost one."""
+"""Writing files so that a crash, a Ctrl-C, a second run or a mistyped path never loses one.
+
+Every path a run writes is checked before the work starts: a file output
+must be absent or a regular file (never a device, a pipe or a folder), and a
+folder output must be new, empty or an earlier output of ours. Two names
+are the same file when they resolve to the same inode, so symbolic and hard
+links cannot slip an input or a running run's checkpoint past the checks.
+"""
 import glob
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager, suppress
 
@@ -15,6 +23,8 @@ from errors import UserError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+# Files this process holds with `exclusive`: {resolved path: descriptor holding a lock on the file there now}.
+_HELD_FILES = {}
 
 
 def cache_dir():
@@ -28,10 +38,13 @@ def atomic_write(path, mode="wb", **open_kwargs):
 
     os.replace is atomic, so readers see either the old file or the complete
     new one. If the block raises (or is interrupted), the temporary file is
-    removed and whatever was at `path` stays untouched.
+    removed and whatever was at `path` stays untouched. A symbolic link is
+    written through: its target gets the new file and the link stays.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=temporary_prefix(path), suffix=".tmp")
+    path = os.path.realpath(path)
+    if _kind_of(path, "output") not in (None, "file"):
+        raise UserError(f"{path} is not a regular file: b_lm writes only files it can replace")
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=temporary_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **open_kwargs) as f:
             yield f
@@ -43,26 +56,52 @@ def atomic_write(path, mode="wb", **open_kwargs):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    if path in _HELD_FILES:  # the name now points at a new file: hold that one
+        _HELD_FILES[path] = _lock_file(path, _HELD_FILES.pop(path))
 
 
 def temporary_prefix(path):
-    return "." + os.path.basename(path) + "."
+    return "." + os.path.basename(os.path.realpath(path)) + "."
+
+
+def _kind_of(path, flag):
+    """None if nothing is at `path` (a dangling link counts as nothing), else 'file', 'folder' or 'other'."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as e:  # a symbolic-link loop, a path through a file, no permission
+        raise UserError(f"{flag} {path}: {e.strerror}") from None
+    return "file" if stat.S_ISREG(mode) else "folder" if stat.S_ISDIR(mode) else "other"
+
+
+def same_or_inside(path, other):
+    """Whether `path` is `other` (by inode: links count) or lies inside `other`, a folder."""
+    with suppress(OSError):
+        if os.path.samefile(path, other):
+            return True
+    real, outer = os.path.realpath(path), os.path.realpath(other)
+    return real == outer or (os.path.isdir(outer) and os.path.commonpath([real, outer]) == outer)
 
 
 @contextmanager
 def exclusive(path, flag):
     """Hold an exclusive claim on `path` for the block: a second run that asks for it is refused.
 
-    The claim is an OS lock on a hidden file beside `path`, which the OS
-    drops when the process ends however it ends (kill -9 too), so a crashed
-    run never blocks the next. Holding it, we may also clear temporary files
-    that a killed run left beside `path`: no one else is writing them.
+    The claim is an OS lock on a hidden file beside the path's target (so a
+    symbolic link names the same claim) and, where the OS allows it, on the
+    file itself (so a hard link does too). The OS drops both when the
+    process ends however it ends (kill -9 too), so a crashed run never
+    blocks the next. Holding it, we may also clear temporary files that a
+    killed run left beside `path`: no one else is writing them.
     """
-    lock_path = os.path.join(os.path.dirname(os.path.abspath(path)), "." + os.path.basename(path) + ".lock")
+    real = os.path.realpath(path)
+    lock_path = os.path.join(os.path.dirname(real), "." + os.path.basename(real) + ".lock")
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
     except OSError as e:
         raise UserError(f"cannot write beside {path} ({lock_path}: {e.strerror})") from None
+    in_use = UserError(f"{path} is in use by another run: wait for it to finish, or choose another {flag}")
     try:
         if fcntl:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -70,33 +109,127 @@ def exclusive(path, flag):
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
     except OSError:
         os.close(fd)
-        raise UserError(f"{path} is in use by another run: wait for it to finish, or choose another {flag}") from None
+        raise in_use from None
+    if real in _HELD_FILES or not _try_lock_file(real):
+        os.close(fd)
+        raise in_use
     try:
         yield
     finally:
+        held = _HELD_FILES.pop(real)
+        if held is not None:
+            os.close(held)
         os.close(fd)  # before the unlink: Windows cannot remove a file that is open
         with suppress(OSError):  # another run took it over in between, or it is gone
             os.unlink(lock_path)
 
 
+def _try_lock_file(real):
+    """Lock the regular file at `real` (if any) for `exclusive`; False if another process holds it."""
+    try:
+        _HELD_FILES[real] = _lock_file(real)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _lock_file(real, previous=None):
+    """A descriptor holding a lock on the regular file now at `real` (None where there is none to lock).
+
+    Windows is left out: there an open file cannot be replaced, and the lock
+    beside the file already covers symbolic links.
+    """
+    if previous is not None:
+        os.close(previous)
+    if fcntl is None or _kind_of(real, "") != "file":
+        return None
+    try:
+        fd = os.open(real, os.O_RDONLY)
+    except OSError:  # unreadable: the lock beside it still stands
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise BlockingIOError from None
+    return fd
+
+
 def remove_stale_temporaries(path):
     """Delete temporary files or folders a killed run left beside `path` (only while holding `exclusive`)."""
-    pattern = os.path.join(glob.escape(os.path.dirname(os.path.abspath(path))), glob.escape(temporary_prefix(path)))
+    real = os.path.realpath(path)
+    pattern = os.path.join(glob.escape(os.path.dirname(real)), glob.escape(temporary_prefix(real)))
     for stale in glob.glob(pattern + "*.tmp"):
         with suppress(OSError):  # gone already, or not ours to remove: it does no harm
-            if os.path.isdir(stale):
+            if os.path.isdir(stale) and not os.path.islink(stale):
                 shutil.rmtree(stale)
             else:
                 os.unlink(stale)
 
 
 def check_output_path(path, flag, inputs=()):
-    """UserError unless `path` can be written: its folder exists, it is no folder itself, and no input file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
+    """UserError unless `path` can be written as a file: named, in a folder that exists, absent or a
+    regular file, and neither one of the `inputs` (files or folders) nor inside one."""
+    if not path:
+        raise UserError(f"{flag} is empty: name a file to write")
+    kind = _kind_of(path, flag)
+    if kind == "folder":
         raise UserError(f"{flag} {path} is a folder: name a file")
+    if kind == "other":
+        raise UserError(f"{flag} {path} is not a regular file (a device, pipe or socket): name a file to write")
+    folder = os.path.dirname(os.path.realpath(path))
     if not os.path.isdir(folder):
         raise UserError(f"{flag} {path}: folder {folder} does not exist")
     for source in inputs:
-        if source and os.path.exists(source) and os.path.realpath(source) == os.path.realpath(path):
-            raise UserError(f"{flag} {path} is also an input of this run: writing it would destroy it")
+        if source and os.path.lexists(source) and same_or_inside(path, source):
+            raise UserError(f"{flag} {path} is also an input of this run ({source}): writing it would destroy it")
+
+
+def refuse_existing(path, flag, overwrite):
+    """UserError if a file is at `path` and the user did not pass --overwrite."""
+    if not overwrite and os.path.lexists(path):
+        raise UserError(f"{flag} {path} already exists: pass --overwrite to replace it, or name another file")
+
+
+def check_output_folder(path, flag, inputs=(), overwrite=False, ours=lambda folder: False):
+    """UserError unless `path` can become the folder we write: new, empty, or (with overwrite) one that
+    `ours` recognises as an earlier output of ours holding nothing else.
+
+    Never a symbolic link, the current folder or one holding it, or a folder
+    holding one of the `inputs`: replacing those would lose what they hold.
+    """
+    if not path:
+        raise UserError(f"{flag} is empty: name a folder to write")
+    if os.path.islink(path):
+        raise UserError(f"{flag} {path} is a symbolic link: name the folder itself")
+    kind = _kind_of(path, flag)
+    if kind not in (None, "folder"):
+        raise UserError(f"{flag} {path} is a file, not a folder: name a folder to write into")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UserError(f"{flag} {path}: folder {parent} does not exist")
+    if kind is None:
+        return
+    if same_or_inside(os.getcwd(), path):
+        raise UserError(f"{flag} {path} is the current folder or holds it: name a new folder")
+    for source in inputs:
+        if source and os.path.lexists(source) and same_or_inside(source, path):
+            raise UserError(f"{flag} {path} holds an input of this run ({source}): name another folder")
+    if os.listdir(path) and not overwrite:
+        raise UserError(f"{flag} {path} already exists and is not empty: pass --overwrite to replace it")
+    if os.listdir(path) and not ours(path):
+        raise UserError(f"{flag} {path} holds files b_lm did not write there: --overwrite replaces only an "
+                        f"earlier export of b_lm; move them, or name another folder")
+
+
+def swap_in_folder(new, path):
+    """Put the folder `new` at `path`, then delete what was there: a crash never leaves `path` half-written."""
+    old = None
+    if os.path.isdir(path):
+        old = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(path)), prefix=temporary_prefix(path),
+                               suffix=".tmp")
+        os.rmdir(old)  # a fresh name for the old folder (Windows renames nothing onto a folder)
+        os.rename(path, old)
+    os.replace(new, path)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)

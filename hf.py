@@ -43,6 +43,10 @@ SUPPORTED = ("GPT-2 (GPT2LMHeadModel), and Llama (LlamaForCausalLM) or StableLM 
 # Our parameter names and GPT-2's, per block; True where GPT-2's Conv1D holds the transpose.
 BLOCK_PARTS = [("ln_1", "ln_1", False), ("attn.qkv", "attn.c_attn", True), ("attn.proj", "attn.c_proj", True),
                ("ln_2", "ln_2", False), ("mlp.fc", "mlp.c_fc", True), ("mlp.proj", "mlp.c_proj", True)]
+# What to_hf writes, and the mark in its config.json that says b_lm wrote the folder.
+EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                "tokenizer_config.json")
+EXPORTED_BY = "b_lm convert.py to-hf"
 ACTIVATIONS = {"gelu": "exact", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -93,14 +97,18 @@ def to_hf(checkpoint, tokenizer, out_dir):
                         f"{c.norm}, mlp {c.mlp}): to-hf writes learned/layer/gelu (GPT-2), rope/layer/swiglu "
                         f"(StableLM) or rope/rms/swiglu (Llama)")
     config.update(vocab_size=c.vocab_size, tie_word_embeddings=c.tie_embeddings, bos_token_id=specials[ENDOFTEXT],
-                  eos_token_id=specials[eos], initializer_range=0.02, use_cache=True, dtype="float32")
+                  eos_token_id=specials[eos], initializer_range=0.02, use_cache=True, dtype="float32",
+                  exported_by=EXPORTED_BY)
     os.makedirs(out_dir, exist_ok=True)
     _write_json(os.path.join(out_dir, "config.json"), config)
     _write_json(os.path.join(out_dir, "generation_config.json"),
                 {"bos_token_id": specials[ENDOFTEXT], "eos_token_id": specials[eos],
                  "pad_token_id": specials[ENDOFTEXT]})
-    save_file(weights, os.path.join(out_dir, "model.safetensors"),
-              metadata={"format": "pt"})
+    weights_path = os.path.join(out_dir, "model.safetensors")
+    try:
+        save_file(weights, weights_path, metadata={"format": "pt"})
+    except Exception as e:  # safetensors reports a full disk as its own error type, not OSError
+        raise UserError(f"cannot write {weights_path}: {str(e).strip()[:160] or type(e).__name__}") from None
     _write_json(os.path.join(out_dir, "tokenizer.json"), tokenizer_json(tokenizer))
     tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": c.block_size,
                         "bos_token": ENDOFTEXT, "eos_token": eos, "pad_token": ENDOFTEXT,
@@ -108,6 +116,19 @@ def to_hf(checkpoint, tokenizer, out_dir):
     if chat:
         tokenizer_config["chat_template"] = CHAT_TEMPLATE
     _write_json(os.path.join(out_dir, "tokenizer_config.json"), tokenizer_config)
+
+
+def is_b_lm_export(folder):
+    """Whether `folder` holds an export of to_hf and nothing else: the only kind of folder --overwrite replaces."""
+    names = os.listdir(folder)
+    if not set(names) <= set(EXPORT_FILES) or "config.json" not in names:
+        return False
+    if any(os.path.islink(os.path.join(folder, n)) or not os.path.isfile(os.path.join(folder, n)) for n in names):
+        return False
+    try:
+        return _read_json(os.path.join(folder, "config.json"), "").get("exported_by") == EXPORTED_BY
+    except UserError:
+        return False
 
 
 def gpt2_config(c):

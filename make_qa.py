@@ -39,7 +39,8 @@ def main(argv=None):
                    help="instead of building, validate an existing qa.jsonl: one line per problem, "
                         "exit 2 if there are any")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace --out even if it is not a Q&A file (one that is, such as qa.jsonl, is rebuilt)")
+                   help="replace --out if it exists and holds anything other than the dataset the facts make "
+                        "(a file that holds exactly that is left as it is)")
     p.add_argument("--corpus", default=DEFAULT_CORPUS,
                    help="the text the evidence is quoted from (default: data.txt beside this script)")
     args = p.parse_args(argv)

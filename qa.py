@@ -29,7 +29,7 @@ import os
 import re
 
 from errors import UserError
-from files import atomic_write, check_output_path
+from files import atomic_write, check_output_path, refuse_existing
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_FACTS = os.path.join(HERE, "qa_facts.jsonl")
@@ -188,23 +188,30 @@ def to_jsonl(records):
 def build(out=DEFAULT_OUT, facts=DEFAULT_FACTS, corpus=DEFAULT_CORPUS, overwrite=False):
     """Check the facts file against the corpus and write its records to `out`; returns the records.
 
-    Writes nothing unless every check passes. An existing `out` is replaced
-    only if it is a Q&A file already (a rebuild), or with overwrite."""
+    Writes nothing unless every check passes. An existing `out` that already
+    holds exactly these records is left as it is; one that holds anything
+    else is replaced only with overwrite."""
     check_output_path(out, "--out", [facts, corpus])
-    if os.path.isfile(out) and not overwrite:
-        try:
-            load_qa(out)
-        except UserError:
-            raise UserError(f"--out {out} exists and is not a Q&A file: pass --overwrite to replace it, "
-                            f"or choose another path") from None
     fact_list = load_facts(facts)
     problems = check_facts(fact_list, read_corpus(corpus))
     if problems:
         raise UserError(problem_report(facts, problems))
     records = build_records(fact_list)
+    text = to_jsonl(records)
+    if os.path.isfile(out) and _read_bytes(out) == text.encode("utf-8"):
+        return records
+    refuse_existing(out, "--out", overwrite)
     with atomic_write(out, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(to_jsonl(records))
+        fh.write(text)
     return records
+
+
+def _read_bytes(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
 
 
 # ---- the built dataset ----------------------------------------------------------

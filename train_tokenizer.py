@@ -10,7 +10,7 @@ import time
 
 import bpe
 from errors import ArgumentParser, UserError, run_main
-from files import check_output_path
+from files import check_output_path, refuse_existing
 
 
 def parse_args(argv=None):
@@ -23,8 +23,8 @@ def parse_args(argv=None):
                         f"{bpe.N_SPECIAL} special tokens: it learns vocab-size - "
                         f"{256 + bpe.N_SPECIAL} merges (default: 4096)")
     p.add_argument("--out", default="tokenizer.json",
-                   help="where to write the tokenizer, as JSON; an existing file is replaced "
-                        "atomically (default: tokenizer.json)")
+                   help="where to write the tokenizer, as JSON (default: tokenizer.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--pattern", default=bpe.GPT4_PATTERN,
                    help="regex (Python 'regex' package syntax) that splits text into the "
                         "chunks that merges never cross (default: GPT-4's, bpe.GPT4_PATTERN)")
@@ -54,6 +54,7 @@ def main(argv=None):
     if not 0 < args.block_mb <= 1024:
         raise UserError(f"--block-mb must be in (0, 1024], got {args.block_mb}")
     check_output_path(args.out, "--out", [args.data])
+    refuse_existing(args.out, "--out", args.overwrite)
     bpe.compile_pattern(args.pattern)
     t0 = time.perf_counter()
     counts = bpe.count_file_chunks(args.data, args.pattern, max(1, int(args.block_mb * 2**20)),

@@ -11,6 +11,7 @@ raises a flag, the step in flight finishes, and then the checkpoint is saved.
 So --resume continues exactly where the run stopped, wherever the signal came.
 """
 import contextlib
+import itertools
 import math
 import os
 import signal
@@ -28,7 +29,7 @@ from device import (DEVICE_CHOICES, DTYPE_CHOICES, autocast, autocast_dtype, che
                     flush_denormals, maybe_compile)
 from distributed import init_processes, is_main_process, mean_across, replicas_identical, shutdown
 from errors import UserError
-from files import check_output_path, exclusive, remove_stale_temporaries
+from files import check_output_path, exclusive, remove_stale_temporaries, same_or_inside
 from optimizers import OPTIMIZER_NAMES, build_optimizer, lr_multiplier, set_lr_multiplier
 from plots import plot_history, write_metrics
 from timing import mfu, model_flops_per_token, peak_flops
@@ -137,20 +138,21 @@ def claimed_outputs(args, inputs):
     the same --ckpt is refused while this one holds it.
     """
     outputs = {"--ckpt": args.ckpt, "--metrics": args.metrics, "--plot": args.plot}
-    named = {flag: path for flag, path in outputs.items() if path}
+    named = {flag: path for flag, path in outputs.items() if path or flag == "--ckpt"}  # '' skips the others
     for flag, path in named.items():
         check_output_path(path, flag, inputs)
-    if len(set(map(os.path.realpath, named.values()))) < len(named):
+    if any(same_or_inside(a, b) for a, b in itertools.combinations(named.values(), 2)):
         raise UserError("--ckpt, --metrics and --plot must be three different files")
     if not is_main_process():  # under torchrun, rank 0 holds the files for everyone
         yield
         return
-    with exclusive(args.ckpt, "--ckpt"):
-        for path in named.values():
+    with contextlib.ExitStack() as held:
+        for flag, path in named.items():
+            held.enter_context(exclusive(path, flag))
             remove_stale_temporaries(path)
         if not (args.resume or args.overwrite):
             for flag, path in named.items():
-                if os.path.exists(path):
+                if os.path.lexists(path):
                     raise UserError(f"{path} ({flag}) already exists: pass --resume to continue that run, "
                                     f"--overwrite to replace it, or {flag} to write another file")
         yield
