@@ -10,6 +10,11 @@ generation_config.json, which `AutoModelForCausalLM.from_pretrained` and
 that generate.py, the REPL, sft.py and `train.py --init-from` use like their
 own. See hf.py for how weights and tokenizers map.
 """
+
+from errors import stop_cleanly
+
+stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load is one line too
+
 import os
 import shutil
 import tempfile

@@ -13,26 +13,63 @@ class UserError(Exception):
     """
 
 
+def stop_cleanly(module_name):
+    """When the module is run as a script: from here on, Ctrl-C and SIGTERM end it with one line and status
+    130, never a traceback.
+
+    Each script calls it first, before its slow imports (torch takes a
+    second to load). Until run_main starts the work, a stop ends the process
+    at once: an exception raised while modules load can land where Python
+    only reports it and carries on. Imported (by a test), a script leaves
+    the signals alone.
+    """
+    if module_name != "__main__":
+        return
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, _exit_interrupted)
+
+
+def _exit_interrupted(signum, frame):
+    print("\ninterrupted", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
 def run_main(main, argv=None):
     """Call main(argv); turn a UserError into 'error: ...' on stderr and exit 2.
 
     A stop from outside, Ctrl-C or a SIGTERM (from kill, a job scheduler's
     time limit, or torchrun stopping its workers), arrives as a
     KeyboardInterrupt: scripts with work to save catch it and save; in the
-    rest it ends the run with one line and status 130, not a traceback.
+    rest it ends the run with one line and status 130, not a traceback. With argv None, main is
+    this process's command line; once it has finished, a late stop is
+    ignored: Python would otherwise restore the signals' default while it
+    shuts down, and the finished run would end killed, with no message.
     """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     stdout, sys.stdout = sys.stdout, StdoutUntilClosed(sys.stdout)
     try:
         return main(argv)
     except UserError as e:
+        _close_progress_bars()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
     finally:
         sys.stdout = stdout
+        if argv is None:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(s, signal.SIG_IGN)
+
+
+def _close_progress_bars():
+    """End any progress bar still drawn on stderr, so that the message starts a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
 
 
 class StdoutUntilClosed:

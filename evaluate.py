@@ -18,6 +18,11 @@ Three groups of numbers, printed as a table and written to --report as JSON:
            corpus. Passages of the corpus of the same lengths are scored the
            same way, for reference.
 """
+
+from errors import stop_cleanly
+
+stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load is one line too
+
 import json
 import math
 import time

@@ -167,6 +167,22 @@ def remove_stale_temporaries(path):
                 os.unlink(stale)
 
 
+def check_input_file(path, what):
+    """UserError unless `path` is a regular file to read, saying what it is instead: missing, a broken or
+    looping link, a folder, or a device, pipe or socket (reading a pipe would wait forever)."""
+    if not path:
+        raise UserError(f"{what} is empty: name a file")
+    kind = _kind_of(path, what)
+    if kind is None and os.path.islink(path):
+        raise UserError(f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not exist")
+    if kind is None:
+        raise UserError(f"{what} {path} not found")
+    if kind == "folder":
+        raise UserError(f"{what} {path} is a folder: name a file")
+    if kind == "other":
+        raise UserError(f"{what} {path} is not a regular file (a device, pipe or socket): name a file")
+
+
 def check_output_path(path, flag, inputs=()):
     """UserError unless `path` can be written as a file: named, in a folder that exists, absent or a
     regular file, and neither one of the `inputs` (files or folders) nor inside one."""

@@ -3,6 +3,11 @@
     python generate.py --ckpt checkpoint.pth --start "Sing, " --length 300 --temp 0.8
     python generate.py --ckpt chat.pth --chat "Who is the father of Achilles?"
 """
+
+from errors import stop_cleanly
+
+stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load is one line too
+
 import sys
 
 from chat import answer_room, answer_settings, build_prompt, require_chat, trim_notice

@@ -11,6 +11,11 @@ the model sees the conversation so far, oldest turns dropped first when it
 outgrows the model's context. /reset forgets the conversation, /help lists the
 commands. quit, exit, q, :q, Ctrl-D or Ctrl-C end either session.
 """
+
+from errors import stop_cleanly
+
+stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load is one line too
+
 import sys
 
 from chat import answer_room, answer_settings, build_prompt, require_chat, trim_notice

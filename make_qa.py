@@ -22,6 +22,11 @@ evidence or answer does not check out.
 Categories: parentage, kills (and wounds), places, catalogue (ship counts),
 gods, objects, people, games (the funeral games), books (what each book holds).
 """
+
+from errors import stop_cleanly
+
+stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load is one line too
+
 from errors import ArgumentParser, UserError, run_main
 from qa import (DEFAULT_CORPUS, DEFAULT_FACTS, DEFAULT_OUT, build, load_qa, problem_report, read_corpus, summary,
                 validate_qa)

@@ -16,6 +16,11 @@ It clones nothing: give it a checkout of github.com/karpathy/nanoGPT.
    nanoGPT from its best checkpoint (it saves when its val loss improves).
 Run it with nothing else busy: both runs are timed.
 """
+
+from errors import stop_cleanly
+
+stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load is one line too
+
 import importlib.util
 import os
 import pickle
@@ -33,6 +38,7 @@ import torch.nn.functional as F
 
 from checkpoint import load_model
 from errors import ArgumentParser, UserError, run_main
+from files import check_input_file
 
 WEEK = 7 * 24 * 3600  # --ours-seconds beyond this is a typo: nanoGPT would train for it
 
@@ -54,8 +60,7 @@ def parse_args(argv=None):
     for name in ("train.py", "model.py", "config/train_shakespeare_char.py"):
         if not os.path.isfile(os.path.join(args.nanogpt, name)):
             raise UserError(f"{args.nanogpt} is not a nanoGPT checkout: it has no {name}")
-    if not os.path.isfile(args.data):
-        raise UserError(f"data file {args.data} not found")
+    check_input_file(args.data, "data file")
     if (args.ours is None) != (args.ours_seconds is None):
         raise UserError("--ours and --ours-seconds go together")
     if args.ours_seconds is not None and not 0 < args.ours_seconds <= WEEK:
@@ -66,9 +71,8 @@ def parse_args(argv=None):
     # folder that holds anything else (a nanoGPT checkout's own out/ would be lost).
     if args.work is not None and os.path.isdir(args.work) and os.listdir(args.work):
         raise UserError(f"--work {args.work} is not empty: name a new or empty folder for the runs' files")
-    if args.ours is not None and not os.path.isfile(args.ours):
-        raise UserError(f"checkpoint {args.ours} is a folder, not a file" if os.path.isdir(args.ours)
-                        else f"checkpoint {args.ours} not found")
+    if args.ours is not None:
+        check_input_file(args.ours, "checkpoint")
     return args
 
 

@@ -22,7 +22,7 @@ import secrets
 import threading
 import time
 import uuid
-from typing import List, Literal, Optional, Union
+from typing import Dict, List, Literal, Optional, Union
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -58,8 +58,21 @@ def error_response(status, message, param=None, code=None):
 
 # The request bodies. Fields OpenAI has but b_lm does not use are accepted
 # (clients send them with their defaults) and checked for type; a field
-# OpenAI does not have is refused, as OpenAI refuses it.
-class Params(BaseModel):
+# OpenAI does not have is refused, as OpenAI refuses it. Types are strict,
+# as OpenAI's are: "5", true and 5.0 are no integers, "1" and true are no
+# numbers, "yes" and 0 are no booleans, 5 is no string; an integer is a
+# number, as in JSON.
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+
+class StreamOptions(Strict):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: Optional[bool] = None
+    include_obfuscation: Optional[bool] = None
+
+
+class Params(Strict):
     model_config = ConfigDict(extra="forbid")
     model: Optional[str] = None
     max_tokens: Optional[int] = Field(None, ge=0, le=MAX_TOKENS_LIMIT)
@@ -68,22 +81,26 @@ class Params(BaseModel):
     seed: Optional[int] = Field(None, ge=0, lt=2 ** 63)
     stop: Union[str, List[str], None] = Field(None)
     stream: Optional[bool] = False
-    stream_options: Optional[dict] = None
+    stream_options: Optional[StreamOptions] = None
     n: int = Field(1, ge=1, le=1)
     user: Optional[str] = None
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
-    logit_bias: Optional[dict] = None
+    logit_bias: Optional[Dict[str, int]] = None
 
 
-class ContentPart(BaseModel):
+# Messages and their parts ignore keys they do not know: a client that sends
+# back the assistant's message as it got it also sends its refusal, tool
+# calls and the like.
+class ContentPart(Strict):
     type: Literal["text"]
     text: str
 
 
-class Message(BaseModel):
+class Message(Strict):
     role: Literal["system", "developer", "user", "assistant"]
     content: Union[str, List[ContentPart]]
+    name: Optional[str] = None
 
     def text(self):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
@@ -97,6 +114,25 @@ class ChatParams(Params):
 class CompletionParams(Params):
     prompt: Union[str, List[str]]
     echo: bool = False
+
+
+FIELDS = {name for body in (ChatParams, CompletionParams, StreamOptions, Message, ContentPart)
+          for name in body.model_fields}
+
+
+def param_path(loc):
+    """The parameter a validation error's location names, as OpenAI writes it.
+
+    ('body', 'messages', 0, 'content', 'list[ContentPart]', 1, 'text') -> 'messages[0].content[1].text':
+    the union's branch labels are no parameters.
+    """
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in FIELDS:
+            path += f".{part}" if path else part
+    return path
 
 
 def conversation(messages):
@@ -303,13 +339,19 @@ def create_app(generator, tokenizer, model_id, context_length, chat_model, api_k
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request, e):
-        first = e.errors()[0]
-        if first.get("type") == "json_invalid":
+        errors = e.errors()
+        if errors[0].get("type") == "json_invalid":
             return error_response(400, "the request body is not valid JSON")
-        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-        if first.get("type") == "extra_forbidden":
+        unknown = [x for x in errors if x.get("type") == "extra_forbidden"]
+        if unknown:
+            loc = unknown[0]["loc"]
+            where = ".".join(filter(None, [param_path(loc[:-1]), str(loc[-1])]))
             return error_response(400, f"unrecognized request argument: {where}", where)
-        return error_response(400, f"{where}: {first.get('msg')}", where or None)
+        # A value no branch of a union takes fails in each: name the deepest place, and what each wanted there
+        paths = [param_path(x.get("loc", ())) for x in errors]
+        where = max(paths, key=len)
+        wanted = dict.fromkeys(x.get("msg") for x, path in zip(errors, paths) if path == where)
+        return error_response(400, f"{where or 'the request body'}: {' or '.join(wanted)}", where or None)
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
@@ -376,7 +418,7 @@ def create_app(generator, tokenizer, model_id, context_length, chat_model, api_k
             return {**head, "object": "chat.completion" if chat else "text_completion", "choices": [choice],
                     "usage": completion.usage()}
         kind = "chat.completion.chunk" if chat else "text_completion"
-        include_usage = bool((params.stream_options or {}).get("include_usage"))
+        include_usage = bool(params.stream_options and params.stream_options.include_usage)
 
         def chunk(text=None, finish_reason=None, role=None):
             if chat:

@@ -4,11 +4,16 @@
 
 draws val loss against wall time for several runs, one line per run.
 """
+
+from errors import stop_cleanly
+
+stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load is one line too
+
 import csv
 import math
 
 from errors import ArgumentParser, UserError, run_main
-from files import atomic_write
+from files import atomic_write, check_input_file
 
 
 def write_metrics(path, rows):
@@ -31,6 +36,7 @@ def write_metrics(path, rows):
 
 def read_metrics(path):
     """The rows of a metrics CSV, as dicts of strings."""
+    check_input_file(path, "metrics CSV")
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))

@@ -9,6 +9,11 @@ From Python, the official client works unchanged:
     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="secret")
     client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Who is Hector?"}])
 """
+
+from errors import stop_cleanly
+
+stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load is one line too
+
 import ipaddress
 import os
 import socket

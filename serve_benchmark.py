@@ -12,6 +12,11 @@ which is mostly decoding. Tokens are the server's own usage counts; time to firs
 runs from sending the request to the first text arriving. Run it with
 nothing else busy: the clients share the machine with the server.
 """
+
+from errors import stop_cleanly
+
+stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load is one line too
+
 import http.client
 import json
 import os
@@ -23,6 +28,7 @@ import threading
 import time
 
 from errors import ArgumentParser, UserError, run_main
+from files import check_input_file
 from openai_api import MAX_TOKENS_LIMIT
 from qa import load_qa
 
@@ -48,8 +54,8 @@ def parse_args(argv=None):
         raise UserError(f"--max-tokens must be in [1, {MAX_TOKENS_LIMIT}], got {args.max_tokens}")
     if not 0 < args.seconds < 1e6:
         raise UserError(f"--seconds must be in (0, 1e6), got {args.seconds}")
-    if not os.path.isfile(args.ckpt):
-        raise UserError(f"checkpoint {args.ckpt} not found")
+    check_input_file(args.ckpt, "checkpoint")
+    check_input_file(args.qa, "--qa")
     return args
 
 

@@ -45,6 +45,10 @@ a smaller --pretrain-mix or more weight decay gained about a point of exact
 match for much worse prose.
 """
 
+from errors import stop_cleanly
+
+stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load is one line too
+
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint, training_data
@@ -53,11 +57,12 @@ from errors import ArgumentParser, UserError, run_main
 from files import check_output_path
 from qa import load_qa
 from tasks import ChatRows, ChatTask
-from trainer import (Run, add_training_flags, check_training_args, claimed_outputs, resumed_run, train,
+from trainer import (Run, add_training_flags, check_training_args, claimed_outputs, given_flags, resumed_run, train,
                      training_processes)
 
-# What a resumed run takes from the checkpoint rather than from the command line.
-RESUMED_FLAGS = ("init_from", "qa", "data", "pretrain_mix", "shuffle_words", "optimizer", "lr", "muon_lr",
+# What a resumed run takes from the checkpoint and may not change: its data, and the optimizer
+# whose saved state fits only itself.
+FIXED_ON_RESUME = ("init_from", "qa", "data", "pretrain_mix", "shuffle_words", "optimizer", "lr", "muon_lr",
                  "weight_decay", "muon_weight_decay", "beta2")
 
 
@@ -79,6 +84,12 @@ def parse_args(argv=None):
     add_training_flags(p, ckpt="chat.pth", max_iters=3000, batch_size=16, optimizer="adamw", lr=1e-2, warmup_iters=50,
                        eval_interval=500, eval_tokens=16384, final_eval_tokens=0)
     args = p.parse_args(argv)
+    args.given = given_flags(p, argv, args)
+    check_args(args)
+    return args
+
+
+def check_args(args):
     check_training_args(args)
     if not 0 <= args.pretrain_mix < 1:
         raise UserError(f"--pretrain-mix must be in [0, 1), got {args.pretrain_mix}")
@@ -87,7 +98,6 @@ def parse_args(argv=None):
     if round(args.batch_size * args.pretrain_mix) >= args.batch_size:
         raise UserError(f"--batch-size {args.batch_size} with --pretrain-mix {args.pretrain_mix} leaves no "
                         f"chat rows: lower the mix or raise the batch size")
-    return args
 
 
 def main(argv=None):
@@ -97,7 +107,9 @@ def main(argv=None):
 
 
 def fine_tune(args):
-    resumed = resumed_run(args, RESUMED_FLAGS)
+    resumed = resumed_run(args, FIXED_ON_RESUME)
+    if resumed:
+        check_args(args)
     base = resumed or load_checkpoint(args.init_from)
     records = load_qa(args.qa, "train")
     if not records:

@@ -6,6 +6,11 @@
 Run by hand; needs the dev requirements (tokenizers, tiktoken). Times are the
 best of --repeat runs, since other work on the machine only ever adds time.
 """
+
+from errors import stop_cleanly
+
+stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load is one line too
+
 import os
 import subprocess
 import sys

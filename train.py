@@ -9,6 +9,11 @@ The last --val-fraction of the token stream is held out for validation. Every
 per character (comparable across tokenizers), and save checkpoint.pth. The
 loop itself is trainer.py's, shared with sft.py.
 """
+
+from errors import stop_cleanly
+
+stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load is one line too
+
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
@@ -17,14 +22,14 @@ from device import attention_for, check_fits_in_memory
 from errors import ArgumentParser, UserError, run_main
 from tasks import TextTask
 from tokenizer_io import load_tokenizer
-from trainer import (Run, add_training_flags, check_training_args, claimed_outputs, resumed_run, train,
+from trainer import (Run, add_training_flags, check_training_args, claimed_outputs, given_flags, resumed_run, train,
                      training_processes)
-from transformer import DEFAULT_PARTS, GPT2_PARTS, MLP_KINDS, MODELS, NORM_KINDS, POSITION_KINDS, build_model, \
-    count_parameters, estimate_parameters, rope_table_floats
+from transformer import (DEFAULT_PARTS, GPT2_PARTS, MAX_LAYERS, MLP_KINDS, MODELS, NORM_KINDS, POSITION_KINDS,
+                         build_model, count_parameters, estimate_parameters, rope_table_floats)
 
-# Flags that define the model and its data, and the optimizer whose saved state
-# only fits itself: a resumed run takes them from the checkpoint.
-RESUMED_FLAGS = ("model", "n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "attention", "positions",
+# Flags that define the model and the optimizer whose saved state only fits
+# itself: a resumed run takes them from the checkpoint, and may not change them.
+FIXED_ON_RESUME = ("model", "n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "attention", "positions",
                  "norm", "mlp", "rnn_cell",
                  "optimizer", "lr", "muon_lr", "weight_decay", "muon_weight_decay", "beta2", "val_fraction")
 
@@ -40,7 +45,7 @@ def parse_args(argv=None):
       help="start from this checkpoint's weights, tokenizer and shape (b_lm's own, or one convert.py imported) "
            "and train it on --data with a fresh optimizer and schedule (default: a new model)")
     a("--model", default="transformer", choices=list(MODELS), help="architecture (default: %(default)s)")
-    a("--n-layer", type=int, default=4, help="layers, >= 1 (default: %(default)s)")
+    a("--n-layer", type=int, default=4, help=f"layers, 1 to {MAX_LAYERS} (default: %(default)s)")
     a("--n-head", type=int, default=4, help="attention heads, >= 1, dividing --n-embd (default: %(default)s)")
     a("--n-embd", type=int, default=128, help="embedding width; RNN hidden size, >= 1 (default: %(default)s)")
     a("--block-size", type=int, default=128, help="context length in tokens, >= 1 (default: %(default)s)")
@@ -61,6 +66,7 @@ def parse_args(argv=None):
       help="last fraction of the tokens held out, in (0, 1) (default: %(default)s)")
     add_training_flags(p, muon_lr=0.06, min_lr_ratio=0.0, muon_weight_decay=0.1)
     args = p.parse_args(argv)
+    args.given = given_flags(p, argv, args)
     check_args(args)
     return args
 
@@ -70,6 +76,8 @@ def check_args(args):
     for name in ("n_layer", "n_head", "n_embd", "block_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.n_layer > MAX_LAYERS:
+        raise UserError(f"--n-layer must be at most {MAX_LAYERS}, got {args.n_layer}")
     if not 0 < args.val_fraction < 1:
         raise UserError(f"--val-fraction must be in (0, 1): without validation text there is no val loss, "
                         f"got {args.val_fraction}")
@@ -122,7 +130,8 @@ def pretrain(args):
             setattr(args, name, checkpoint["model_config"].get(name, GPT2_PARTS.get(name, getattr(args, name))))
         args.model = checkpoint["model_type"]
     elif args.resume:
-        checkpoint = resumed_run(args, RESUMED_FLAGS)
+        checkpoint = resumed_run(args, FIXED_ON_RESUME, own=("init_from", "tokenizer"))
+        check_args(args)
         check_resumed_tokenizer(args, checkpoint)
     with training_processes(args.device) as (procs, device):
         if checkpoint:

@@ -6,6 +6,11 @@ The file is read in blocks, so a corpus larger than memory works: memory grows
 with the number of distinct regex chunks (roughly, distinct words), not with
 the size of the file.
 """
+
+from errors import stop_cleanly
+
+stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load is one line too
+
 import time
 
 import bpe

@@ -10,6 +10,7 @@ A stop from Ctrl-C or SIGTERM always lands between two steps: the signal only
 raises a flag, the step in flight finishes, and then the checkpoint is saved.
 So --resume continues exactly where the run stopped, wherever the signal came.
 """
+import argparse
 import contextlib
 import itertools
 import math
@@ -40,6 +41,8 @@ SCORE_LABELS = {"qa_loss": ("answer loss on the train questions", 4), "val_loss"
                 "val_ppl": ("val ppl", 3), "val_bpc": ("val bits/char", 4)}
 
 
+# Flags that name this invocation's files and device rather than the run: --resume keeps them as given.
+NOT_RESUMED = ("ckpt", "resume", "overwrite", "metrics", "plot", "device", "given")
 # What a run saved before these flags existed was trained with: their defaults have changed since.
 EARLIER_DEFAULTS = dict(positions="learned", norm="layer", mlp="gelu", muon_weight_decay=0.0, shuffle_words=0.0)
 
@@ -89,7 +92,9 @@ def add_training_flags(parser, **defaults):
            "(default: %(default)s)")
     a("--compile", action="store_true", help="torch.compile the model where that works")
     a("--ckpt", "--checkpoint", dest="ckpt", default=d["ckpt"], help="checkpoint file (default: %(default)s)")
-    a("--resume", action="store_true", help="continue the run saved in --ckpt, exactly where it stopped")
+    a("--resume", action="store_true",
+      help="finish the run saved in --ckpt exactly as it would have gone on: its flags come from the checkpoint; "
+           "flags you give override them (e.g. a larger --max-iters trains it further)")
     a("--overwrite", action="store_true", help="start afresh even though --ckpt (or --metrics, --plot) exists")
     a("--metrics", default=None,
       help="CSV of the train loss and evaluations; '' skips it (default: --ckpt's name with .csv, checkpoint.csv)")
@@ -158,15 +163,44 @@ def claimed_outputs(args, inputs):
         yield
 
 
-def resumed_run(args, flags):
-    """The checkpoint --resume continues (None for a fresh run), with `flags` taken from the run it holds."""
+def given_flags(parser, argv, args):
+    """The names of the flags the command line gave; every other name in args holds its default."""
+    unset = object()
+    seen = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
+    return sorted(name for name, value in vars(seen).items() if value is not unset)
+
+
+def resumed_run(args, fixed, own=()):
+    """The checkpoint --resume continues (None for a fresh run), with args set to the run it holds.
+
+    A bare --resume finishes exactly the run that was interrupted: every flag
+    comes from the checkpoint but those that name this invocation's files and
+    device (NOT_RESUMED, and the script's `own`). A flag given on the command
+    line overrides the saved one (a longer --max-iters, another schedule),
+    except the `fixed` flags, whose values the saved weights and optimizer
+    state fit: those may be given only as they were.
+    """
     if not args.resume:
         return None
     checkpoint = load_checkpoint(args.ckpt)
     recorded = checkpoint.get("train_args") or {}
-    for name in flags:
-        setattr(args, name, recorded.get(name, EARLIER_DEFAULTS.get(name, getattr(args, name))))
+    for name, value in vars(args).items():
+        if name in NOT_RESUMED or name in own:
+            continue
+        saved = recorded.get(name, EARLIER_DEFAULTS.get(name, value))
+        if value is not None and saved is not None and _kind(saved) != _kind(value):
+            raise UserError(f"{args.ckpt} is damaged: its --{name.replace('_', '-')} is {saved!r}")
+        if name not in args.given:
+            setattr(args, name, saved)
+        elif name in fixed and value != saved:
+            raise UserError(f"--{name.replace('_', '-')} {value} cannot change when resuming: {args.ckpt} was "
+                            f"trained with {saved}, and its weights and optimizer state fit only that")
     return checkpoint
+
+
+def _kind(value):
+    """A flag value's type, with int and float as one: a number."""
+    return "number" if type(value) in (int, float) else type(value)
 
 
 @contextlib.contextmanager
@@ -426,4 +460,7 @@ class Loop:
         print(f"saved {', '.join(p for p in (args.ckpt, args.metrics, args.plot) if p)}")
         print(f"final: step={progress.step} " + " ".join(f"{k}={v:.{SCORE_LABELS[k][1]}f}" for k, v in scores.items())
               + f" elapsed_s={self.elapsed():.1f}")
+        if stop.requested:  # it came during the final evaluation: the run is complete, and saved
+            print("\ninterrupted after the last step: the run is complete and saved", file=sys.stderr)
+            sys.exit(130)
         return {"step": progress.step, **scores, "elapsed_s": self.elapsed()}

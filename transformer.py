@@ -18,6 +18,8 @@ GELU_KINDS = ("exact", "tanh")
 POSITION_KINDS = ("learned", "rope")
 NORM_KINDS = ("layer", "rms")
 MLP_KINDS = ("gelu", "swiglu")
+# Deeper than any model b_lm can train well, and a million layers would take minutes just to build.
+MAX_LAYERS = 1000
 # GPT-2's parts are every config's defaults, so checkpoints saved before the
 # other parts existed load as they were. train.py builds them too: rotary
 # positions lower the val loss, but chat models tuned from them answer

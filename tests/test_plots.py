@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 import plots
@@ -20,4 +22,7 @@ def test_bad_inputs(tmp_path, cli, monkeypatch):
         read_metrics(str(tmp_path / "bad.csv"))
     monkeypatch.chdir(tmp_path)
     assert_clean_error(cli(plots, "no-label.csv"), "LABEL=METRICS.csv")
-    assert_clean_error(cli(plots, "a=missing.csv"), "cannot read")
+    assert_clean_error(cli(plots, "a=missing.csv"), "missing.csv not found")
+    os.mkfifo(tmp_path / "pipe.csv")  # reading it would wait forever for a writer
+    assert_clean_error(cli(plots, "a=pipe.csv"), "not a regular file")
+    assert_clean_error(cli(plots, "a=."), "is a folder")

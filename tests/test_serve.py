@@ -251,6 +251,119 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(chat_url, n
     assert ask(chat_url, "Who is Hector?", max_tokens=3).usage.completion_tokens == 3
 
 
+# Every field of both request bodies, nested ones included, in a body that is valid as it stands:
+# (path to the field, the param an error names, its JSON type, whether null is allowed).
+FULL_CHAT = {"model": "chat", "messages": [{"role": "user", "name": "Ann",
+                                            "content": [{"type": "text", "text": "Who is Hector?"}]}],
+             "max_tokens": 1, "max_completion_tokens": 1, "temperature": 0, "top_p": 1, "seed": 1, "stop": ["zz"],
+             "stream": False, "stream_options": {"include_usage": False, "include_obfuscation": False}, "n": 1,
+             "user": "u", "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {"5": 1}}
+FULL_COMPLETION = {**{k: v for k, v in FULL_CHAT.items() if k not in ("messages", "max_completion_tokens")},
+                   "prompt": ["Sing, O goddess"], "echo": False}
+COMMON_FIELDS = [
+    (("model",), "model", "string", True),
+    (("max_tokens",), "max_tokens", "integer", True),
+    (("temperature",), "temperature", "number", True),
+    (("top_p",), "top_p", "number", True),
+    (("seed",), "seed", "integer", True),
+    (("stop",), "stop", "string or list", True),
+    (("stop", 0), "stop[0]", "string", False),
+    (("stream",), "stream", "boolean", True),
+    (("stream_options",), "stream_options", "object", True),
+    (("stream_options", "include_usage"), "stream_options.include_usage", "boolean", True),
+    (("stream_options", "include_obfuscation"), "stream_options.include_obfuscation", "boolean", True),
+    (("n",), "n", "integer", False),
+    (("user",), "user", "string", True),
+    (("presence_penalty",), "presence_penalty", "number", False),
+    (("frequency_penalty",), "frequency_penalty", "number", False),
+    (("logit_bias",), "logit_bias", "object", True),
+    (("logit_bias", "5"), "logit_bias", "integer", False),
+]
+CHAT_FIELDS = COMMON_FIELDS + [
+    (("max_completion_tokens",), "max_completion_tokens", "integer", True),
+    (("messages",), "messages", "list", False),
+    (("messages", 0), "messages[0]", "object", False),
+    (("messages", 0, "role"), "messages[0].role", "string", False),
+    (("messages", 0, "name"), "messages[0].name", "string", True),
+    (("messages", 0, "content"), "messages[0].content", "string or list", False),
+    (("messages", 0, "content", 0), "messages[0].content[0]", "object", False),
+    (("messages", 0, "content", 0, "type"), "messages[0].content[0].type", "string", False),
+    (("messages", 0, "content", 0, "text"), "messages[0].content[0].text", "string", False),
+]
+COMPLETION_FIELDS = COMMON_FIELDS + [
+    (("prompt",), "prompt", "string or list", False),
+    (("prompt", 0), "prompt[0]", "string", False),
+    (("echo",), "echo", "boolean", False),
+]
+# The wrong JSON values for each type. Where a lax parser would coerce one ("1", true, 1.0, "false", 0), it
+# is one that, coerced, would make a valid body: only a strict parser refuses it.
+WRONG = {
+    "integer": {"string": "1", "boolean": True, "float": 1.0, "object": {}, "list": []},
+    "number": {"string": "1", "boolean": True, "object": {}, "list": []},
+    "boolean": {"string": "false", "integer": 0, "float": 0.0, "object": {}, "list": []},
+    "string": {"integer": 1, "float": 1.5, "boolean": True, "object": {}, "list": []},
+    "string or list": {"integer": 1, "float": 1.5, "boolean": True, "object": {}},
+    "list": {"string": "Who is Hector?", "integer": 1, "float": 1.5, "boolean": True, "object": {}},
+    "object": {"string": "x", "integer": 1, "float": 1.5, "boolean": True, "list": []},
+}
+WRONG_TYPES = [(route, full, path, param, wrong, value)
+               for route, full, fields in [("/v1/chat/completions", FULL_CHAT, CHAT_FIELDS),
+                                           ("/v1/completions", FULL_COMPLETION, COMPLETION_FIELDS)]
+               for path, param, kind, nullable in fields
+               for wrong, value in [*WRONG[kind].items(), *([] if nullable else [("null", None)])]]
+
+
+def replaced(body, path, value):
+    """A deep copy of the JSON value body with the value at path replaced."""
+    body = json.loads(json.dumps(body))
+    inner = body
+    for key in path[:-1]:
+        inner = inner[key]
+    inner[path[-1]] = value
+    return body
+
+
+@pytest.mark.parametrize("route,full,path,param,wrong,value", WRONG_TYPES,
+                         ids=[f"{'chat' if 'chat' in c[0] else 'completion'}-{'.'.join(map(str, c[2]))}-{c[4]}"
+                              for c in WRONG_TYPES])
+def test_every_field_refuses_every_wrong_json_type(chat_url, route, full, path, param, wrong, value):
+    code, reply = request(chat_url, "POST", route, replaced(full, path, value))
+    assert code == 400, reply
+    assert set(reply) == {"error"} and set(reply["error"]) == {"message", "type", "param", "code"}, reply
+    assert reply["error"]["type"] == "invalid_request_error" and reply["error"]["param"] == param, reply
+    assert param in reply["error"]["message"], reply
+
+
+def test_valid_spellings_of_every_field_are_still_taken(chat_url):
+    # as sent in full, with integers for the numbers (temperature 0, penalties 0), and with every null allowed
+    for route, full, fields in [("/v1/chat/completions", FULL_CHAT, CHAT_FIELDS),
+                                ("/v1/completions", FULL_COMPLETION, COMPLETION_FIELDS)]:
+        code, reply = request(chat_url, "POST", route, full)
+        assert code == 200 and reply["usage"]["completion_tokens"] == 1, reply
+        for path, param, kind, nullable in fields:
+            if nullable:
+                code, reply = request(chat_url, "POST", route, replaced(full, path, None))
+                assert code == 200, (param, reply)
+    chat = {"messages": [{"role": "user", "content": "Who is Hector?"}], "max_tokens": 1}
+    for spelling in [{"temperature": 1, "top_p": 0.5}, {"temperature": 0.7, "top_p": 1, "seed": 0},
+                     {"presence_penalty": -2, "frequency_penalty": 1.5}, {"stop": "zz"}, {"stop": []},
+                     {"logit_bias": {}}, {"stream_options": {}}, {"stream": True}]:
+        code, reply = request(chat_url, "POST", "/v1/chat/completions", {**chat, **spelling})
+        assert code == 200, (spelling, reply)
+    # what the chat page sends: JavaScript's Number() of its inputs, streamed, the conversation so far
+    page = {"model": "chat", "stream": True, "temperature": 0, "top_p": 1, "max_tokens": 2, "seed": 3,
+            "messages": [{"role": "user", "content": "Who is Hector?"}, {"role": "assistant", "content": "He"},
+                         {"role": "user", "content": "Who is Helen?"}]}
+    code, events = request(chat_url, "POST", "/v1/chat/completions", page)
+    assert code == 200 and events.endswith("data: [DONE]\n\n"), events
+    # the openai client's own spellings: content parts, stream_options, a float temperature
+    parts = [{"type": "text", "text": "Who is "}, {"type": "text", "text": "Hector?"}]
+    chunks = list(client(chat_url).chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": parts}], max_tokens=2, temperature=0.0, top_p=1.0,
+        stream=True, stream_options={"include_usage": True}, presence_penalty=0.0, user="u", n=1))
+    assert chunks[-1].usage.completion_tokens in (1, 2)  # the usage chunk came
+
+
 def test_odd_requests_are_answered_sensibly(chat_url, base_url):
     assert request(chat_url, "GET", "/v1/nothing")[0] == 404
     assert request(chat_url, "GET", "/v1/chat/completions")[0] == 405

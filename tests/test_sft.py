@@ -119,6 +119,19 @@ def test_an_interrupted_and_resumed_run_ends_as_an_uninterrupted_one(tmp_path, t
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_readmes_resume_finishes_a_short_run_where_it_was_headed(tmp_path, tiny_ckpt, monkeypatch, capsys):
+    # `sft.py --ckpt chat.pth --resume` after a `--max-iters 10` run: it ends at step 10, as that run would have.
+    flags = ["--max-iters", "10", "--eval-interval", "5"]
+    whole, _ = run(tmp_path, tiny_ckpt, *flags, name="whole")
+    with monkeypatch.context() as patch:
+        interrupt_during(patch, "backward", call=3)
+        with pytest.raises(SystemExit):
+            run(tmp_path, tiny_ckpt, *flags, name="split")
+    resumed = sft.main(["--ckpt", str(tmp_path / "split.pth"), "--resume", "--plot", ""])
+    assert resumed["step"] == 10
+    assert (resumed["qa_loss"], resumed["val_loss"]) == (whole["qa_loss"], whole["val_loss"])
+
+
 def test_a_run_saved_before_shuffled_words_existed_resumes_as_it_was_trained(tmp_path, tiny_ckpt, monkeypatch):
     common = ["--max-iters", "6", "--eval-interval", "3", "--grad-clip", "0"]
     whole, _ = run(tmp_path, tiny_ckpt, *common, "--shuffle-words", "0", name="whole")
