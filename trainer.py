@@ -392,7 +392,9 @@ class Loop:
             self.stop_diverged(f"the loss became {loss}")
         if args.grad_clip > 0:
             scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.grad_clip)
+            # foreach kernels only on CUDA: elsewhere (DirectML) they would fall back to the CPU every step
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.grad_clip,
+                                           foreach=self.device.type == "cuda")
         scaler.step(self.optimizer)
         scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

@@ -14,6 +14,7 @@ import benchmark
 import device
 from checkpoint import load_checkpoint, model_from_checkpoint
 from device import attention_for, choose_device, is_directml
+from conftest import TINY
 from errors import UserError, run_main
 from optimizers import build_optimizer
 from sampling import KVCache
@@ -185,6 +186,16 @@ def test_cached_generation_with_explicit_attention_uses_only_ops_directml_has():
     assert lacking(recorder.ops) == []
 
 
+def test_a_whole_default_training_run_uses_only_ops_directml_has(tmp_path, small_corpus):
+    # Everything the loop runs: forward, backward, clipping, the scaler, the schedule, Muon, evaluation, saving.
+    import train
+    with OpRecorder() as recorder:
+        train.main(["--data", small_corpus, "--ckpt", str(tmp_path / "run.pth"), *TINY, "--attention", "explicit",
+                    "--max-iters", "3", "--eval-interval", "2"])
+    assert {"mm", "linalg_vector_norm", "native_layer_norm_backward"} <= recorder.ops  # clipping was seen
+    assert lacking(recorder.ops) == []
+
+
 # The recorder must be able to see what the tests above say is absent.
 @pytest.mark.parametrize("attention, make_optimizer, expected", [
     ("sdpa", lambda m: build_optimizer(m, "adamw", lr=1e-3, weight_decay=0.1), "scaled_dot_product"),
@@ -195,3 +206,12 @@ def test_cached_generation_with_explicit_attention_uses_only_ops_directml_has():
 def test_the_recorder_catches_what_directml_lacks(attention, make_optimizer, expected):
     model = tiny_model(attention)
     assert any(expected in op for op in lacking(ops_of_training(model, make_optimizer(model))))
+
+
+def test_the_recorder_catches_the_foreach_kernels_of_torchs_default_clipping():
+    model = tiny_model("explicit")
+    x = torch.randint(11, (2, 8))
+    model(x, x)[1].backward()
+    with OpRecorder() as recorder:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # what the loop must not call
+    assert "_foreach_norm" in lacking(recorder.ops)
