@@ -459,7 +459,10 @@ class Loop:
         scores = self.log_row(args.final_eval_tokens or None, evaluate=True)
         self.save()
         plot_history(args.plot, progress.history)
-        print(f"saved {', '.join(p for p in (args.ckpt, args.metrics, args.plot) if p)}")
+        skipped = [f"no {what} (--{flag} '')" for flag, what in (("metrics", "metrics CSV"), ("plot", "plot"))
+                   if not getattr(args, flag)]
+        print(f"saved {', '.join(p for p in (args.ckpt, args.metrics, args.plot) if p)}"
+              + "".join(f"; {s}" for s in skipped))
         print(f"final: step={progress.step} " + " ".join(f"{k}={v:.{SCORE_LABELS[k][1]}f}" for k, v in scores.items())
               + f" elapsed_s={self.elapsed():.1f}")
         if stop.requested:  # it came during the final evaluation: the run is complete, and saved
