@@ -30,6 +30,7 @@ import regex
 
 from errors import UserError
 from files import atomic_write
+from jsonfile import read_json
 from tokenizer import REPLACEMENT, SPECIAL_TOKENS, Tokenizer
 
 # The split pattern of tiktoken's cl100k_base (GPT-4): contractions, words with
@@ -361,7 +362,7 @@ class BPETokenizer(Tokenizer):
         """Rebuild from to_dict()'s output; UserError if it doesn't describe one."""
         if not isinstance(d, dict) or d.get("kind") != cls.kind:
             raise UserError("not a BPE tokenizer (its 'kind' is not 'bpe')")
-        if d.get("format_version") != FORMAT_VERSION:
+        if type(d.get("format_version")) is not int or d["format_version"] != FORMAT_VERSION:
             raise UserError(f"BPE tokenizer format version {d.get('format_version')!r} is not "
                             f"supported (this code reads version {FORMAT_VERSION})")
         if d.get("special_tokens") != list(SPECIAL_TOKENS):
@@ -392,14 +393,7 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def load(cls, path):
         """Read a file written by save(); UserError if missing, corrupt or foreign."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except OSError as e:
-            raise UserError(f"cannot read the tokenizer {path}: {e.strerror}") from None
-        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
-            msg = str(e).splitlines()[0]
-            raise UserError(f"{path} is not a valid tokenizer JSON file ({msg})") from None
+        d = read_json(path, "tokenizer JSON")
         try:
             return cls.from_dict(d)
         except UserError as e:

@@ -20,6 +20,7 @@ and a malicious file cannot execute anything. Its keys:
 """
 import math
 import os
+import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Optional
@@ -34,6 +35,14 @@ from transformer import MODELS, build_model, estimate_parameters, model_type_of,
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model_type", "model_config", "model", "tokenizer")
+# The weights a model can hold: float32 (what b_lm trains), and the half and double precisions it converts
+# from. Integer, boolean and complex tensors are not weights of ours, and float8 needs scales we don't have.
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# No size of a model (layers, heads, width, context, vocabulary) reaches this; a config that says so is damaged.
+MAX_SIZE = 2 ** 24
+SIZE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
+FLAG_FIELDS = ("bias", "tie_embeddings")
+NAME_FIELDS = ("attention", "gelu", "positions", "norm", "mlp", "cell")  # which names are known, the model says
 
 
 @dataclass
@@ -76,12 +85,9 @@ def load_checkpoint(path, map_location="cpu"):
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} not found: train one with 'python train.py'")
     try:
-        with warnings.catch_warnings():  # torch's warnings about odd files would precede our one line
-            warnings.simplefilter("ignore")
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # garbage in a file can fail the unpickler in many ways
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} is not a readable b_lm checkpoint (truncated or another format): {reason[:120]}")
+        checkpoint = read_pickled(path, map_location)
+    except ValueError as e:
+        raise UserError(f"{path} is not a readable b_lm checkpoint (truncated or another format): {e}") from None
     if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in REQUIRED_KEYS):
         raise UserError(f"{path} is not a b_lm checkpoint (it lacks the model, tokenizer or format version)")
     version = checkpoint["format_version"]
@@ -96,17 +102,95 @@ def load_checkpoint(path, map_location="cpu"):
     return checkpoint
 
 
+def read_pickled(path, map_location="cpu"):
+    """torch.load with weights_only, so the file can run no code; ValueError with a short one-line reason if
+    the unpickler refuses it (PyTorch's own text is a page of advice, some of it to load the file unsafely)."""
+    try:
+        with warnings.catch_warnings():  # torch's warnings about odd files would precede our one line
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # garbage in a file can fail the unpickler in many ways
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if found:
+            reason = f"it holds a Python object ({found.group(1)}), not only tensors and plain values"
+        elif text.startswith("Weights only load failed"):
+            reason = "it holds Python objects, not only tensors and plain values"
+        else:
+            reason = text.splitlines()[0][:120] if text else type(e).__name__
+        raise ValueError(reason) from None
+
+
 def content_problem(c):
     """What is wrong inside a checkpoint whose keys are all there, or None."""
-    if c["model_type"] not in MODELS:
-        return f"unknown model_type {c['model_type']!r}"
+    if not isinstance(c["model_type"], str) or c["model_type"] not in MODELS:
+        return f"unknown model_type {_short(c['model_type'])}"
     if not isinstance(c["model_config"], dict) or not isinstance(c["tokenizer"], dict):
         return "model_config and tokenizer must be dicts"
-    if not isinstance(c["model"], dict) or not all(isinstance(t, torch.Tensor) for t in c["model"].values()):
+    if not isinstance(c["tokenizer"].get("kind"), str):
+        return f"the tokenizer's kind must be a name, not {_short(c['tokenizer'].get('kind'))}"
+    if not isinstance(c["model"], dict) or not all(isinstance(k, str) and isinstance(t, torch.Tensor)
+                                                   for k, t in c["model"].items()):
         return "its model weights are not a dict of tensors"
+    problem = dtype_problem(c["model"])
+    if problem:
+        return problem
     if not isinstance(c.get("train_args", {}) or {}, dict):
         return "train_args must be a dict"
     return None
+
+
+def dtype_problem(weights):
+    """What is wrong with the types of a {name: tensor} of weights, or None: each must be a float of WEIGHT_DTYPES."""
+    wrong = [name for name, t in weights.items() if t.dtype not in WEIGHT_DTYPES]
+    if not wrong:
+        return None
+    kinds = ", ".join(str(t).removeprefix("torch.") for t in WEIGHT_DTYPES)
+    return (f"weight {wrong[0]} is {str(weights[wrong[0]].dtype).removeprefix('torch.')}"
+            f"{f' (and {len(wrong) - 1} more are not floats)' if len(wrong) > 1 else ''}: model weights are "
+            f"floating-point numbers ({kinds}); quantized or integer weights do not load")
+
+
+def config_problem(model_type, config):
+    """What is wrong with the fields of a model config (a dict) by type and range, or None.
+
+    Checked before anything is built: a model's constructor trusts its config,
+    and 1.5 layers, True heads or 3 heads in a width of 16 fail there as
+    tracebacks. A field left out takes its default.
+    """
+    for name in SIZE_FIELDS:
+        value = config.get(name, 1)
+        if type(value) is not int or not 1 <= value <= MAX_SIZE:
+            return f"{name} must be a whole number from 1 to {MAX_SIZE:,}, not {_short(value)}"
+    for name in FLAG_FIELDS:
+        if type(config.get(name, False)) is not bool:
+            return f"{name} must be true or false, not {_short(config[name])}"
+    dropout = config.get("dropout", 0.0)
+    if type(dropout) not in (int, float) or not 0 <= dropout < 1:
+        return f"dropout must be a number from 0 to below 1, not {_short(dropout)}"
+    for name in NAME_FIELDS:
+        if type(config.get(name, "")) is not str:
+            return f"{name} must be a name (a string), not {_short(config[name])}"
+    if model_type != "transformer":
+        return None
+    theta = config.get("rope_theta", 10000.0)
+    if type(theta) not in (int, float) or not 0 < theta < math.inf:
+        return f"rope_theta must be a number above 0, not {_short(theta)}"
+    n_head, n_embd = config.get("n_head", 4), config.get("n_embd", 128)
+    if n_embd % n_head:
+        return f"n_head {n_head} does not divide n_embd {n_embd}"
+    if config.get("positions") == "rope" and n_embd // n_head % 2:
+        return f"positions 'rope' needs an even head size (n_embd / n_head), not {n_embd // n_head}"
+    return None
+
+
+def _short(value):
+    """A value as a message shows it: its repr, cut short (a pickle can hold a list nested past what repr reaches)."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"a {type(value).__name__} nested too deep to show"
+    return text if len(text) <= 60 else text[:60] + "..."
 
 
 def progress_of(checkpoint, path):
@@ -133,6 +217,9 @@ def check_model(checkpoint, path="the checkpoint"):
     The model is built on the meta device, which holds shapes and no memory:
     a damaged config could otherwise ask for terabytes before anything fails.
     """
+    problem = content_problem(checkpoint) or config_problem(checkpoint["model_type"], checkpoint["model_config"])
+    if problem:
+        raise UserError(f"{path}: {problem}")
     try:
         present = sum(t.numel() for t in checkpoint["model"].values())
         if estimate_parameters(checkpoint["model_type"], checkpoint["model_config"]) > 2 * present + 10 ** 6:
@@ -152,7 +239,7 @@ def check_model(checkpoint, path="the checkpoint"):
         raise UserError(f"{path}: its weights do not fit the model its config describes ({reason})") from None
     # A sum is NaN or infinite when any weight is (or when the weights are absurdly large), and unlike
     # isfinite(t) it needs no temporary the size of the tensor: loading stays within the model's memory.
-    if not all(torch.isfinite(t.sum()) for t in checkpoint["model"].values() if t.is_floating_point()):
+    if not all(torch.isfinite(t.sum()) for t in checkpoint["model"].values()):
         raise UserError(f"{path}: its model weights hold NaN, infinite or absurdly large values")
     try:
         tokenizer = tokenizer_from_dict(checkpoint["tokenizer"])

@@ -13,6 +13,7 @@ import torch
 
 from errors import UserError
 from files import atomic_write, cache_dir
+from jsonfile import read_json
 
 BLOCK_CHARS = 1 << 20  # read and tokenize the corpus a megabyte of text at a time
 
@@ -113,11 +114,10 @@ def tokenize_to_memmap(path, tokenizer):
 def _cached_tokens(bin_path, meta_path, dtype):
     """The cached tokens, or None when the cache is missing or does not match its recorded count."""
     try:
-        with open(meta_path) as f:
-            n_tokens = json.load(f)["n_tokens"]
+        n_tokens = read_json(meta_path, "token cache")["n_tokens"]
         if type(n_tokens) is not int or os.path.getsize(bin_path) != n_tokens * np.dtype(dtype).itemsize:
             return None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (UserError, OSError, KeyError, TypeError):  # missing or damaged: tokenize again
         return None
     return np.memmap(bin_path, dtype=dtype, mode="r") if n_tokens else np.zeros(0, dtype)
 

@@ -27,12 +27,15 @@ numbering can differ.
 import json
 import math
 import os
+import re
 from dataclasses import asdict
 
 import torch
 
 from bpe import BPETokenizer
+from checkpoint import MAX_SIZE, dtype_problem, read_pickled
 from errors import UserError
+from jsonfile import read_json
 from tokenizer import ASSISTANT, END_OF_TURN, ENDOFTEXT, SPECIAL_TOKENS, USER, CharTokenizer
 from transformer import GPTConfig, mlp_width
 
@@ -251,45 +254,137 @@ def _write_json(path, obj):
 
 # ------------------------------------------------------------------- Hugging Face -> b_lm
 
+# Buffers, not weights, that transformers itself skips when it loads a folder: GPT-2's causal masks (in
+# older files) and the rotary frequencies of older Llama files. b_lm rebuilds both from the config.
+GPT2_BUFFERS = r"(transformer\.)?h\.\d+\.attn\.(masked_)?bias"
+ROTARY_BUFFERS = r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"
+EPS = 1e-5  # the epsilon of b_lm's LayerNorm and RMSNorm
+
+
 def from_hf(in_dir):
     """(model config dict, state dict, tokenizer, chat) for a GPT-2, Llama or StableLM directory in a shape
     b_lm builds; UserError for anything else."""
     config = _read_json(os.path.join(in_dir, "config.json"), f"{in_dir} has no config.json: it is not a "
                                                              f"Hugging Face model directory")
-    if config.get("model_type") == "gpt2":
+    kind = config.get("model_type")
+    if kind == "gpt2":
         return gpt2_from_hf(config, in_dir)
-    if config.get("model_type") in ("llama", "stablelm"):
+    if kind in ("llama", "stablelm"):
         return rotary_from_hf(config, in_dir)
-    raise UserError(f"{in_dir} holds a {config.get('model_type')!r} model; convert.py reads {SUPPORTED}")
+    raise UserError(f"{os.path.join(in_dir, 'config.json')}: model_type is {_shown(kind)}; convert.py reads "
+                    f"{SUPPORTED}")
+
+
+class ConfigFields:
+    """The fields of a config.json, each read with its type and range checked and named when it is wrong.
+
+    JSON holds 1.5 for a count, "yes" for a flag and -1 for a width as readily
+    as the right thing; int() and bool() would quietly make them 1, True and a
+    model that cannot exist.
+    """
+
+    def __init__(self, config, where, prefix=""):
+        self.config, self.where, self.prefix = config, where, prefix
+
+    def refuse(self, key, problem):
+        raise UserError(f"{self.where}: {self.prefix}{key} {problem}")
+
+    def size(self, key, required=True):
+        """A count or a width: a whole number from 1 to MAX_SIZE. Optional ones are None when absent or null."""
+        if key not in self.config and required:
+            raise UserError(f"{self.where} lacks {self.prefix}{key}, which a {self.config.get('model_type')} "
+                            f"config.json must give")
+        value = self.config.get(key)
+        if value is None and not required:
+            return None
+        if type(value) is not int or not 1 <= value <= MAX_SIZE:
+            self.refuse(key, f"must be a whole number from 1 to {MAX_SIZE:,}, not {_shown(value)}")
+        return value
+
+    def flag(self, key, default, want=None, why=""):
+        """A JSON true or false (default when absent); with want, the value b_lm builds, and why it must be."""
+        value = self.config.get(key, default)
+        if type(value) is not bool:
+            self.refuse(key, f"must be true or false, not {_shown(value)}")
+        if want is not None and value != want:
+            self.refuse(key, f"is {_shown(value)}: {why}")
+        return value
+
+    def number(self, key, default, want=None, why=""):
+        """A finite number (default when absent; an optional one, whose default is None, may be null); with
+        want, the value b_lm builds, and why it must be."""
+        value = self.config.get(key, default)
+        if value is None and default is None:
+            return None
+        if type(value) not in (int, float) or not math.isfinite(value):
+            self.refuse(key, f"must be a number, not {_shown(value)}")
+        if want is not None and value != want:
+            self.refuse(key, f"is {_shown(value)}: {why}")
+        return value
+
+    def name(self, key, default, allowed, why):
+        """One of the names in allowed (default when absent)."""
+        value = self.config.get(key, default)
+        if type(value) is not str or value not in allowed:
+            self.refuse(key, f"is {_shown(value)}: {why}")
+        return value
+
+    def epsilon(self, key, norms):
+        """A norm's epsilon: b_lm's norms add EPS, and a model trained with another would compute otherwise."""
+        value = self.number(key, EPS)
+        if value != EPS:
+            self.refuse(key, f"is {_shown(value)}: b_lm's {norms} use {EPS}")
+
+    def heads(self, heads_key, n_head, width_key, width, rotary):
+        """That the heads share the width equally (and, for rotary positions, in pairs of dimensions)."""
+        if width % n_head:
+            self.refuse(heads_key, f"{n_head} does not divide {width_key} {width}: each head takes an equal "
+                                   f"share of the width")
+        if rotary and width // n_head % 2:
+            self.refuse(heads_key, f"{n_head} makes heads {width // n_head} wide ({width_key} / {heads_key}): "
+                                   f"rotary embeddings turn pairs of dimensions, so the head size must be even")
+
+    def nested(self, key):
+        """The fields of an object-valued field (none when it is absent or null)."""
+        value = self.config.get(key)
+        if value is not None and not isinstance(value, dict):
+            self.refuse(key, f"must be an object, not {_shown(value)}")
+        return ConfigFields(value or {}, self.where, f"{self.prefix}{key}.")
 
 
 def gpt2_from_hf(config, in_dir):
-    activation = config.get("activation_function", "gelu_new")
-    if activation not in ACTIVATIONS:
-        raise UserError(f"{in_dir}: activation {activation!r} is not GPT-2's; supported: {', '.join(ACTIVATIONS)}")
-    try:
-        n_layer, n_head, n_embd, block = (int(config[k]) for k in ("n_layer", "n_head", "n_embd", "n_positions"))
-    except (KeyError, TypeError, ValueError):
-        raise UserError(f"{in_dir}/config.json lacks n_layer, n_head, n_embd or n_positions") from None
-    if config.get("n_inner") not in (None, 4 * n_embd) or config.get("scale_attn_by_inverse_layer_idx") \
-            or not config.get("scale_attn_weights", True) or config.get("add_cross_attention"):
-        raise UserError(f"{in_dir}: a GPT-2 variant b_lm does not build (n_inner, attention scaling or "
-                        f"cross-attention differ from GPT-2's)")
+    """from_hf for a GPT-2 folder (GPT2LMHeadModel's config.json, weights and tokenizer)."""
+    f = ConfigFields(config, os.path.join(in_dir, "config.json"))
+    n_layer, n_head, C, block = (f.size(k) for k in ("n_layer", "n_head", "n_embd", "n_positions"))
+    vocab = f.size("vocab_size", required=False)
+    f.heads("n_head", n_head, "n_embd", C, rotary=False)
+    activation = f.name("activation_function", "gelu_new", ACTIVATIONS,
+                        f"b_lm builds GPT-2's activations: {', '.join(ACTIVATIONS)}")
+    if f.size("n_inner", required=False) not in (None, 4 * C):
+        f.refuse("n_inner", f"is {config['n_inner']}: b_lm's MLP is 4 x n_embd = {4 * C} wide")
+    f.epsilon("layer_norm_epsilon", "LayerNorms")
+    f.flag("scale_attn_weights", True, want=True, why="b_lm scales attention scores by 1/sqrt(head size)")
+    f.flag("scale_attn_by_inverse_layer_idx", False, want=False, why="b_lm does not scale attention by layer")
+    f.flag("add_cross_attention", False, want=False, why="b_lm's blocks have no cross-attention")
+    tied = f.flag("tie_word_embeddings", True)
     tokenizer, hf_to_ours, chat = read_tokenizer(in_dir)
-    weights = {k.removeprefix("transformer."): v for k, v in read_weights(in_dir).items()}
-    tied = bool(config.get("tie_word_embeddings", True))
+    weights = read_weights(in_dir, GPT2_BUFFERS)
+    names = {k: k.removeprefix("transformer.") for k in weights}
+    if len(set(names.values())) < len(names):
+        twice = next(k for k in weights if k != names[k] and names[k] in weights)
+        raise UserError(f"{in_dir}: its weights hold both {_names([twice])} and {_names([names[twice]])}")
+    weights, file_names = {names[k]: v for k, v in weights.items()}, {v: k for k, v in names.items()}
     ours = {}
 
     def take(theirs, name, transpose, expected, parts=("weight", "bias")):
         for part in parts:
-            tensor = weights.get(f"{theirs}.{part}")
+            tensor = weights.pop(f"{theirs}.{part}", None)
             shape = expected if part == "weight" else (expected[1] if transpose else expected[0],)
             if tensor is None or tuple(tensor.shape) != shape:
                 found = "missing" if tensor is None else tuple(tensor.shape)
                 raise UserError(f"{in_dir}: {theirs}.{part} is {found}, the config makes it {shape}")
             ours[f"{name}.{part}"] = tensor.t() if transpose else tensor
 
-    C = n_embd
     shapes = {"ln_1": (C,), "attn.c_attn": (C, 3 * C), "attn.c_proj": (C, C), "ln_2": (C,),
               "mlp.c_fc": (C, 4 * C), "mlp.c_proj": (4 * C, C)}
     for i in range(n_layer):
@@ -297,11 +392,8 @@ def gpt2_from_hf(config, in_dir):
             take(f"h.{i}.{theirs}", f"blocks.{i}.{name}", transpose, shapes[theirs])
     take("ln_f", "ln_f", False, (C,))
     take("wpe", "wpe", False, (block, C), parts=("weight",))
-    # Rows move to our token order; the old matrices are dropped as soon as the new ones exist.
-    ours["wte.weight"] = _rows_for(weights.pop("wte.weight", None), "wte.weight", hf_to_ours, tokenizer, C, in_dir)
-    ours["lm_head.weight"] = ours["wte.weight"] if tied else _rows_for(weights.pop("lm_head.weight", None),
-                                                                       "lm_head.weight", hf_to_ours, tokenizer, C,
-                                                                       in_dir)
+    ours["wte.weight"], ours["lm_head.weight"] = _embedding_and_head(weights, "wte.weight", tied, hf_to_ours,
+                                                                     tokenizer, C, vocab, in_dir, file_names)
     # A zero bias is no bias: a model exported from b_lm without biases comes back without them.
     bias = any(v.any() for k, v in ours.items() if k.endswith(".bias"))
     if not bias:
@@ -315,38 +407,44 @@ def gpt2_from_hf(config, in_dir):
 def rotary_from_hf(config, in_dir):
     """from_hf for a Llama or StableLM folder shaped as b_lm's rotary models are (what to_hf writes)."""
     kind = config["model_type"]
-    try:
-        n_layer, n_head, C, H, block = (int(config[k]) for k in ("num_hidden_layers", "num_attention_heads",
-                                                                 "hidden_size", "intermediate_size",
-                                                                 "max_position_embeddings"))
-    except (KeyError, TypeError, ValueError):
-        raise UserError(f"{in_dir}/config.json lacks num_hidden_layers, num_attention_heads, hidden_size, "
-                        f"intermediate_size or max_position_embeddings") from None
-    rope = config.get("rope_parameters") or {}
-    try:
-        theta = float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
-    except (TypeError, ValueError):
-        theta = math.nan
-    if min(n_layer, n_head, C, H, block) < 1 or not 0 < theta < math.inf:
-        raise UserError(f"{in_dir}/config.json: layers, heads, sizes and max_position_embeddings must be >= 1 "
-                        f"and rope_theta a number > 0")
-    eps = config.get("rms_norm_eps" if kind == "llama" else "layer_norm_eps", 1e-5)
-    differs = [what for what, different in (
-        ("key/value heads", config.get("num_key_value_heads") not in (None, n_head)),
-        ("head size", n_head < 1 or C % n_head or config.get("head_dim") not in (None, C // max(n_head, 1))),
-        ("MLP width", H != mlp_width("swiglu", C)),
-        ("activation", config.get("hidden_act", "silu") != "silu"),
-        ("rotary scaling", rope.get("rope_type", "default") != "default" or config.get("rope_scaling")),
-        ("partial rotary", rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0)) != 1.0),
-        ("norm epsilon", eps != 1e-5),
-        ("biases", config.get("attention_bias") or config.get("mlp_bias") or config.get("use_qkv_bias")),
-        ("QK norms or parallel residual", config.get("qk_layernorm") or config.get("use_parallel_residual")),
-    ) if different]
-    if differs:
-        raise UserError(f"{in_dir}: a {kind} variant b_lm does not build (its {', '.join(differs)} differ from "
-                        f"what b_lm's rotary models have)")
+    f = ConfigFields(config, os.path.join(in_dir, "config.json"))
+    n_layer, n_head, C, H, block = (f.size(k) for k in ("num_hidden_layers", "num_attention_heads", "hidden_size",
+                                                        "intermediate_size", "max_position_embeddings"))
+    vocab = f.size("vocab_size", required=False)
+    f.heads("num_attention_heads", n_head, "hidden_size", C, rotary=True)
+    if f.size("num_key_value_heads", required=False) not in (None, n_head):
+        f.refuse("num_key_value_heads", f"is {config['num_key_value_heads']}: b_lm's attention has a key and a "
+                                        f"value for each of its {n_head} heads")
+    if f.size("head_dim", required=False) not in (None, C // n_head):
+        f.refuse("head_dim", f"is {config['head_dim']}: b_lm's heads are hidden_size / num_attention_heads = "
+                             f"{C // n_head} wide")
+    if H != mlp_width("swiglu", C):
+        f.refuse("intermediate_size", f"is {H}: b_lm's gated MLP for a hidden_size of {C} is "
+                                      f"{mlp_width('swiglu', C)} wide")
+    f.name("hidden_act", "silu", ("silu",), "b_lm's gated MLP uses silu")
+    rope = f.nested("rope_parameters")
+    rope.name("rope_type", "default", ("default",), "b_lm's rotary embeddings are the default kind, unscaled")
+    if config.get("rope_scaling") not in (None, {}):
+        f.refuse("rope_scaling", f"is {_shown(config['rope_scaling'])}: b_lm's rotary embeddings are not scaled")
+    thetas = []  # transformers 5 writes rope_parameters.rope_theta, 4 rope_theta; to_hf writes both
+    for fields in (rope, f):
+        theta = fields.number("rope_theta", None)
+        if theta is not None and theta <= 0:
+            fields.refuse("rope_theta", f"must be a number above 0, not {_shown(theta)}")
+        thetas += [] if theta is None else [float(theta)]
+    if len(thetas) == 2 and thetas[0] != thetas[1]:
+        f.refuse("rope_theta", f"is {_shown(thetas[1])}, but rope_parameters.rope_theta is {_shown(thetas[0])}")
+    theta = thetas[0] if thetas else 10000.0
+    for fields in (rope, f):
+        fields.number("partial_rotary_factor", 1.0, want=1.0, why="b_lm turns every dimension of a head")
+    f.epsilon("rms_norm_eps" if kind == "llama" else "layer_norm_eps", "RMSNorms" if kind == "llama" else "LayerNorms")
+    for key in ("attention_bias", "mlp_bias", "use_qkv_bias"):
+        f.flag(key, False, want=False, why="b_lm's rotary models have no biases")
+    f.flag("qk_layernorm", False, want=False, why="b_lm does not normalize queries and keys")
+    f.flag("use_parallel_residual", False, want=False, why="b_lm's blocks run attention, then the MLP")
+    tied = f.flag("tie_word_embeddings", False)
     tokenizer, hf_to_ours, chat = read_tokenizer(in_dir)
-    weights, ours = read_weights(in_dir), {}
+    weights, ours = read_weights(in_dir, ROTARY_BUFFERS), {}
     norm = "rms" if kind == "llama" else "layer"
 
     def take(name, shape):
@@ -371,12 +469,8 @@ def rotary_from_hf(config, in_dir):
         take_norm(f"{theirs}input_layernorm", f"{mine}ln_1")
         take_norm(f"{theirs}post_attention_layernorm", f"{mine}ln_2")
     take_norm("model.norm", "ln_f")
-    tied = bool(config.get("tie_word_embeddings", False))
-    ours["wte.weight"] = _rows_for(weights.pop("model.embed_tokens.weight", None), "model.embed_tokens.weight",
-                                   hf_to_ours, tokenizer, C, in_dir)
-    ours["lm_head.weight"] = ours["wte.weight"] if tied else _rows_for(weights.pop("lm_head.weight", None),
-                                                                       "lm_head.weight", hf_to_ours, tokenizer, C,
-                                                                       in_dir)
+    ours["wte.weight"], ours["lm_head.weight"] = _embedding_and_head(weights, "model.embed_tokens.weight", tied,
+                                                                     hf_to_ours, tokenizer, C, vocab, in_dir)
     model_config = asdict(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=block, n_layer=n_layer,
                                     n_head=n_head, n_embd=C, dropout=0.0, bias=False, attention="sdpa",
                                     tie_embeddings=tied, positions="rope", norm=norm, mlp="swiglu",
@@ -384,83 +478,172 @@ def rotary_from_hf(config, in_dir):
     return model_config, {k: v.float() for k, v in ours.items()}, tokenizer, chat
 
 
-def _rows_for(matrix, name, hf_to_ours, tokenizer, n_embd, in_dir):
+def _embedding_and_head(weights, embedding, tied, hf_to_ours, tokenizer, n_embd, vocab, in_dir, file_names=None):
+    """Our (embedding, head) from the weights left once the blocks are taken, which must be all of them.
+
+    A tied model's head is its embedding; a file that holds a head for it as
+    well must hold the same matrix. file_names: {name here: name in the file} where they differ.
+    """
+    wte, head = weights.pop(embedding, None), weights.pop("lm_head.weight", None)
+    if weights:  # a tensor the model does not use belongs to a model b_lm would not build
+        names = sorted((file_names or {}).get(name, name) for name in weights)
+        raise UserError(f"{in_dir}: its weights hold {len(names)} tensor(s) the model its config.json describes "
+                        f"does not use ({_names(names)}): another architecture, or more layers than it says")
+    if tied and head is not None and wte is not None and (head.shape != wte.shape or head.dtype != wte.dtype
+                                                          or not torch.equal(head, wte)):
+        raise UserError(f"{in_dir}: lm_head.weight differs from {embedding}, though tie_word_embeddings says they "
+                        f"are one matrix")
+    # Rows move to our token order; the old matrices are dropped as soon as the new ones exist.
+    wte = _rows_for(wte, embedding, hf_to_ours, tokenizer, n_embd, vocab, in_dir)
+    return wte, wte if tied else _rows_for(head, "lm_head.weight", hf_to_ours, tokenizer, n_embd, vocab, in_dir)
+
+
+def _rows_for(matrix, name, hf_to_ours, tokenizer, n_embd, vocab, in_dir):
     """The embedding (or head) rows in our token order; rows for tokens the model lacks are the mean row."""
-    if matrix is None or matrix.dim() != 2 or matrix.shape[1] != n_embd or matrix.shape[0] <= max(hf_to_ours):
+    need = max(hf_to_ours) + 1
+    if matrix is None or matrix.dim() != 2 or matrix.shape[1] != n_embd or matrix.shape[0] < need:
         shape = None if matrix is None else tuple(matrix.shape)
-        raise UserError(f"{in_dir}: {name} is {shape}; the tokenizer and config need ({max(hf_to_ours) + 1}+, "
-                        f"{n_embd})")
+        raise UserError(f"{in_dir}: {name} is {shape}; the tokenizer and config need ({need}+, {n_embd})")
+    if vocab is not None and matrix.shape[0] != vocab:
+        raise UserError(f"{in_dir}: {name} has {matrix.shape[0]} rows, but config.json's vocab_size is {vocab}")
     hf_ids = list(hf_to_ours)
     rows = matrix.float().mean(0, keepdim=True).repeat(tokenizer.vocab_size, 1)
     rows[[hf_to_ours[i] for i in hf_ids]] = matrix.float()[hf_ids]
     return rows
 
 
-def read_weights(in_dir):
-    """{name: tensor} from model.safetensors, or pytorch_model.bin read with weights_only (it can run no code)."""
+def read_weights(in_dir, buffers=None):
+    """{name: tensor} from model.safetensors, or pytorch_model.bin read with weights_only (it can run no code).
+
+    Names that match the regex `buffers` (what transformers skips on load) are
+    dropped; every other tensor must be a float of checkpoint.WEIGHT_DTYPES.
+    """
     safetensors_path = os.path.join(in_dir, "model.safetensors")
     bin_path = os.path.join(in_dir, "pytorch_model.bin")
-    try:
-        if os.path.isfile(safetensors_path):
+    if os.path.isfile(safetensors_path):
+        path = safetensors_path
+        try:
             from safetensors.torch import load_file
-            return load_file(safetensors_path)
-        if os.path.isfile(bin_path):
-            weights = torch.load(bin_path, map_location="cpu", weights_only=True)
-            if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
-                raise ValueError("it holds no state dict of tensors")
-            return weights
-    except Exception as e:  # damaged or foreign files fail their readers in many ways
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise UserError(f"{in_dir}: cannot read its weights safely ({reason})") from None
-    raise UserError(f"{in_dir} has neither model.safetensors nor pytorch_model.bin")
+            weights = load_file(path)
+        except Exception as e:  # damaged or foreign files fail their reader in many ways
+            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise UserError(f"{path}: cannot read its weights safely ({reason})") from None
+    elif os.path.isfile(bin_path):
+        path = bin_path
+        try:
+            weights = read_pickled(path)
+        except ValueError as e:
+            raise UserError(f"{path}: cannot read its weights safely ({e})") from None
+        if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(t, torch.Tensor)
+                                                    for k, t in weights.items()):
+            raise UserError(f"{path}: cannot read its weights safely (it holds no state dict of tensors)")
+    else:
+        raise UserError(f"{in_dir} has neither model.safetensors nor pytorch_model.bin")
+    weights = {k: t for k, t in weights.items() if not (buffers and re.fullmatch(buffers, k))}
+    problem = dtype_problem(weights)
+    if problem:
+        raise UserError(f"{path}: {problem}")
+    return weights
 
 
 def read_tokenizer(in_dir):
     """(our tokenizer, {Hugging Face id: our id}, chat) from tokenizer.json, or vocab.json + merges.txt."""
     tokenizer_config = {}
     if os.path.isfile(os.path.join(in_dir, "tokenizer_config.json")):
-        tokenizer_config = _read_json(os.path.join(in_dir, "tokenizer_config.json"), "")
+        tokenizer_config = _read_json(os.path.join(in_dir, "tokenizer_config.json"))
     chat = tokenizer_config.get("chat_template") == CHAT_TEMPLATE
     path = os.path.join(in_dir, "tokenizer.json")
     if os.path.isfile(path):
-        spec = _read_json(path, "")
-        model, added = spec.get("model") or {}, spec.get("added_tokens") or []
-        specials = {t["content"]: t["id"] for t in added if isinstance(t, dict) and t.get("special")}
-        if model.get("type") == "WordLevel" and (spec.get("pre_tokenizer") or {}).get("type") == "Split":
-            return _char_tokenizer(model.get("vocab") or {}, specials, path) + (chat,)
+        spec = _read_json(path)
+        model, pre_tokenizer = _part(spec, "model", path), _part(spec, "pre_tokenizer", path)
+        specials = _specials(spec.get("added_tokens"), path)
+        if model.get("type") == "WordLevel" and pre_tokenizer.get("type") == "Split":
+            return _char_tokenizer(_vocab(model.get("vocab"), path), specials, path) + (chat,)
         if model.get("type") != "BPE" or spec.get("normalizer") or model.get("continuing_subword_prefix") \
                 or model.get("end_of_word_suffix") or model.get("byte_fallback"):
             raise UserError(f"{path}: b_lm reads byte-level BPE tokenizers (GPT-2's kind) and its own character "
                             f"tokenizers, not this one")
-        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model.get("merges") or []]
-        return _bpe_tokenizer(model.get("vocab") or {}, merges, _pattern(spec.get("pre_tokenizer"), path),
-                              specials, path) + (chat,)
+        merges = model.get("merges") or []
+        if not isinstance(merges, list):
+            raise UserError(f"{path}: the model's merges must be a list, not {_shown(merges)}")
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) if isinstance(m, list) else (m,)
+                  for m in merges]
+        return _bpe_tokenizer(_vocab(model.get("vocab"), path), merges, _pattern(pre_tokenizer, path), specials,
+                              path) + (chat,)
     vocab_path, merges_path = os.path.join(in_dir, "vocab.json"), os.path.join(in_dir, "merges.txt")
     if not (os.path.isfile(vocab_path) and os.path.isfile(merges_path)):
         raise UserError(f"{in_dir} has no tokenizer: it needs tokenizer.json, or vocab.json and merges.txt")
-    vocab = _read_json(vocab_path, "")
+    vocab = _vocab(_read_json(vocab_path), vocab_path)
     try:
         with open(merges_path, encoding="utf-8") as f:
             lines = [line.rstrip("\n") for line in f]
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {merges_path}: {e}") from None
+    except OSError as e:
+        raise UserError(f"cannot read {merges_path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{merges_path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
     specials = {ENDOFTEXT: vocab[ENDOFTEXT]} if ENDOFTEXT in vocab else {}
     return _bpe_tokenizer(vocab, merges, GPT2_PATTERN, specials, merges_path) + (chat,)
 
 
+def _part(spec, key, path):
+    """An object-valued part of tokenizer.json ({} when absent or null)."""
+    value = spec.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise UserError(f"{path}: its {key} must be an object, not {_shown(value)}")
+    return value or {}
+
+
+def _vocab(vocab, path):
+    """A vocabulary, checked: {token text: id}, each id a different whole number >= 0."""
+    if vocab is None:
+        vocab = {}
+    if not isinstance(vocab, dict):
+        raise UserError(f"{path}: the vocabulary must be an object of token: id, not {_shown(vocab)}")
+    seen = {}
+    for text, i in vocab.items():
+        if type(i) is not int or i < 0:
+            raise UserError(f"{path}: token {_shown(text)} has the id {_shown(i)}, not a whole number >= 0")
+        if i in seen:
+            raise UserError(f"{path}: tokens {_shown(seen[i])} and {_shown(text)} share the id {i}")
+        seen[i] = text
+    return vocab
+
+
+def _specials(added, path):
+    """{text: id} of the special tokens among tokenizer.json's added_tokens, checked."""
+    if added is None:
+        added = []
+    if not isinstance(added, list):
+        raise UserError(f"{path}: its added_tokens must be a list, not {_shown(added)}")
+    specials = {}
+    for token in added:
+        if not isinstance(token, dict):
+            raise UserError(f"{path}: an added token must be an object, not {_shown(token)}")
+        if token.get("special"):
+            content, i = token.get("content"), token.get("id")
+            if type(content) is not str or type(i) is not int or i < 0:
+                raise UserError(f"{path}: special token {_shown(token)} needs a string content and a whole-number "
+                                f"id >= 0")
+            specials[content] = i
+    return specials
+
+
 def _pattern(pre_tokenizer, path):
     """The split regex of a byte-level pre-tokenizer: ByteLevel's own (GPT-2's), or a Split before it."""
-    steps = (pre_tokenizer or {}).get("pretokenizers") if (pre_tokenizer or {}).get("type") == "Sequence" \
-        else [pre_tokenizer or {}]
+    steps = pre_tokenizer.get("pretokenizers") if pre_tokenizer.get("type") == "Sequence" else [pre_tokenizer]
+    if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
+        raise UserError(f"{path}: its pre-tokenizer steps must be a list of objects, not {_shown(steps)}")
     kinds = [step.get("type") for step in steps]
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True) and not steps[0].get("add_prefix_space"):
         return GPT2_PATTERN
+    pattern = steps[0].get("pattern") if steps else None
     if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex") and not steps[1].get("add_prefix_space") \
-            and steps[0].get("behavior") == "Isolated" and "Regex" in (steps[0].get("pattern") or {}):
-        return steps[0]["pattern"]["Regex"]
-    raise UserError(f"{path}: its pre-tokenizer {kinds} is not one b_lm reads (GPT-2's ByteLevel, or a regex "
-                    f"Split then ByteLevel, without a prefix space)")
+            and steps[0].get("behavior") == "Isolated" and isinstance(pattern, dict) \
+            and isinstance(pattern.get("Regex"), str):
+        return pattern["Regex"]
+    raise UserError(f"{path}: its pre-tokenizer {_shown(kinds)} is not one b_lm reads (GPT-2's ByteLevel, or a "
+                    f"regex Split then ByteLevel, without a prefix space)")
 
 
 def _bpe_tokenizer(vocab, merges, pattern, specials, path):
@@ -471,58 +654,80 @@ def _bpe_tokenizer(vocab, merges, pattern, specials, path):
     """
     unknown = sorted(set(specials) - set(SPECIAL_TOKENS))
     if unknown:
-        raise UserError(f"{path}: special tokens {unknown} are not b_lm's ({', '.join(SPECIAL_TOKENS)})")
+        raise UserError(f"{path}: special tokens {_shown(unknown)} are not b_lm's ({', '.join(SPECIAL_TOKENS)})")
     to_byte = {ch: b for b, ch in byte_to_unicode().items()}
 
     def token_bytes(text):
+        if not isinstance(text, str):
+            raise UserError(f"{path}: token {_shown(text)} is not a string")
         try:
             return bytes(to_byte[ch] for ch in text)
-        except (KeyError, TypeError):
-            raise UserError(f"{path}: token {text!r} is not written in the byte-level alphabet") from None
+        except KeyError:
+            raise UserError(f"{path}: token {_shown(text)} is not written in the byte-level alphabet") from None
 
     ours = {bytes([b]): b for b in range(256)}
     pairs = []
     for rank, pair in enumerate(merges):
         if len(pair) != 2:
-            raise UserError(f"{path}: merge #{rank} {pair!r} is not a pair of tokens")
+            raise UserError(f"{path}: merge #{rank} {_shown(pair)} is not a pair of tokens")
         left, right = token_bytes(pair[0]), token_bytes(pair[1])
         if left not in ours or right not in ours or left + right in ours:
-            raise UserError(f"{path}: merge #{rank} {pair!r} joins a token not made before it, or makes one twice")
+            raise UserError(f"{path}: merge #{rank} {_shown(pair)} joins a token not made before it, or makes one "
+                            f"twice")
         ours[left + right] = 256 + rank
         pairs.append((ours[left], ours[right]))
-    tokenizer = BPETokenizer(pairs, pattern)
+    try:
+        tokenizer = BPETokenizer(pairs, pattern)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
     hf_to_ours = {}
     for text, hf_id in vocab.items():
         if text in specials:
             continue
         made = token_bytes(text)
         if made not in ours:
-            raise UserError(f"{path}: token {text!r} is neither a byte nor made by a merge")
+            raise UserError(f"{path}: token {_shown(text)} is neither a byte nor made by a merge")
         hf_to_ours[hf_id] = ours[made]
     for name, hf_id in specials.items():
+        if hf_to_ours.get(hf_id, tokenizer.special_tokens[name]) != tokenizer.special_tokens[name]:
+            raise UserError(f"{path}: the special token {name} has the id {hf_id} of another token")
         hf_to_ours[hf_id] = tokenizer.special_tokens[name]
+    if not hf_to_ours:
+        raise UserError(f"{path}: its vocabulary is empty")
     return tokenizer, hf_to_ours
 
 
 def _char_tokenizer(vocab, specials, path):
     """Our CharTokenizer from a tokenizer.json that to_hf wrote for one."""
     chars = sorted(vocab, key=vocab.get)
-    if any(len(ch) != 1 for ch in chars) or chars != sorted(chars) or [vocab[ch] for ch in chars] != \
+    if not chars or any(len(ch) != 1 for ch in chars) or chars != sorted(chars) or [vocab[ch] for ch in chars] != \
             list(range(len(chars))) or specials != {s: len(chars) + i for i, s in enumerate(SPECIAL_TOKENS)}:
         raise UserError(f"{path}: a word-level vocabulary that is not a b_lm character tokenizer")
     tokenizer = CharTokenizer(chars)
     return tokenizer, {i: i for i in range(tokenizer.vocab_size)}
 
 
-def _read_json(path, missing_message):
-    """A JSON object (a dict) from path; UserError if it is missing, unreadable or something else."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except FileNotFoundError:
-        raise UserError(missing_message or f"{path} not found") from None
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {path}: {str(e).splitlines()[0][:120]}") from None
+def _read_json(path, missing_message=""):
+    """A JSON object (a dict) from path; UserError if it is missing, unreadable, not JSON or something else."""
+    obj = read_json(path, "JSON", missing=missing_message or None)
     if not isinstance(obj, dict):
-        raise UserError(f"{path} holds a JSON {type(obj).__name__}, not an object")
+        raise UserError(f"{path} holds a JSON {_JSON_KINDS.get(type(obj), 'value')}, not an object")
     return obj
+
+
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
+def _shown(value, limit=60):
+    """A JSON value as a message shows it: as JSON, on one line, cut short if long."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _names(names, shown=3):
+    """A few names from a list, printable, for a message: 'a, b, c and 4 more'."""
+    listed = ", ".join(n[:80] if n.isprintable() else repr(n)[:80] for n in names[:shown])
+    return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")

@@ -30,6 +30,7 @@ import re
 
 from errors import UserError
 from files import atomic_write, check_output_path, refuse_existing
+from jsonfile import parse_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_FACTS = os.path.join(HERE, "qa_facts.jsonl")
@@ -95,9 +96,9 @@ def _object_problem(line, fields):
 
     A str field must be a non-empty string; a list field a list of non-empty strings."""
     try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        return f"not valid JSON ({e.msg} at column {e.colno})", None
+        obj = parse_json(line)
+    except UserError as e:
+        return str(e), None
     if not isinstance(obj, dict):
         return f"expected a JSON object, got {type(obj).__name__}", None
     for key, typ in fields.items():

@@ -18,6 +18,11 @@ Conventions:
   ($B_LM_CACHE/peak_flops.json when that is set).
   MFU is therefore "fraction of what this device reaches on a big matmul".
 """
+
+from errors import stop_cleanly
+
+stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load is one line too
+
 import json
 import math
 import os
@@ -27,7 +32,9 @@ import numpy as np
 import torch
 
 from device import synchronize
+from errors import UserError
 from files import atomic_write, cache_dir
+from jsonfile import read_json
 
 
 # ------------------------------------------------------------------- timers
@@ -153,13 +160,12 @@ def peak_flops(device, n=None, reps=3, cache_path=None):
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     key = f"{name}|torch {torch.__version__}|threads {torch.get_num_threads()}|n {n}"
     try:
-        with open(cache_path) as f:
-            cache = json.load(f)
-    except (OSError, ValueError):
+        cache = read_json(cache_path, "FLOP/s cache")
+    except UserError:
         cache = {}  # missing or damaged: measure again
     if not isinstance(cache, dict):
         cache = {}
-    if isinstance(cache.get(key), (int, float)):
+    if type(cache.get(key)) in (int, float) and 0 < cache[key] < math.inf:  # else damaged: measure again
         return float(cache[key])
     cache[key] = measure_matmul_flops(device, n, reps)
     try:

@@ -13,7 +13,7 @@ KINDS = {"char": CharTokenizer, "bpe": BPETokenizer}
 def tokenizer_from_dict(d):
     """Rebuild whichever tokenizer a checkpoint or file describes; UserError if it describes none."""
     kind = d.get("kind") if isinstance(d, dict) else None
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise UserError(f"unknown tokenizer kind {kind!r}: expected one of {', '.join(KINDS)}")
     return KINDS[kind].from_dict(d)
 

@@ -1,5 +1,6 @@
 """convert.py against the real transformers, tokenizers and safetensors: nothing is mocked, nothing downloaded."""
 import json
+import math
 import os
 import shutil
 
@@ -220,10 +221,10 @@ def test_bad_input_is_one_line(tmp_path, gpt2_folder, checkpoints, capsys, case)
         config = json.loads((tmp_path / "stablelm" / "config.json").read_text())
         (tmp_path / "stablelm" / "config.json").write_text(json.dumps({**config, "num_key_value_heads": 1,
                                                                         "hidden_act": "gelu"}))
-        refused(capsys, "from-hf", tmp_path / "stablelm", tmp_path / "x.pth", fragment="key/value heads, activation")
-        for change, fragment in (({"rope_parameters": {"rope_theta": "abc"}}, "rope_theta a number > 0"),
-                                 ({"num_hidden_layers": 0}, "must be >= 1"),
-                                 ({"max_position_embeddings": 10 ** 12}, "rotary tables far larger")):
+        refused(capsys, "from-hf", tmp_path / "stablelm", tmp_path / "x.pth", fragment="num_key_value_heads is 1")
+        for change, fragment in (({"rope_parameters": {"rope_theta": "abc"}}, "rope_parameters.rope_theta must be"),
+                                 ({"num_hidden_layers": 0}, "num_hidden_layers must be a whole number from 1"),
+                                 ({"max_position_embeddings": 10 ** 7}, "rotary tables far larger")):
             (tmp_path / "stablelm" / "config.json").write_text(json.dumps({**config, **change}))
             refused(capsys, "from-hf", tmp_path / "stablelm", tmp_path / "x.pth", fragment=fragment)
     elif case == "shapes":
@@ -270,3 +271,310 @@ def test_a_model_no_hugging_face_architecture_holds_is_refused(tmp_path, capsys,
     train.main(["--data", small_corpus, "--ckpt", str(ckpt), "--metrics", "", *TINY, "--max-iters", "2", *flags])
     refused(capsys, "to-hf", ckpt, tmp_path / "hf", fragment=fragment)
     assert not (tmp_path / "hf").exists()
+
+
+# ------------------------------------------------------------------- from-hf refuses what b_lm would not build
+
+@pytest.fixture(scope="module")
+def hf_folders(gpt2_folder, checkpoints, tmp_path_factory):
+    """{architecture: a folder that imports}: GPT-2 made by transformers, Llama and StableLM exported by to-hf."""
+    folders = {"gpt2": gpt2_folder[0]}
+    for kind in ("llama", "stablelm"):
+        folders[kind] = tmp_path_factory.mktemp("export") / kind
+        convert.main(["to-hf", checkpoints[kind], str(folders[kind])])
+    return folders
+
+
+def changed(tmp_path, hf_folders, kind, config=None, remove=(), weights=None):
+    """A copy of an importable folder with config.json's fields changed (or removed) and weights changed."""
+    folder = tmp_path / kind
+    shutil.copytree(hf_folders[kind], folder)
+    settings = json.loads((folder / "config.json").read_text())
+    settings.update(config or {})
+    for key in remove:
+        settings.pop(key, None)
+    (folder / "config.json").write_text(json.dumps(settings))
+    if weights:
+        from safetensors.torch import load_file, save_file
+        tensors = load_file(folder / "model.safetensors")
+        weights(tensors)
+        save_file(tensors, folder / "model.safetensors")
+    return folder
+
+
+def imported(capsys, folder, out):
+    """convert.py from-hf as a command line: (exit code, non-blank stderr lines)."""
+    capsys.readouterr()
+    code = 0
+    try:
+        run_main(convert.main, ["from-hf", str(folder), str(out)])
+    except SystemExit as e:
+        code = e.code
+    return code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def refused_import(capsys, folder, out, *fragments):
+    code, lines = imported(capsys, folder, out)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert "Traceback" not in lines[0] and all(f in lines[0] for f in fragments), lines
+    assert not os.path.exists(out) and not [p for p in os.listdir(os.path.dirname(out)) if ".pth" in p]
+
+
+SIZES = [-1, 0, 1.5, 2.0, 10 ** 12, "4", True, False, None, [4], {"n": 4}]
+FLAGS = ["yes", "true", 1, 0, None, [], {}]
+EPSILONS = ["x", -1, 0, -1e-5, 1e-3, 1e-6, True, None, [1e-5], math.inf, math.nan]
+THETAS = ["abc", -1, 0, -10000.0, True, [10000.0], {}, math.inf, math.nan]
+ROTARY = ("llama", "stablelm")
+
+
+def config_cases():
+    """(architecture, {field: bad value}, the name the message must give) for every field from-hf reads."""
+    cases = []
+    for field in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size"):
+        cases += [("gpt2", {field: v}, field) for v in SIZES if not (field == "vocab_size" and v is None)]
+    cases += [("gpt2", {"n_inner": v}, "n_inner") for v in SIZES + [7, 4 * 32 + 1] if v is not None]
+    cases += [("gpt2", {"n_head": v}, "n_head") for v in (3, 5, 64)]  # does not divide n_embd 32
+    cases += [("gpt2", {"layer_norm_epsilon": v}, "layer_norm_epsilon") for v in EPSILONS]
+    cases += [("gpt2", {"activation_function": v}, "activation_function")
+              for v in ("relu", "silu", "", 1, None, ["gelu_new"], {"gelu": 1})]
+    cases += [("gpt2", {"tie_word_embeddings": v}, "tie_word_embeddings") for v in FLAGS]
+    for field, wrong in (("scale_attn_weights", False), ("scale_attn_by_inverse_layer_idx", True),
+                         ("add_cross_attention", True)):
+        cases += [("gpt2", {field: v}, field) for v in (wrong, "yes", 1, None)]
+    cases += [("gpt2", {"model_type": v}, "model_type") for v in ("bert", "GPT2", 5, None, ["gpt2"], {})]
+    for kind in ROTARY:
+        for field in ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size",
+                      "max_position_embeddings", "vocab_size", "num_key_value_heads", "head_dim"):
+            optional = field in ("vocab_size", "num_key_value_heads", "head_dim")
+            cases += [(kind, {field: v}, field) for v in SIZES if not (optional and v is None)]
+        # 16 wide, 2 heads of 8: 3 and 5 do not divide it, 16 heads are 1 wide (rotary turns pairs)
+        cases += [(kind, {"num_attention_heads": v}, "num_attention_heads") for v in (3, 5, 16)]
+        cases += [(kind, {"num_key_value_heads": v}, "num_key_value_heads") for v in (1, 4)]
+        cases += [(kind, {"head_dim": v}, "head_dim") for v in (4, 16)]
+        cases += [(kind, {"intermediate_size": v}, "intermediate_size") for v in (64, 40)]
+        cases += [(kind, {"hidden_act": v}, "hidden_act") for v in ("gelu", "relu", 1, None, ["silu"])]
+        cases += [(kind, {"rope_theta": v}, "rope_theta") for v in THETAS + [500.0]]  # 500: not rope_parameters'
+        cases += [(kind, {"rope_parameters": {"rope_type": "default", "rope_theta": v}},
+                   "rope_parameters.rope_theta") for v in THETAS]
+        cases += [(kind, {"rope_parameters": v}, "rope_parameters") for v in ("x", [1], 5, True)]
+        cases += [(kind, {"rope_parameters": {"rope_type": v, "rope_theta": 10000.0}}, "rope_parameters.rope_type")
+                  for v in ("linear", "llama3", 1, None)]
+        cases += [(kind, {"rope_scaling": v}, "rope_scaling")
+                  for v in ({"rope_type": "linear", "factor": 2.0}, "x", 1, [1])]
+        cases += [(kind, {"partial_rotary_factor": v}, "partial_rotary_factor") for v in (0.5, 0, "x", None, True)]
+        cases += [(kind, {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                              "partial_rotary_factor": v}}, "rope_parameters.partial_rotary_factor")
+                  for v in (0.25, "x", True)]
+        eps = "rms_norm_eps" if kind == "llama" else "layer_norm_eps"
+        cases += [(kind, {eps: v}, eps) for v in EPSILONS]
+        for field in ("attention_bias", "mlp_bias", "use_qkv_bias", "qk_layernorm", "use_parallel_residual"):
+            cases += [(kind, {field: v}, field) for v in (True, "yes", 1, None)]
+        cases += [(kind, {"tie_word_embeddings": v}, "tie_word_embeddings") for v in FLAGS]
+    return cases
+
+
+@pytest.mark.parametrize("kind, change, field", config_cases(),
+                         ids=lambda x: json.dumps(x)[:40] if isinstance(x, dict) else str(x))
+def test_every_config_field_is_checked_by_type_and_range(tmp_path, capsys, hf_folders, kind, change, field):
+    folder = changed(tmp_path, hf_folders, kind, change)
+    refused_import(capsys, folder, tmp_path / "x.pth", field, "config.json")
+
+
+@pytest.mark.parametrize("kind, field", [("gpt2", f) for f in ("n_layer", "n_head", "n_embd", "n_positions")] +
+                         [(k, f) for k in ROTARY for f in ("num_hidden_layers", "num_attention_heads", "hidden_size",
+                                                           "intermediate_size", "max_position_embeddings")])
+def test_a_missing_size_is_named(tmp_path, capsys, hf_folders, kind, field):
+    refused_import(capsys, changed(tmp_path, hf_folders, kind, remove=[field]), tmp_path / "x.pth", f"lacks {field}")
+
+
+def test_valid_configs_still_import(tmp_path, capsys, hf_folders):
+    # A real GPT-2 config.json has no tie_word_embeddings (it ties), and says 1e-05 and gelu_new.
+    real = changed(tmp_path, hf_folders, "gpt2", {"n_ctx": 64, "layer_norm_epsilon": 1e-05, "n_inner": None,
+                                                  "activation_function": "gelu_new", "exported_by": "someone"},
+                   remove=["tie_word_embeddings", "scale_attn_by_inverse_layer_idx", "add_cross_attention"])
+    assert imported(capsys, real, tmp_path / "gpt2.pth") == (0, [])
+    assert load_checkpoint(str(tmp_path / "gpt2.pth"))["model_config"]["tie_embeddings"] is True
+    for kind in ROTARY:  # transformers 4 (rope_theta alone) and 5 (rope_parameters alone) configs
+        for remove in (["rope_parameters"], ["rope_theta"], ["head_dim", "num_key_value_heads", "vocab_size"]):
+            folder = changed(tmp_path / "-".join([kind, *remove]), hf_folders, kind, {"rope_scaling": None},
+                             remove=remove)
+            assert imported(capsys, folder, folder.parent / "back.pth") == (0, []), (kind, remove)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", *ROTARY])
+@pytest.mark.parametrize("name", ["extra.weight", "lm_head.bias", "layers.7.weight", "h.2.ln_1.weight",
+                                  "model.layers.2.input_layernorm.weight", "transformer.h.2.ln_1.weight"])
+def test_weights_the_model_does_not_use_are_refused(tmp_path, capsys, hf_folders, kind, name):
+    def add(tensors):
+        tensors[name] = torch.zeros(3)
+    refused_import(capsys, changed(tmp_path, hf_folders, kind, weights=add), tmp_path / "x.pth", name,
+                   "does not use")
+
+
+NOT_FLOATS = [torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.bool, torch.complex64,
+              torch.float8_e4m3fn]
+
+
+@pytest.mark.parametrize("kind, name", [("gpt2", "transformer.wte.weight"), ("gpt2", "transformer.h.1.ln_2.bias"),
+                                        ("llama", "model.layers.0.self_attn.q_proj.weight"),
+                                        ("stablelm", "model.norm.weight")])
+@pytest.mark.parametrize("dtype", NOT_FLOATS, ids=str)
+def test_weights_that_are_not_floats_are_refused(tmp_path, capsys, hf_folders, kind, name, dtype):
+    def cast(tensors):
+        tensors[name] = (tensors[name] * 3).to(dtype)
+    folder = changed(tmp_path, hf_folders, kind, weights=cast)
+    refused_import(capsys, folder, tmp_path / "x.pth", name, str(dtype).removeprefix("torch."))
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int32, torch.bool], ids=str)
+def test_a_pytorch_model_bin_with_integer_weights_is_refused(tmp_path, capsys, hf_folders, dtype):
+    from safetensors.torch import load_file
+    folder = changed(tmp_path, hf_folders, "gpt2")
+    tensors = load_file(folder / "model.safetensors")
+    tensors["transformer.h.0.attn.c_attn.weight"] = tensors["transformer.h.0.attn.c_attn.weight"].to(dtype)
+    torch.save(tensors, folder / "pytorch_model.bin")
+    os.remove(folder / "model.safetensors")
+    refused_import(capsys, folder, tmp_path / "x.pth", "h.0.attn.c_attn.weight", str(dtype).removeprefix("torch."))
+
+
+@pytest.mark.parametrize("kind", ["gpt2", *ROTARY])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64], ids=str)
+def test_half_and_double_weights_convert_to_float32(tmp_path, capsys, hf_folders, kind, dtype):
+    def cast(tensors):
+        for name in tensors:
+            tensors[name] = tensors[name].to(dtype)
+    folder = changed(tmp_path, hf_folders, kind, weights=cast)
+    assert imported(capsys, folder, tmp_path / "x.pth") == (0, [])
+    assert {t.dtype for t in load_checkpoint(str(tmp_path / "x.pth"))["model"].values()} == {torch.float32}
+
+
+def test_buffers_transformers_skips_are_skipped(tmp_path, capsys, hf_folders):
+    # Older GPT-2 files hold each layer's causal mask, older Llama files their rotary frequencies.
+    def gpt2_buffers(tensors):
+        for i in range(2):
+            tensors[f"transformer.h.{i}.attn.bias"] = torch.ones(1, 1, 64, 64, dtype=torch.bool).tril()
+            tensors[f"transformer.h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+
+    def rotary_buffers(tensors):
+        tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(4)
+    for kind, add in (("gpt2", gpt2_buffers), ("llama", rotary_buffers), ("stablelm", rotary_buffers)):
+        folder = changed(tmp_path / kind, hf_folders, kind, weights=add)
+        assert imported(capsys, folder, tmp_path / f"{kind}.pth") == (0, []), kind
+
+
+def test_a_tied_head_must_be_the_embedding(tmp_path, capsys, hf_folders):
+    def same(tensors):
+        tensors["lm_head.weight"] = tensors["transformer.wte.weight"].clone()
+
+    def other(tensors):
+        tensors["lm_head.weight"] = tensors["transformer.wte.weight"] * 2
+    assert imported(capsys, changed(tmp_path / "a", hf_folders, "gpt2", weights=same), tmp_path / "a.pth") == (0, [])
+    refused_import(capsys, changed(tmp_path / "b", hf_folders, "gpt2", weights=other), tmp_path / "b" / "x.pth",
+                   "lm_head.weight", "tie_word_embeddings")
+
+
+@pytest.mark.parametrize("content", [{"transformer.wte.weight": Payload()}, [torch.zeros(2)], {"a": 1}, Payload()],
+                         ids=["object-in-dict", "list", "not-tensors", "object"])
+def test_a_pickle_that_is_not_a_state_dict_is_one_short_line(tmp_path, capsys, hf_folders, content):
+    folder = changed(tmp_path, hf_folders, "gpt2")
+    os.remove(folder / "model.safetensors")
+    torch.save(content, folder / "pytorch_model.bin")
+    code, lines = imported(capsys, folder, tmp_path / "x.pth")
+    assert code == 2 and len(lines) == 1 and "pytorch_model.bin" in lines[0] and "safely" in lines[0], lines
+    assert "\x1b" not in lines[0] and "trust" not in lines[0] and len(lines[0]) < 300, lines
+    assert not (tmp_path / "x.pth").exists()
+
+
+def test_the_embedding_rows_must_match_vocab_size(tmp_path, capsys, hf_folders):
+    for kind in ("gpt2", *ROTARY):
+        folder = changed(tmp_path / kind, hf_folders, kind)
+        vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
+        folder = changed(tmp_path / f"{kind}-more", hf_folders, kind, {"vocab_size": vocab + 1})
+        refused_import(capsys, folder, tmp_path / "x.pth", "vocab_size", str(vocab + 1))
+
+
+# ------------------------------------------------------------------- hostile JSON
+
+DEEP = 100_000
+JSON_SHAPES = {
+    "deep-array": "[" * DEEP + "]" * DEEP,
+    "deep-value": '{"model_type": "gpt2", "x": ' + "[" * DEEP + "]" * DEEP + "}",
+    "deep-object": '{"a": ' * DEEP + "1" + "}" * DEEP,
+    "deep-unclosed": "[" * DEEP,
+    "deep-150": '{"model_type": "gpt2", "x": ' + "[" * 150 + "]" * 150 + "}",  # parses, but no file of ours is
+    "deep-990": "[" * 990 + "]" * 990,
+    "invalid": '{"model_type": "gpt2",',
+    "empty": "",
+    "array": "[1, 2]",
+    "string": '"config"',
+    "not-utf8": b'{"model_type": "\xff\xfe"}',
+    "huge-int": '{"n_layer": ' + "9" * 5000 + "}",
+}
+
+
+def write(path, content):
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+
+
+@pytest.mark.parametrize("shape", list(JSON_SHAPES))
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json"])
+def test_hostile_json_in_a_hugging_face_folder_is_one_line(tmp_path, capsys, hf_folders, name, shape):
+    folder = changed(tmp_path, hf_folders, "gpt2")
+    if name == "vocab.json":  # GPT-2's older tokenizer files instead of tokenizer.json
+        model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+        merges = [" ".join(m) if isinstance(m, list) else m for m in model["merges"]]
+        (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+        os.remove(folder / "tokenizer.json")
+    if shape == "huge-int" and name != "config.json":
+        shape = "deep-150"
+    write(folder / name, JSON_SHAPES[shape])
+    refused_import(capsys, folder, tmp_path / "x.pth", name)
+
+
+TOKENIZER_CASES = {
+    "model-string": {"model": "BPE"},
+    "model-list": {"model": [1]},
+    "added-number": {"added_tokens": 5},
+    "added-item-number": {"added_tokens": [5]},
+    "special-id-string": {"added_tokens": [{"id": "0", "content": ENDOFTEXT, "special": True}]},
+    "special-id-negative": {"added_tokens": [{"id": -1, "content": ENDOFTEXT, "special": True}]},
+    "special-content-list": {"added_tokens": [{"id": 0, "content": [ENDOFTEXT], "special": True}]},
+    "special-unknown": {"added_tokens": [{"id": 0, "content": "<|mine|>", "special": True}]},
+    "vocab-list": {"model.vocab": ["a"]},
+    "vocab-id-string": {"model.vocab": {"a": "1"}},
+    "vocab-id-float": {"model.vocab": {"a": 1.0}},
+    "vocab-id-bool": {"model.vocab": {"a": True}},
+    "vocab-id-negative": {"model.vocab": {"a": -1}},
+    "vocab-id-shared": {"model.vocab": {"a": 1, "b": 1}},
+    "vocab-empty": {"model.vocab": {}, "model.merges": [], "added_tokens": []},
+    "merges-object": {"model.merges": {"a": "b"}},
+    "merges-number": {"model.merges": [5]},
+    "merges-single": {"model.merges": [["a"]]},
+    "merges-numbers": {"model.merges": [[1, 2]]},
+    "merges-nested": {"model.merges": [[["a"], "b"]]},
+    "pre-tokenizer-string": {"pre_tokenizer": "ByteLevel"},
+    "pre-tokenizer-steps": {"pre_tokenizer": {"type": "Sequence", "pretokenizers": 5}},
+    "pre-tokenizer-step": {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [5]}},
+    "pre-tokenizer-pattern": {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": "x", "behavior": "Isolated"}, {"type": "ByteLevel", "use_regex": False}]}},
+    "pre-tokenizer-regex": {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "("}, "behavior": "Isolated"},
+        {"type": "ByteLevel", "use_regex": False}]}},
+    "model-type": {"model.type": ["BPE"]},
+}
+
+
+@pytest.mark.parametrize("case", list(TOKENIZER_CASES))
+def test_a_malformed_tokenizer_json_is_one_line(tmp_path, capsys, hf_folders, case):
+    folder = changed(tmp_path, hf_folders, "gpt2")
+    spec = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    for key, value in TOKENIZER_CASES[case].items():
+        if key.startswith("model."):
+            spec["model"][key.removeprefix("model.")] = value
+        else:
+            spec[key] = value
+    (folder / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    refused_import(capsys, folder, tmp_path / "x.pth", "tokenizer.json")

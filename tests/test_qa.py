@@ -251,3 +251,37 @@ def test_build_refuses_an_out_path_that_would_harm_an_input_or_cannot_be_a_file(
         err = capsys.readouterr().err.splitlines()
         assert len(err) == 1 and message in err[0], err
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written or touched
+
+
+DEEP = 100_000
+HOSTILE_LINES = {
+    "deep-array": "[" * DEEP + "]" * DEEP,
+    "deep-value": '{"id": ' + "[" * DEEP + "]" * DEEP + "}",
+    "deep-object": '{"a": ' * DEEP + "1" + "}" * DEEP,
+    "deep-unclosed": "[" * DEEP,
+    "deep-150": '{"id": ' + "[" * 150 + "]" * 150 + "}",  # parses, but deeper than any record
+    "deep-990": "[" * 990 + "]" * 990,
+    "huge-int": '{"id": ' + "9" * 5000 + "}",
+}
+
+
+@pytest.mark.parametrize("shape", list(HOSTILE_LINES))
+def test_hostile_json_lines_are_one_line_problems(tmp_path, records, capsys, shape):
+    line = HOSTILE_LINES[shape]
+    path = write_lines(tmp_path / "qa.jsonl", [json.dumps(records[0]), line])
+    with pytest.raises(SystemExit) as exit_:
+        run_main(make_qa.main, ["--check", path])
+    captured = capsys.readouterr()
+    assert exit_.value.code == 2 and captured.err == f"error: {path} has 1 problem(s), listed above\n"
+    assert captured.out.splitlines()[1].startswith(f"{path} line 2: not valid JSON") and len(captured.out) < 1000
+    with pytest.raises(UserError, match=r"qa\.jsonl line 2: not valid JSON") as e:
+        qa.load_qa(path)
+    assert "\n" not in str(e.value)
+    facts = write_lines(tmp_path / "facts.jsonl", [json.dumps(FACTS[0], ensure_ascii=False), line])
+    with pytest.raises(UserError, match=r"facts\.jsonl line 2: not valid JSON"):
+        qa.load_facts(facts)
+    with pytest.raises(SystemExit) as exit_:  # building from such facts: one line, and no dataset written
+        run_main(make_qa.main, ["--facts", facts, "--out", str(tmp_path / "out.jsonl")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "facts.jsonl" in err
+    assert not (tmp_path / "out.jsonl").exists()

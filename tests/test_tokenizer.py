@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from errors import UserError
@@ -64,3 +66,43 @@ def test_damaged_char_tokenizers_are_user_errors():
                 {"kind": "char", "chars": ["a"], "special_tokens": ["<x>"]}):
         with pytest.raises(UserError):
             tokenizer_from_dict(bad)
+
+
+DEEP = 100_000
+HOSTILE_TOKENIZERS = {
+    "deep-array": "[" * DEEP + "]" * DEEP,
+    "deep-merges": '{"kind": "bpe", "format_version": 1, "merges": ' + "[" * DEEP + "]" * DEEP + "}",
+    "deep-object": '{"kind": ' * DEEP + '"bpe"' + "}" * DEEP,
+    "deep-unclosed": '{"kind": "bpe", "merges": ' + "[" * DEEP,
+    "deep-150": '{"kind": "bpe", "pattern": ' + "[" * 150 + "]" * 150 + "}",  # parses, deeper than ours
+    "deep-990": "[" * 990 + "]" * 990,
+    "deep-in-merge": '{"kind": "bpe", "format_version": 1, "special_tokens": ' + json.dumps(list(SPECIAL_TOKENS))
+                     + ', "pattern": ".", "merges": [[1, ' + "[" * 50 + "]" * 50 + "]]}",
+    "invalid": '{"kind": "bpe", "merges": [',
+    "empty": "",
+    "not-utf8": b'{"kind": "\xff"}',
+    "array": "[1, 2]",
+    "version-true": '{"kind": "bpe", "format_version": true}',
+    "huge-int": '{"kind": "bpe", "format_version": ' + "9" * 5000 + "}",
+}
+
+
+@pytest.mark.parametrize("shape", list(HOSTILE_TOKENIZERS))
+def test_a_hostile_tokenizer_file_is_one_line(tmp_path, small_corpus, cli, shape):
+    import train
+    from bpe import BPETokenizer
+    from conftest import TINY
+    path = tmp_path / "tok.json"
+    content = HOSTILE_TOKENIZERS[shape]
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(UserError, match="tok.json"):
+        BPETokenizer.load(str(path))
+    result = cli(train, "--data", small_corpus, "--tokenizer", path, "--ckpt", tmp_path / "x.pth", "--metrics", "",
+                 *TINY, "--max-iters", "1")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert str(path) in lines[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "x.pth").exists()

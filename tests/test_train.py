@@ -37,6 +37,14 @@ def test_training_writes_checkpoint_metrics_and_final_line(tmp_path, small_corpu
     assert saved["step"] == 20 and saved["best_val_loss"] == pytest.approx(result["val_loss"])
 
 
+def test_a_run_says_which_files_it_did_not_write(tmp_path, small_corpus, capsys):
+    train.main(["--data", small_corpus, "--ckpt", str(tmp_path / "run.pth"), *TINY, "--max-iters", "2",
+                "--metrics", ""])  # TINY has --plot ''
+    assert "saved " + str(tmp_path / "run.pth") + "; no metrics CSV (--metrics ''); no plot (--plot '')" in \
+        capsys.readouterr().out
+    assert os.listdir(tmp_path) == ["run.pth"]
+
+
 def test_same_seed_same_losses(tmp_path, small_corpus):
     a, _ = run(tmp_path, small_corpus, "--max-iters", "12", "--dropout", "0.1", name="a")
     b, _ = run(tmp_path, small_corpus, "--max-iters", "12", "--dropout", "0.1", name="b")
@@ -52,6 +60,35 @@ def test_resume_gives_the_uninterrupted_run(tmp_path, small_corpus):
     a, b = torch.load(whole_ckpt, weights_only=True), torch.load(split_ckpt, weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+
+
+def test_a_bare_resume_finishes_exactly_the_interrupted_run(tmp_path, small_corpus, monkeypatch, capsys):
+    # Every flag of the run differs from its default; the resume names none of them, not even --data.
+    flags = ["--max-iters", "12", "--eval-interval", "4", "--lr-decay-iters", "10", "--warmup-iters", "3",
+             "--log-interval", "2", "--min-lr-ratio", "0.3", "--final-eval-tokens", "512", "--seed", "7"]
+    run(tmp_path, small_corpus, *flags, name="whole")
+    whole = capsys.readouterr().out.strip().splitlines()[-1]
+    with monkeypatch.context() as patch:
+        interrupt_during(patch, "backward", call=5)
+        with pytest.raises(SystemExit):
+            run(tmp_path, small_corpus, *flags, name="split")
+    assert "continue with --resume" in capsys.readouterr().err
+    train.main(["--ckpt", str(tmp_path / "split.pth"), "--resume", "--plot", ""])
+    resumed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert resumed.split(" elapsed_s=")[0] == whole.split(" elapsed_s=")[0]  # the same final line
+    assert resumed.startswith("final: step=12 ")
+    a, b = torch.load(tmp_path / "whole.pth", weights_only=True), torch.load(tmp_path / "split.pth", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # with the default clipping
+
+
+def test_flags_given_with_resume_override_the_run_except_the_model_and_optimizer(tmp_path, small_corpus, capsys):
+    run(tmp_path, small_corpus, "--max-iters", "4", "--eval-interval", "2")
+    result = train.main(["--ckpt", str(tmp_path / "run.pth"), "--resume", "--max-iters", "6", "--plot", ""])
+    assert result["step"] == 6  # a longer run is an explicit override
+    for flag, value in (("--n-layer", "2"), ("--optimizer", "adamw"), ("--lr", "0.5"), ("--n-embd", "32")):
+        with pytest.raises(UserError, match=f"{flag} {value} cannot change when resuming"):
+            train.main(["--ckpt", str(tmp_path / "run.pth"), "--resume", "--max-iters", "8", flag, value])
+    assert torch.load(tmp_path / "run.pth", weights_only=True)["step"] == 6
 
 
 def test_resume_keeps_the_checkpoint_optimizer(tmp_path, small_corpus):
@@ -125,6 +162,22 @@ def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path, small_corpus, mo
     assert "interrupted again: stopped at once, nothing saved" in capsys.readouterr().err
 
 
+def test_a_stop_during_the_final_evaluation_saves_the_finished_run_and_says_so(tmp_path, small_corpus, monkeypatch,
+                                                                             capsys):
+    from tasks import TextTask
+    real = TextTask.evaluate
+
+    def stopped_while_evaluating(*a, **k):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+
+    monkeypatch.setattr(TextTask, "evaluate", stopped_while_evaluating)  # the only evaluation is the final one
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, small_corpus, "--max-iters", "3", "--eval-interval", "100")
+    assert e.value.code == 130 and "interrupted after the last step" in capsys.readouterr().err
+    assert torch.load(tmp_path / "run.pth", weights_only=True)["step"] == 3
+
+
 def test_sigterm_saves_a_resumable_checkpoint_like_ctrl_c(tmp_path, small_corpus):
     # kill, a job scheduler's time limit and torchrun all stop a run with SIGTERM.
     ckpt = tmp_path / "run.pth"
@@ -195,3 +248,30 @@ def test_bpe_model_trains_checkpoints_and_generates(tmp_path, small_corpus):
         run(tmp_path, small_corpus, "--tokenizer", str(tmp_path / "other.json"), "--max-iters", "8", "--resume")
     with pytest.raises(UserError, match="not 'char'"):
         run(tmp_path, small_corpus, "--tokenizer", "char", "--max-iters", "8", "--resume")
+
+
+CACHE_DAMAGE = {"deep": "[" * 100_000 + "]" * 100_000,
+                "deep-value": '{"n_tokens": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                "deep-unclosed": "[" * 100_000, "deep-150": "[" * 150 + "]" * 150, "invalid": "{",
+                "not-utf8": "\udcff", "array": "[1]", "huge-int": '{"n_tokens": ' + "9" * 5000 + "}"}
+
+
+@pytest.mark.parametrize("damage", list(CACHE_DAMAGE))
+def test_a_damaged_cache_file_is_a_cache_miss(tmp_path, small_corpus, monkeypatch, damage):
+    """The token cache's count file and the peak FLOP/s file are JSON: any damage means measure or tokenize again."""
+    import json
+
+    import data
+    import timing
+    from tokenizer import CharTokenizer
+    monkeypatch.setenv("B_LM_CACHE", str(tmp_path / "cache"))
+    tokenizer = CharTokenizer(open(small_corpus, encoding="utf-8").read())
+    first = data.tokenize_to_memmap(small_corpus, tokenizer).tolist()
+    (meta,) = (tmp_path / "cache").glob("*.json")
+    meta.write_bytes(CACHE_DAMAGE[damage].encode("utf-8", "surrogateescape"))
+    assert data.tokenize_to_memmap(small_corpus, tokenizer).tolist() == first
+    assert json.loads(meta.read_text()) == {"n_tokens": len(first)}  # made again
+    flops = tmp_path / "flops.json"
+    flops.write_bytes(CACHE_DAMAGE[damage].encode("utf-8", "surrogateescape"))
+    assert timing.peak_flops("cpu", n=32, reps=1, cache_path=str(flops)) > 0
+    assert isinstance(json.loads(flops.read_text()), dict)  # measured again, and written whole

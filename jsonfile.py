@@ -1,0 +1,82 @@
+"""Reading JSON that may be damaged or hostile: every way it can be wrong is one UserError line.
+
+Python's json module recurses once per level of nesting, so `[[[[...]]]]`
+100,000 deep raises RecursionError, and a value a few hundred levels deep
+that does parse can still overflow the stack of whatever walks it next.
+No file b_lm reads nests more than a handful of levels: anything deeper than
+MAX_DEPTH is refused here, once, for every reader.
+"""
+import json
+
+from errors import UserError
+
+MAX_DEPTH = 100
+
+
+def parse_json(text, where=""):
+    """The value a JSON text holds; UserError "{where}: not valid JSON (...)" if it holds none.
+
+    where names the text for the message ("qa.jsonl line 3"); without it the
+    message is the problem alone ("not valid JSON (Expecting value at column 1)").
+    """
+    value, problem = _parsed(text)
+    if problem:
+        problem = f"not valid JSON ({problem})"
+        raise UserError(f"{where}: {problem}" if where else problem)
+    return value
+
+
+def read_json(path, what="JSON", missing=None):
+    """The value a JSON file holds; UserError if it is missing, unreadable, not UTF-8, not JSON or too deep.
+
+    what names the kind of file for the messages ("tokenizer JSON": "tok.json
+    is not a valid tokenizer JSON file (...)"); missing, if given, is the
+    message for a file that does not exist.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError as e:
+        raise UserError(missing or f"cannot read the {what} file {path}: {e.strerror}") from None
+    except OSError as e:
+        raise UserError(f"cannot read the {what} file {path}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not a valid {what} file (not UTF-8 text: {e.reason} at byte {e.start})") from None
+    value, problem = _parsed(text)
+    if problem:
+        raise UserError(f"{path} is not a valid {what} file ({problem})")
+    return value
+
+
+def _parsed(text):
+    """(value, None) for sound JSON text, or (None, what is wrong with it)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, f"{e.msg} at " + (f"column {e.colno}" if e.lineno == 1 else f"line {e.lineno} column {e.colno}")
+    except RecursionError:
+        return None, f"nested more than {MAX_DEPTH} levels deep"
+    except ValueError as e:  # Python refuses integers of more than 4300 digits
+        if "digits" in str(e):
+            return None, "a number with more than 4300 digits"
+        return None, str(e).strip().splitlines()[0][:120] if str(e).strip() else "ValueError"
+    if _depth(value) > MAX_DEPTH:
+        return None, f"nested more than {MAX_DEPTH} levels deep"
+    return value, None
+
+
+def _depth(value):
+    """How deep lists and objects nest in a parsed value (a scalar is 0), without recursing; stops past MAX_DEPTH."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if not isinstance(value, (dict, list)):
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            break
+        items = value.values() if isinstance(value, dict) else value
+        stack.extend((item, depth + 1) for item in items if isinstance(item, (dict, list)))
+    return deepest
