@@ -29,7 +29,7 @@ from itertools import repeat
 import regex
 
 from errors import UserError
-from files import atomic_write
+from files import atomic_write, check_input_file
 from jsonfile import read_json
 from tokenizer import REPLACEMENT, SPECIAL_TOKENS, Tokenizer
 
@@ -132,6 +132,7 @@ def count_file_chunks(path, pattern=GPT4_PATTERN, block_size=1 << 20, progress=N
     """
     split = compile_pattern(pattern).findall
     counts = Counter()
+    check_input_file(path, "the corpus")
     try:
         total = os.path.getsize(path)
         f = open(path, "rb")

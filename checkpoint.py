@@ -29,7 +29,7 @@ import torch
 
 from device import attention_for
 from errors import UserError
-from files import atomic_write
+from files import atomic_write, check_input_file
 from tokenizer_io import tokenizer_from_dict
 from transformer import MODELS, build_model, estimate_parameters, model_type_of, rope_table_floats
 
@@ -80,10 +80,9 @@ def save_checkpoint(path, checkpoint):
 
 def load_checkpoint(path, map_location="cpu"):
     """Read a checkpoint, turning every way a file can be wrong into a UserError."""
-    if os.path.isdir(path):
-        raise UserError(f"checkpoint {path} is a folder, not a file")
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise UserError(f"checkpoint {path} not found: train one with 'python train.py'")
+    check_input_file(path, "checkpoint")
     try:
         checkpoint = read_pickled(path, map_location)
     except ValueError as e:
@@ -270,9 +269,10 @@ def training_data(checkpoint, override=None):
     relative to another folder or gone by now; then the user must say.
     """
     path = override or (checkpoint.get("train_args") or {}).get("data") or "data.txt"
-    if not os.path.isfile(path):
-        hint = "" if override else " (the file the checkpoint was trained on); name the corpus with --data"
-        raise UserError(f"data file {path} not found{hint}")
+    if not os.path.lexists(path) and not override:
+        raise UserError(f"data file {path} not found (the file the checkpoint was trained on); name the corpus "
+                        f"with --data")
+    check_input_file(path, "data file")
     return path
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from errors import UserError
-from files import atomic_write, cache_dir
+from files import atomic_write, cache_dir, check_input_file
 from jsonfile import read_json
 
 BLOCK_CHARS = 1 << 20  # read and tokenize the corpus a megabyte of text at a time
@@ -47,10 +47,7 @@ def iter_text_blocks(path):
 
 
 def check_data_file(path):
-    if os.path.isdir(path):
-        raise UserError(f"data file {path} is a folder: give a UTF-8 text file")
-    if not os.path.isfile(path):
-        raise UserError(f"data file {path} not found")
+    check_input_file(path, "data file")
 
 
 def corpus_chars(path):

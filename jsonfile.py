@@ -7,8 +7,10 @@ No file b_lm reads nests more than a handful of levels: anything deeper than
 MAX_DEPTH is refused here, once, for every reader.
 """
 import json
+import os
 
 from errors import UserError
+from files import check_input_file
 
 MAX_DEPTH = 100
 
@@ -33,6 +35,8 @@ def read_json(path, what="JSON", missing=None):
     is not a valid tokenizer JSON file (...)"); missing, if given, is the
     message for a file that does not exist.
     """
+    if os.path.lexists(path):  # a pipe would be read forever; a folder or device is no JSON file
+        check_input_file(path, f"the {what} file")
     try:
         with open(path, "rb") as f:
             data = f.read()

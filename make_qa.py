@@ -27,9 +27,8 @@ from errors import stop_cleanly
 
 stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load is one line too
 
-from errors import ArgumentParser, UserError, run_main
-from qa import (DEFAULT_CORPUS, DEFAULT_FACTS, DEFAULT_OUT, build, load_qa, problem_report, read_corpus, summary,
-                validate_qa)
+from errors import ArgumentParser, run_main
+from qa import DEFAULT_CORPUS, DEFAULT_FACTS, DEFAULT_OUT, Problems, build, load_qa, read_corpus, summary, validate_qa
 
 
 def main(argv=None):
@@ -49,14 +48,17 @@ def main(argv=None):
     p.add_argument("--corpus", default=DEFAULT_CORPUS,
                    help="the text the evidence is quoted from (default: data.txt beside this script)")
     args = p.parse_args(argv)
-    if args.check:
-        problems = validate_qa(args.check, read_corpus(args.corpus))
-        if problems:
-            print(problem_report(args.check, problems))
-            raise UserError(f"{args.check} has {len(problems)} problem(s), listed above")
-        print(f"{args.check}: ok; " + summary(load_qa(args.check)))
-        return 0
-    records = build(args.out, args.facts, args.corpus, args.overwrite)
+    try:
+        if args.check:
+            problems = validate_qa(args.check, read_corpus(args.corpus))
+            if problems:
+                raise Problems(args.check, problems)
+            print(f"{args.check}: ok; " + summary(load_qa(args.check)))
+            return 0
+        records = build(args.out, args.facts, args.corpus, args.overwrite)
+    except Problems as e:  # the list goes to stdout, the one-line error to stderr
+        print(e.report)
+        raise
     print(f"wrote {args.out}: " + summary(records))
     return 0
 

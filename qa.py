@@ -29,7 +29,7 @@ import os
 import re
 
 from errors import UserError
-from files import atomic_write, check_output_path, refuse_existing
+from files import atomic_write, check_input_file, check_output_path, refuse_existing
 from jsonfile import parse_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -72,15 +72,22 @@ def held_out_phrasing(fact_id, n):
 
 
 def read_corpus(path):
+    check_input_file(path, "the corpus")
     try:
         with open(path, encoding="utf-8") as fh:
-            return fh.read()
+            text = fh.read()
     except OSError as e:
         raise UserError(f"cannot read the corpus {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"the corpus {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not text.strip():
+        raise UserError(f"the corpus {path} is empty: give the text the facts quote as evidence")
+    return text
 
 
 def _lines(path):
     """(line number, text) of the non-blank lines of a file; UserError if it cannot be read."""
+    check_input_file(path, "file")
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
@@ -192,11 +199,13 @@ def build(out=DEFAULT_OUT, facts=DEFAULT_FACTS, corpus=DEFAULT_CORPUS, overwrite
     Writes nothing unless every check passes. An existing `out` that already
     holds exactly these records is left as it is; one that holds anything
     else is replaced only with overwrite."""
+    check_input_file(facts, "--facts")
+    check_input_file(corpus, "--corpus")
     check_output_path(out, "--out", [facts, corpus])
     fact_list = load_facts(facts)
     problems = check_facts(fact_list, read_corpus(corpus))
     if problems:
-        raise UserError(problem_report(facts, problems))
+        raise Problems(facts, problems)
     records = build_records(fact_list)
     text = to_jsonl(records)
     if os.path.isfile(out) and _read_bytes(out) == text.encode("utf-8"):
@@ -285,6 +294,14 @@ def validate_qa(path, corpus_text=None):
     if not ids and not problems:
         problems.append(f"{path}: no records")
     return problems
+
+
+class Problems(UserError):
+    """A file with problems: the message counts them in one line; `report` lists them, one a line."""
+
+    def __init__(self, path, problems):
+        super().__init__(f"{path} has {len(problems)} problem(s), listed above")
+        self.report = problem_report(path, problems)
 
 
 def problem_report(header, problems):

@@ -57,8 +57,8 @@ from errors import ArgumentParser, UserError, run_main
 from files import check_output_path
 from qa import load_qa
 from tasks import ChatRows, ChatTask
-from trainer import (Run, add_training_flags, check_training_args, claimed_outputs, given_flags, resumed_run, train,
-                     training_processes)
+from trainer import (Run, add_training_flags, check_input_files, check_training_args, claimed_outputs, given_flags,
+                     resumed_run, train, training_processes)
 
 # What a resumed run takes from the checkpoint and may not change: its data, and the optimizer
 # whose saved state fits only itself.
@@ -102,6 +102,7 @@ def check_args(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_input_files(args, ["--init-from", "--qa", "--data"])
     with claimed_outputs(args, inputs=[args.init_from, args.qa, args.data]):
         return fine_tune(args)
 

@@ -22,8 +22,8 @@ from device import attention_for, check_fits_in_memory
 from errors import ArgumentParser, UserError, run_main
 from tasks import TextTask
 from tokenizer_io import load_tokenizer
-from trainer import (Run, add_training_flags, check_training_args, claimed_outputs, given_flags, resumed_run, train,
-                     training_processes)
+from trainer import (Run, add_training_flags, check_input_files, check_training_args, claimed_outputs, given_flags,
+                     resumed_run, train, training_processes)
 from transformer import (DEFAULT_PARTS, GPT2_PARTS, MAX_LAYERS, MLP_KINDS, MODELS, NORM_KINDS, POSITION_KINDS,
                          build_model, count_parameters, estimate_parameters, rope_table_floats)
 
@@ -113,6 +113,7 @@ def check_resumed_tokenizer(args, checkpoint):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_input_files(args, ["--data", "--tokenizer", "--init-from"])
     with claimed_outputs(args, inputs=[args.data, args.tokenizer, args.init_from]):
         return pretrain(args)
 

@@ -15,7 +15,7 @@ import time
 
 import bpe
 from errors import ArgumentParser, UserError, run_main
-from files import check_output_path, refuse_existing
+from files import check_input_file, check_output_path, refuse_existing
 
 
 def parse_args(argv=None):
@@ -58,6 +58,7 @@ def main(argv=None):
     n_merges = bpe.merges_for_vocab_size(args.vocab_size)  # fail before reading a big file
     if not 0 < args.block_mb <= 1024:
         raise UserError(f"--block-mb must be in (0, 1024], got {args.block_mb}")
+    check_input_file(args.data, "--data")
     check_output_path(args.out, "--out", [args.data])
     refuse_existing(args.out, "--out", args.overwrite)
     bpe.compile_pattern(args.pattern)

@@ -30,7 +30,7 @@ from device import (DEVICE_CHOICES, DTYPE_CHOICES, autocast, autocast_dtype, che
                     flush_denormals, maybe_compile)
 from distributed import init_processes, is_main_process, mean_across, replicas_identical, shutdown
 from errors import UserError
-from files import check_output_path, exclusive, remove_stale_temporaries, same_or_inside
+from files import check_input_file, check_output_path, exclusive, remove_stale_temporaries, same_or_inside
 from optimizers import OPTIMIZER_NAMES, build_optimizer, lr_multiplier, set_lr_multiplier
 from plots import plot_history, write_metrics
 from timing import mfu, model_flops_per_token, peak_flops
@@ -132,6 +132,15 @@ def check_training_args(args):
         bad("beta2", "in [0, 1)")
     if not 0 <= args.seed < 2 ** 63:
         bad("seed", "in [0, 2**63)")
+
+
+def check_input_files(args, flags):
+    """UserError naming what it is for any input file that is not a readable file, before the outputs are
+    checked. A --resume run's inputs come from its checkpoint: only those given again are checked here."""
+    for flag in flags:
+        path = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if path and path != "char" and (not args.resume or flag.lstrip("-").replace("-", "_") in args.given):
+            check_input_file(path, flag)
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny corpora and a tiny trained checkpoint, so the suite stays fast."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -183,3 +184,22 @@ def tiny_chat_ckpt(tmp_path_factory, tiny_ckpt):
               "--eval-interval", "15", "--eval-tokens", "256", "--warmup-iters", "2", "--lr", "1e-2",
               "--shuffle-words", "0", "--metrics", ckpt + ".csv", "--plot", ""])
     return ckpt
+
+
+@pytest.fixture
+def home(tmp_path, small_corpus, tiny_ckpt, tiny_chat_ckpt, monkeypatch):
+    """A user's working folder (also the current one): a corpus, a Q&A file, two checkpoints, a pipe, and
+    links: to the pipe, to /dev/null, to the corpus (soft and hard), to nothing, and to itself."""
+    shutil.copy(small_corpus, tmp_path / "corpus.txt")
+    shutil.copy(QA, tmp_path / "qa.jsonl")
+    shutil.copy(tiny_ckpt, tmp_path / "base.pth")
+    shutil.copy(tiny_chat_ckpt, tmp_path / "chat.pth")
+    os.mkfifo(tmp_path / "pipe")
+    os.symlink(tmp_path / "pipe", tmp_path / "link-to-pipe")
+    os.symlink(tmp_path / "loop", tmp_path / "loop")
+    os.link(tmp_path / "corpus.txt", tmp_path / "hard-corpus.txt")
+    os.symlink(tmp_path / "corpus.txt", tmp_path / "soft-corpus.txt")
+    os.symlink("/dev/null", tmp_path / "link-to-null")
+    os.symlink(tmp_path / "gone", tmp_path / "dangling")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -58,22 +58,6 @@ def refused(capsys, script, *argv, fragment=""):
     assert fragment in lines[0], lines[0]
 
 
-@pytest.fixture
-def home(tmp_path, small_corpus, tiny_ckpt, tiny_chat_ckpt, monkeypatch):
-    """A user's working folder (also the current one): a corpus, a Q&A file, two checkpoints, a pipe, links."""
-    shutil.copy(small_corpus, tmp_path / "corpus.txt")
-    shutil.copy(QA, tmp_path / "qa.jsonl")
-    shutil.copy(tiny_ckpt, tmp_path / "base.pth")
-    shutil.copy(tiny_chat_ckpt, tmp_path / "chat.pth")
-    os.mkfifo(tmp_path / "pipe")
-    os.symlink(tmp_path / "pipe", tmp_path / "link-to-pipe")
-    os.symlink(tmp_path / "loop", tmp_path / "loop")
-    os.link(tmp_path / "corpus.txt", tmp_path / "hard-corpus.txt")
-    os.symlink(tmp_path / "corpus.txt", tmp_path / "soft-corpus.txt")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 # Every flag that names a file a script writes, with the rest of a command that would otherwise run.
 FILE_OUTPUTS = {
     "train --ckpt": (train, ["--data", "corpus.txt", *TINY, "--max-iters", "1", "--metrics", "", "--overwrite",

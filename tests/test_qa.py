@@ -178,8 +178,12 @@ def test_load_qa_raises_user_error_naming_the_line(tmp_path, records):
     path = write_lines(tmp_path / "qa.jsonl", [good, no_question])
     with pytest.raises(UserError, match=r"qa\.jsonl line 2: missing field 'question'"):
         qa.load_qa(path)
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match="absent.jsonl not found"):
         qa.load_qa(str(tmp_path / "absent.jsonl"))
+    os.mkfifo(tmp_path / "pipe.jsonl")  # reading it would wait forever for a writer
+    for path, message in (("pipe.jsonl", "not a regular file"), (".", "is a folder")):
+        with pytest.raises(UserError, match=message):
+            qa.load_qa(str(tmp_path / path))
 
 
 def test_load_qa_filters_by_split(records):
@@ -198,9 +202,21 @@ def test_build_refuses_facts_that_fail_the_check(tmp_path):
     out = tmp_path / "qa.jsonl"
     old = open(QA_PATH, encoding="utf-8").readline()
     out.write_text(old, encoding="utf-8")
-    with pytest.raises(UserError, match="evidence not found verbatim"):
+    with pytest.raises(qa.Problems, match="has 2 problem") as e:
         qa.build(str(out), facts)
+    assert "evidence not found verbatim" in e.value.report
     assert out.read_text(encoding="utf-8") == old  # the good file is left alone
+
+
+@pytest.mark.parametrize("corpus", ["", "  \n\n", "no fact is in here\n"])
+def test_a_corpus_that_holds_none_of_the_facts_is_one_line_on_stderr(tmp_path, capsys, corpus):
+    (tmp_path / "corpus.txt").write_text(corpus, encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_:
+        run_main(make_qa.main, ["--corpus", str(tmp_path / "corpus.txt"), "--out", str(tmp_path / "qa.jsonl")])
+    captured = capsys.readouterr()
+    assert exit_.value.code == 2 and len(captured.err.splitlines()) == 1, captured.err
+    assert ("is empty" if not corpus.strip() else "problem(s), listed above") in captured.err
+    assert not (tmp_path / "qa.jsonl").exists()
 
 
 @pytest.mark.parametrize("line, problem", [
@@ -233,7 +249,7 @@ def test_a_malformed_facts_line_is_one_error_naming_the_line(tmp_path, capsys, l
 def test_load_facts_refuses_an_empty_or_unreadable_file(tmp_path):
     with pytest.raises(UserError, match="holds no facts"):
         qa.load_facts(write_lines(tmp_path / "facts.jsonl", ["", "  "]))
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match="absent.jsonl not found"):
         qa.load_facts(str(tmp_path / "absent.jsonl"))
 
 
