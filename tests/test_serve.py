@@ -15,17 +15,41 @@ import openai
 import pytest
 
 import generate
-from conftest import ROOT, assert_clean_error, run_script
+from conftest import QA, ROOT, TINY, assert_clean_error, run_script
 
 QUESTIONS = ["Who is the father of Achilles?", "Who killed Patroclus?", "Where is Troy?", "Who is Hector?",
              "What did Achilles do?", "Who is the king of men?", "Who is Helen?", "Why are they fighting?"]
 
 
+# serve.py as it runs, with the model's forward pass wrapped to log what the model receives: one JSON line per
+# pass, {"kind": "prefill" or "decode", "ids": the token ids, a row per sequence}. Arguments: ROOT, the log, flags.
+OBSERVED_SERVE = """
+import json, os, runpy, sys
+root, log = sys.argv[1:3]
+sys.path.insert(0, root)
+sys.argv = [os.path.join(root, "serve.py"), *sys.argv[3:]]
+import transformer
+forward = transformer.Transformer.forward
+
+def logged(self, idx, targets=None, kv_cache=None):
+    with open(log, "a") as f:
+        f.write(json.dumps({"kind": kv_cache.rows[0], "ids": idx.tolist()}) + "\\n")
+    return forward(self, idx, targets, kv_cache)
+
+transformer.Transformer.forward = logged
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 @contextlib.contextmanager
-def serving(ckpt, *flags):
-    """A serve.py process on a free port: yields its base URL; on exit checks it logged no traceback."""
+def serving(ckpt, *flags, log=None):
+    """A serve.py process on a free port: yields its base URL; on exit checks it logged no traceback.
+
+    With log (a path), the server's model logs each forward pass there: see forward_passes.
+    """
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), "--ckpt", ckpt, "--port", "0", *flags],
+    script = ["-c", OBSERVED_SERVE, ROOT, log] if log else [os.path.join(ROOT, "serve.py")]
+    proc = subprocess.Popen([sys.executable, *script, "--ckpt", ckpt, "--port", "0", *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()
@@ -38,6 +62,14 @@ def serving(ckpt, *flags):
     assert "Traceback" not in err and "500" not in err, err
 
 
+def forward_passes(log):
+    """The forward passes a served model has logged so far: [{"kind": ..., "ids": [[...], ...]}, ...]."""
+    if not os.path.exists(log):
+        return []
+    with open(log, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
 @pytest.fixture(scope="module")
 def chat_url(tiny_chat_ckpt):
     with serving(tiny_chat_ckpt, "--max-batch", "4") as url:
@@ -48,6 +80,31 @@ def chat_url(tiny_chat_ckpt):
 def base_url(tiny_ckpt):
     with serving(tiny_ckpt) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def long_chat_ckpt(tmp_path_factory, small_corpus):
+    """A (poor) chat model with a context of 128 tokens: room for a conversation's earlier turns."""
+    import sft
+    import train
+    folder = tmp_path_factory.mktemp("long-chat")
+    base, ckpt = str(folder / "base.pth"), str(folder / "chat.pth")
+    # tiny_ckpt's and tiny_chat_ckpt's recipes (conftest.py) with a longer context
+    train.main(["--data", small_corpus, "--ckpt", base, "--max-iters", "30", "--eval-interval", "15",
+                "--muon-lr", "0.02", "--min-lr-ratio", "0.1", "--muon-weight-decay", "0",
+                "--metrics", str(folder / "base.csv"), *TINY, "--block-size", "128"])
+    sft.main(["--init-from", base, "--qa", QA, "--ckpt", ckpt, "--max-iters", "30", "--batch-size", "8",
+              "--eval-interval", "15", "--eval-tokens", "256", "--warmup-iters", "2", "--lr", "1e-2",
+              "--shuffle-words", "0", "--metrics", str(folder / "chat.csv"), "--plot", ""])
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def observed(long_chat_ckpt, tmp_path_factory):
+    """(URL, forward-pass log) of a server of long_chat_ckpt whose model logs what it receives."""
+    log = str(tmp_path_factory.mktemp("observed") / "forward.jsonl")
+    with serving(long_chat_ckpt, "--max-batch", "4", log=log) as url:
+        yield url, log
 
 
 def client(url, key="none"):
@@ -127,18 +184,48 @@ def test_max_tokens_and_stop_behave_as_in_the_api(chat_url):
     assert streamed_text == text[:text.index(stop)] and finish == ["stop"]
 
 
-def test_a_conversation_uses_its_history_and_system_messages_are_ignored(chat_url, tiny_chat_ckpt):
+def test_a_conversation_uses_its_history_and_system_messages_are_ignored(observed, long_chat_ckpt):
     import chat
     from checkpoint import load_model
     from sampling import Sampling
-    model, tokenizer, _ = load_model(tiny_chat_ckpt)
-    history = [(QUESTIONS[0], "Peleus")]
-    expected = chat.answer(model, tokenizer, QUESTIONS[1], Sampling(max_new_tokens=15, temperature=0), history)
-    messages = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": QUESTIONS[0]},
-                {"role": "assistant", "content": [{"type": "text", "text": "Peleus"}]},
-                {"role": "user", "content": QUESTIONS[1]}]
-    reply = client(chat_url).chat.completions.create(model="chat", messages=messages, max_tokens=15, temperature=0)
-    assert reply.choices[0].message.content == expected
+    url, log = observed
+    model, tokenizer, _ = load_model(long_chat_ckpt)
+    block = model.config.block_size
+    budget = block - chat.answer_room(block, 15)
+
+    def served(messages):
+        """(the prompt ids the server's model received, the reply's text, its usage.prompt_tokens)."""
+        start = len(forward_passes(log))
+        reply = client(url).chat.completions.create(model="chat", messages=messages, max_tokens=15, temperature=0)
+        first = forward_passes(log)[start]  # nothing else runs: the first pass is this prompt's prefill, alone
+        assert first["kind"] == "prefill" and len(first["ids"]) == 1, first
+        return first["ids"][0], reply.choices[0].message.content, reply.usage.prompt_tokens
+
+    def user(text):
+        return {"role": "user", "content": text}
+
+    def assistant(text):  # as the openai client sends back a reply: content parts
+        return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+    history = [(QUESTIONS[0], "Peleus"), (QUESTIONS[2], "By the sea.")]
+    question = QUESTIONS[1]
+    prompt = chat.build_prompt(tokenizer, history, question, budget)
+    assert prompt.dropped_turns == 0  # the whole conversation fits: the prompt holds both earlier turns
+    plain = [user(QUESTIONS[0]), assistant("Peleus"), user(QUESTIONS[2]), assistant("By the sea."), user(question)]
+    ids, text, prompt_tokens = served(plain)
+    assert ids == prompt.ids and prompt_tokens == len(prompt.ids)
+    assert text == chat.answer(model, tokenizer, question, Sampling(max_new_tokens=15, temperature=0), history)
+    # system and developer messages, wherever they are, change nothing
+    system = {"role": "system", "content": "You are helpful. Answer in Latin."}
+    developer = {"role": "developer", "content": [{"type": "text", "text": "Be brief."}]}
+    assert served([system, *plain[:2], developer, *plain[2:4], system, plain[4]]) == (ids, text, prompt_tokens)
+    # a conversation longer than the context drops its oldest turns first, as the REPL does
+    long_history = [(QUESTIONS[3 + i], "Son of Priam, tamer of horses, the best of the Trojans.") for i in range(4)]
+    prompt = chat.build_prompt(tokenizer, long_history, question, budget)
+    assert 0 < prompt.dropped_turns < len(long_history)
+    long = [m for q, a in long_history for m in (user(q), assistant(a))] + [user(question)]
+    ids, _, prompt_tokens = served([system, *long])
+    assert ids == prompt.ids and prompt_tokens == len(prompt.ids)
 
 
 def test_models_lists_the_checkpoint_and_its_context(chat_url):
@@ -170,18 +257,64 @@ def test_eight_concurrent_streams_get_their_single_client_answers(chat_url):
             errors.append(e)
 
     def abandon():  # a client that goes away mid-stream
-        conn = endless_stream(chat_url)
-        conn.sock.shutdown(2)
-        conn.close()
+        try:
+            conn = endless_stream(chat_url)
+            conn.sock.shutdown(2)
+            conn.close()
+        except Exception as e:
+            errors.append(e)
 
     threads = [threading.Thread(target=stream, args=(q,)) for q in QUESTIONS] + [threading.Thread(target=abandon)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    join_all(threads, seconds=60)
     assert not errors, errors
     assert answers == alone
     assert idle(chat_url)  # the abandoned generation freed its slot
+
+
+def join_all(threads, seconds):
+    """Wait for the threads to end, all within seconds: a client left hanging fails the test instead of it."""
+    deadline = time.monotonic() + seconds
+    for t in threads:
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), f"a client had no answer within {seconds} s"
+
+
+def test_concurrent_requests_share_the_model_s_forward_passes(observed):
+    url, log = observed
+    prompts = ["Sing, O goddess", "Achilles", "the ships", "Hector", "Troy", "Patroclus", "the gods", "Helen"]
+
+    def complete(prompt):  # plain text never ends by itself: every answer is 200 tokens long
+        code, reply = request(url, "POST", "/v1/completions", {"prompt": prompt, "max_tokens": 200, "temperature": 0})
+        assert code == 200 and reply["usage"]["completion_tokens"] == 200, reply
+        return reply["choices"][0]["text"]
+
+    alone, solo = {}, 0  # the answers, and the forward passes, of the eight served one after another
+    for prompt in prompts:
+        start = len(forward_passes(log))
+        alone[prompt] = complete(prompt)
+        solo += len(forward_passes(log)) - start
+    together, errors = {}, []
+    barrier = threading.Barrier(len(prompts))
+
+    def send(prompt):
+        try:
+            barrier.wait(timeout=60)
+            together[prompt] = complete(prompt)
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    start = len(forward_passes(log))
+    threads = [threading.Thread(target=send, args=(p,)) for p in prompts]
+    for t in threads:
+        t.start()
+    join_all(threads, seconds=120)
+    assert not errors, errors
+    assert together == alone
+    passes = forward_passes(log)[start:]
+    assert 1 < max(len(p["ids"]) for p in passes if p["kind"] == "decode") <= 4  # --max-batch 4
+    assert len(passes) <= solo / 2, (len(passes), solo)
 
 
 def idle(url, tries=100):

@@ -1,5 +1,7 @@
-"""serving.py: batched generation gives each request exactly the tokens generate_ids gives it alone."""
+"""serving.py: batched generation gives each request exactly the tokens generate_ids gives it alone, and
+concurrent requests share the model's forward passes."""
 import queue
+import time
 
 import pytest
 import torch
@@ -9,13 +11,42 @@ from serving import BatchedGenerator
 from transformer import GPTConfig, Transformer
 
 
-def collect(q):
+def collect(q, seconds=60):
+    """The tokens a generation emits up to its end (None); fails if the end has not come within seconds.
+
+    A deadline, not a timeout per token: a generation that never ends (a broken
+    cancellation) keeps tokens coming, and must fail the test all the same.
+    """
+    deadline = time.monotonic() + seconds
     tokens = []
-    while (item := q.get(timeout=60)) is not None:
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            item = q.get(timeout=left)
+        except queue.Empty:
+            break
+        if item is None:
+            return tokens
         if isinstance(item, Exception):
             raise item
         tokens.append(item)
-    return tokens
+    pytest.fail(f"the generation did not end within {seconds} s ({len(tokens)} tokens)")
+
+
+def record_forward_passes(model, on_pass=None):
+    """Wrap model's forward: the list returned fills with (kind, rows) of each pass, kind 'prefill' or 'decode'.
+
+    on_pass(kind, rows), if given, is called at each pass, in the generator's thread, before the model runs.
+    """
+    passes = []
+    forward = model.forward
+
+    def recorded(idx, targets=None, kv_cache=None):
+        passes.append((kv_cache.rows[0], idx.size(0)))
+        if on_pass:
+            on_pass(*passes[-1])
+        return forward(idx, targets, kv_cache)
+    model.forward = recorded
+    return passes
 
 
 LLAMA = dict(positions="rope", norm="rms", mlp="swiglu")
@@ -40,19 +71,55 @@ def test_concurrent_generations_equal_generate_ids_alone(attention, parts):
         assert collect(q) == expected
 
 
+def test_concurrent_generations_share_forward_passes():
+    torch.manual_seed(0)
+    model = Transformer(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
+    requests = [(torch.randint(0, 50, (1 + 2 * i,)).tolist(),
+                 Sampling(max_new_tokens=20 + 3 * i, temperature=0.0 if i % 2 else 0.9, seed=i)) for i in range(8)]
+    expected = [list(generate_ids(model, prompt, settings)) for prompt, settings in requests]
+    generator = BatchedGenerator(model, max_batch=4)
+    passes = record_forward_passes(model)
+    solo = 0  # the forward passes of the eight served one after another
+    for (prompt, settings), tokens in zip(requests, expected):
+        start, q = len(passes), queue.Queue()
+        generator.submit(prompt, settings, q.put)
+        assert collect(q) == tokens
+        solo += len(passes) - start
+    start = len(passes)
+    with generator.wakeup:  # the generator takes new requests under this lock: it finds all eight waiting
+        queues = [queue.Queue() for _ in requests]
+        for (prompt, settings), q in zip(requests, queues):
+            generator.submit(prompt, settings, q.put)
+    assert [collect(q) for q in queues] == expected
+    together = passes[start:]
+    assert max(rows for kind, rows in together if kind == "decode") == 4  # a full batch decodes in one pass
+    assert max(rows for kind, rows in together) <= 4  # and never more than max_batch
+    assert len(together) <= solo / 2, (len(together), solo)
+
+
 def test_a_cancelled_generation_ends_and_the_others_go_on():
     torch.manual_seed(0)
     model = Transformer(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=1, n_embd=8)).eval()
     generator = BatchedGenerator(model, max_batch=2)
-    endless, short = queue.Queue(), queue.Queue()
-    g = generator.submit([1, 2, 3], Sampling(max_new_tokens=10 ** 9, temperature=1.0, seed=0), endless.put)
-    assert endless.get(timeout=60) is not None  # it runs
-    g.cancel()
-    while endless.get(timeout=60) is not None:  # tokens already on their way, then the end
-        pass
+    joining = Sampling(max_new_tokens=40, temperature=0.7, seed=3)
     settings = Sampling(max_new_tokens=12, temperature=0.0)
-    generator.submit([4, 5], settings, short.put)
-    assert collect(short) == list(generate_ids(model, [4, 5], settings))
+    expected, expected_short = (list(generate_ids(model, [4, 5], s)) for s in (joining, settings))
+    cancelled_before = []  # how many passes there were when the endless generation was cancelled
+
+    def cancel_once_both_decode(kind, rows):  # in the generator's thread, in the midst of a step
+        if (kind, rows) == ("decode", 2) and not cancelled_before:
+            cancelled_before.append(len(passes))
+            endless.cancel()
+    passes = record_forward_passes(model, cancel_once_both_decode)
+    tokens, other, short = queue.Queue(), queue.Queue(), queue.Queue()
+    endless = generator.submit([1, 2, 3], Sampling(max_new_tokens=10 ** 9, temperature=1.0, seed=0), tokens.put)
+    assert tokens.get(timeout=60) is not None  # it runs
+    generator.submit([4, 5], joining, other.put)  # it joins the running batch: the next decoding pass has both
+    collect(tokens, seconds=10)  # tokens already on their way, then the end
+    assert collect(other) == expected  # the other went on, from the slot the cancelled one left
+    assert cancelled_before and all(rows == 1 for _, rows in passes[cancelled_before[0]:])
+    generator.submit([4, 5], settings, short.put)  # and a new one is served as generate_ids serves it
+    assert collect(short) == expected_short
     assert not generator.active and not generator.waiting
 
 
