@@ -40,10 +40,11 @@ def run_main(main, argv=None):
     A stop from outside, Ctrl-C or a SIGTERM (from kill, a job scheduler's
     time limit, or torchrun stopping its workers), arrives as a
     KeyboardInterrupt: scripts with work to save catch it and save; in the
-    rest it ends the run with one line and status 130, not a traceback. With argv None, main is
-    this process's command line; once it has finished, a late stop is
-    ignored: Python would otherwise restore the signals' default while it
-    shuts down, and the finished run would end killed, with no message.
+    rest it ends the run with one line and status 130, not a traceback.
+    With argv None, main is this process's command line; once it has
+    finished, a late stop is ignored: Python would otherwise restore the
+    signals' defaults while it shuts down, and the finished run would end
+    killed, with no message.
     """
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
