@@ -94,18 +94,40 @@ def answer_room(block_size, max_new_tokens):
     return max(1, min(max_new_tokens, block_size // 4))
 
 
+# The shortest prompt: <|user|>, one token of the question, <|end|>, <|assistant|>.
+MIN_PROMPT_TOKENS = 4
+
+
+def prompt_budget(block_size, max_new_tokens):
+    """Prompt tokens a context of block_size leaves once the answer has its room (answer_room).
+
+    A UserError when that is too few for the shortest prompt: a model with a
+    context under MIN_PROMPT_TOKENS + 1 tokens cannot chat, whatever it is asked.
+    """
+    budget = block_size - answer_room(block_size, max_new_tokens)
+    if budget < MIN_PROMPT_TOKENS:
+        raise UserError(f"the model's context of {block_size} tokens is too short for a chat prompt: a question "
+                        f"takes at least {MIN_PROMPT_TOKENS} tokens (<|user|>, one of its own, <|end|>, "
+                        f"<|assistant|>) and its answer 1; use a model trained with --block-size "
+                        f"{MIN_PROMPT_TOKENS + 1} or more")
+    return budget
+
+
 def build_prompt(tokenizer, history, question, max_tokens):
     """The ids to generate an answer from: as much history as fits, then the question.
 
     history is [(question, answer), ...], oldest first. The newest turns matter
     most, so the oldest are dropped first until the prompt fits in max_tokens.
     If the question alone does not fit, its end is kept (see fit_turn) and the
-    Prompt says how many tokens were cut, so the interface can say so.
+    Prompt says how many tokens were cut, so the interface can say so. A
+    budget under MIN_PROMPT_TOKENS is a UserError: no question fits in it.
     """
     user, assistant, end = specials(tokenizer)
     q = tokenizer.encode(fit_typed_text(tokenizer, question))
-    if max_tokens < 4:
-        raise ValueError(f"a prompt needs at least 4 tokens, got a budget of {max_tokens}")
+    if max_tokens < MIN_PROMPT_TOKENS:
+        raise UserError(f"a chat prompt needs at least {MIN_PROMPT_TOKENS} tokens (<|user|>, one of the question, "
+                        f"<|end|>, <|assistant|>), and the model's context leaves {max_tokens}: it is too short "
+                        f"to chat")
     trimmed = max(0, len(q) + 3 - max_tokens)
     tail = [user, *q[trimmed:], end, assistant]
     kept = []  # rendered turns, newest first
@@ -127,8 +149,8 @@ def answer_settings(tokenizer, settings):
 
 def answer(model, tokenizer, question, settings, history=()):
     """The model's answer to question after history, as one string."""
-    block = model.config.block_size
-    prompt = build_prompt(tokenizer, history, question, block - answer_room(block, settings.max_new_tokens))
+    budget = prompt_budget(model.config.block_size, settings.max_new_tokens)
+    prompt = build_prompt(tokenizer, history, question, budget)
     return "".join(stream_text(model, tokenizer, prompt.ids, answer_settings(tokenizer, settings)))
 
 

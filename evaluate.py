@@ -27,14 +27,15 @@ import json
 import math
 import time
 
+from chat import prompt_budget
 from checkpoint import load_model, training_data
 from data import corpus_batches, iter_text_blocks
 from device import DEVICE_CHOICES, choose_device
 from errors import ArgumentParser, UserError, run_main
 from files import atomic_write, check_output_path, refuse_existing
 from qa import load_qa
-from sampling import Sampling
-from scores import qa_scores, sample_scores
+from sampling import Sampling, text_prompt
+from scores import SAMPLE_PROMPT, qa_scores, sample_scores
 from validation import evaluate_loss
 
 EVAL_BATCH_SIZE = 32
@@ -47,6 +48,21 @@ def text_scores(model, tokenizer, data_path, val_fraction):
     """Validation loss, perplexity and bits per character on the split train.py holds out."""
     batches = corpus_batches(data_path, tokenizer, model.config.block_size, val_fraction, seed=0)
     return {**evaluate_loss(model, batches, EVAL_BATCH_SIZE, tokenizer.token_chars()), "val_tokens": len(batches.val)}
+
+
+def check_model_can_answer(model, tokenizer, args):
+    """UserError, before the slow parts, for a model that cannot take the questions or the samples' prompt.
+
+    qa_scores scores a question the model cannot read as unanswered, so a
+    context too short for any chat prompt would pass as a vocabulary problem.
+    """
+    prompt_budget(model.config.block_size, args.max_answer_tokens)
+    if args.samples:
+        try:
+            text_prompt(tokenizer, SAMPLE_PROMPT, Sampling())
+        except UserError as e:
+            raise UserError(f"the samples start from {SAMPLE_PROMPT!r}, which {args.ckpt} cannot read ({e}): "
+                            f"--samples 0 skips them") from None
 
 
 def parse_args(argv=None):
@@ -95,6 +111,7 @@ def run_evaluation(args):
         raise UserError(f"{args.qa} has no {args.split} questions")
     device = choose_device(args.device)
     model, tokenizer, checkpoint = load_model(args.ckpt, device)
+    check_model_can_answer(model, tokenizer, args)
     data = training_data(checkpoint, args.data)
     if args.report:
         check_output_path(args.report, "--report", [data])

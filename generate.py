@@ -10,7 +10,7 @@ stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load 
 
 import sys
 
-from chat import answer_room, answer_settings, build_prompt, require_chat, trim_notice
+from chat import answer_settings, build_prompt, prompt_budget, require_chat, trim_notice
 from checkpoint import load_model
 from device import choose_device
 from errors import ArgumentParser, UserError, run_main
@@ -35,7 +35,7 @@ def main(argv=None):
     if args.chat is not None:
         require_chat(checkpoint, args.ckpt)
         block = model.config.block_size
-        prompt = build_prompt(tokenizer, [], args.chat.strip(), block - answer_room(block, args.length))
+        prompt = build_prompt(tokenizer, [], args.chat.strip(), prompt_budget(block, args.length))
         if prompt.trimmed_tokens:
             print(trim_notice(prompt, block), file=sys.stderr)
         ids, settings = prompt.ids, answer_settings(tokenizer, settings)

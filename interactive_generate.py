@@ -18,7 +18,7 @@ stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load 
 
 import sys
 
-from chat import answer_room, answer_settings, build_prompt, require_chat, trim_notice
+from chat import answer_settings, build_prompt, prompt_budget, require_chat, trim_notice
 from checkpoint import load_model
 from device import choose_device
 from errors import ArgumentParser, UserError, run_main
@@ -33,7 +33,17 @@ Any other line is a question. The model sees the conversation so far; when it
 outgrows the model's context, the oldest turns are forgotten first."""
 
 
-def completion_loop(model, tokenizer, settings, read=input, write=sys.stdout.write):
+def write_out(text):
+    """Write to sys.stdout as it is when called: run_main's, which goes quiet when its reader goes away."""
+    sys.stdout.write(text)
+
+
+def reader_gone():
+    """Whether the reader of our output has gone (`interactive_generate.py | head`): then the session ends."""
+    return getattr(sys.stdout, "closed_by_reader", False)
+
+
+def completion_loop(model, tokenizer, settings, read=input, write=write_out):
     """Read prompts until a quit word or end of input; stream each continuation."""
     text = ""  # the latest prompt and its continuation, for an empty line to extend
     while True:
@@ -52,6 +62,8 @@ def completion_loop(model, tokenizer, settings, read=input, write=sys.stdout.wri
                 out.append(piece)
                 write(piece)
                 sys.stdout.flush()
+                if reader_gone():
+                    return
         except UserError as e:  # e.g. characters the model never saw: say so, keep going
             write(f"error: {e}\n")
             continue
@@ -59,11 +71,11 @@ def completion_loop(model, tokenizer, settings, read=input, write=sys.stdout.wri
         text = prompt + "".join(out)
 
 
-def chat_loop(model, tokenizer, settings, read=input, write=sys.stdout.write):
+def chat_loop(model, tokenizer, settings, read=input, write=write_out):
     """Read questions until a quit word or end of input; stream each answer, keeping the history."""
     history = []  # [(question, answer), ...], oldest first
     block = model.config.block_size
-    budget = block - answer_room(block, settings.max_new_tokens)  # prompt tokens; the rest is for the answer
+    budget = prompt_budget(block, settings.max_new_tokens)  # prompt tokens; the rest is for the answer
     settings = answer_settings(tokenizer, settings)
     while True:
         try:
@@ -101,6 +113,8 @@ def chat_loop(model, tokenizer, settings, read=input, write=sys.stdout.write):
             pieces.append(piece)
             write(piece)
             sys.stdout.flush()
+            if reader_gone():
+                return
         write("\n")
         history.append((line, "".join(pieces)))
 
@@ -125,9 +139,14 @@ def main(argv=None):
         require_chat(checkpoint, args.ckpt)
     chat = checkpoint.get("chat", False) and not args.completion
     if chat:
+        prompt_budget(model.config.block_size, settings.max_new_tokens)  # a context too short to chat: say so now
         print(f"loaded {args.ckpt}, a chat model; ask a question, /help for the commands, 'quit' to leave")
     else:
         print(f"loaded {args.ckpt}; type a prompt, an empty line to continue, 'quit' to leave")
+    if hasattr(sys.stdin, "reconfigure"):
+        # A line that is not UTF-8 would be a UnicodeDecodeError out of input(): keep its odd bytes as
+        # characters instead (as Python does for argv), which the tokenizer names or encodes.
+        sys.stdin.reconfigure(errors="surrogateescape")
     try:
         (chat_loop if chat else completion_loop)(model, tokenizer, settings)
     except KeyboardInterrupt:

@@ -69,7 +69,9 @@ def sample_next(logits, settings, generator=None):
     """Pick the next token id from a (vocab,) row of logits, as settings say.
 
     Sampling runs on the CPU with our own generator, so a seed gives the same
-    tokens on every device.
+    tokens on every device. Any temperature >= 0 and top_p in (0, 1] work: a
+    vanishing temperature or top_p leaves the likeliest token, a huge
+    temperature spreads the choice evenly.
     """
     temperature, top_k, top_p = settings.temperature, settings.top_k, settings.top_p
     logits = logits.detach().to("cpu", torch.float32, copy=True)  # ours to modify: the caller's stays intact
@@ -77,15 +79,19 @@ def sample_next(logits, settings, generator=None):
         logits[list(settings.banned_ids)] = float("-inf")
     if temperature == 0:
         return int(torch.argmax(logits))
-    logits = logits / temperature
     if top_k > 0 and top_k < logits.numel():
         kth = torch.topk(logits, top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    # Shifted so the largest is 0 and scaled in float64: every scaled logit is <= 0, so a tiny temperature
+    # cannot overflow to inf, and a huge one (which float32 would round to inf) cannot make -inf / inf a NaN.
+    logits = ((logits.double() - logits.max()) / temperature).float()
     probs = torch.softmax(logits, dim=-1)
     if top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         before = torch.cumsum(sorted_probs, dim=0) - sorted_probs  # mass of the likelier tokens
-        sorted_probs[before >= top_p] = 0.0  # the first token always survives: its 'before' is 0
+        drop = before >= top_p
+        drop[0] = False  # the likeliest token always stays, even for a top_p float32 rounds to 0
+        sorted_probs[drop] = 0.0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=generator))
 

@@ -178,3 +178,59 @@ def test_generate_answers_one_question(tiny_ckpt, tiny_chat_ckpt, cli):
     assert cli(generate, "--ckpt", tiny_chat_ckpt, *args).stdout == result.stdout
     assert_clean_error(cli(generate, "--ckpt", tiny_ckpt, *args), "not a chat model", "sft.py")
     assert_clean_error(cli(generate, "--ckpt", tiny_chat_ckpt, "--chat", "Who is 你?"), "'你'")
+
+
+# ------------------------------------------------------------ contexts too short to chat
+
+TOO_SHORT = "too short for a chat prompt"
+
+
+def test_the_prompt_budget_refuses_contexts_under_five_tokens():
+    assert [chat.prompt_budget(5, n) for n in (0, 1, 100)] == [4, 4, 4]  # the shortest prompt, and 1 to answer
+    assert chat.prompt_budget(16, 3) == 13 and chat.prompt_budget(16, 100) == 12  # the answer's room: at most 1/4
+    for block in (1, 2, 3, 4):
+        with pytest.raises(chat.UserError, match=f"context of {block} tokens is {TOO_SHORT}.*--block-size 5"):
+            chat.prompt_budget(block, 1)
+    tok = TOKENIZERS["char"]
+    assert len(chat.build_prompt(tok, [], "Who?", 4).ids) == 4  # <|user|> ? <|end|> <|assistant|>
+    with pytest.raises(chat.UserError, match="needs at least 4 tokens"):
+        chat.build_prompt(tok, [], "Who?", 3)
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 4, 5])
+def test_generate_chat_with_a_tiny_context_answers_or_says_it_is_too_short(short_context_ckpts, cli, block):
+    _, chat_ckpt = short_context_ckpts[block]
+    result = cli(generate, "--ckpt", chat_ckpt, "--chat", "Who?", "--length", "3", "--seed", "1")
+    if block < 5:
+        assert_clean_error(result, f"context of {block} tokens is {TOO_SHORT}", "--block-size 5")
+        assert result.stdout == ""
+    else:  # the question's last token fits, with 1 to answer from
+        assert result.returncode == 0 and result.stdout.endswith("\n") and len(result.stdout) <= 3 + 1, result
+        assert "left out" in result.stderr  # "Who?" is 4 tokens: its first 3 did not fit
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 4, 5])
+def test_the_repl_with_a_tiny_context_chats_or_says_so_before_it_starts(short_context_ckpts, cli, block):
+    _, chat_ckpt = short_context_ckpts[block]
+    result = cli(interactive_generate, "--ckpt", chat_ckpt, "--length", "3", stdin="Who?\nquit\n")
+    if block < 5:
+        assert_clean_error(result, f"context of {block} tokens is {TOO_SHORT}")
+        assert result.stdout == ""  # refused before the greeting, not at the first question
+    else:
+        assert result.returncode == 0 and result.stdout.count("model> ") == 1, result
+        assert result.stdout.rstrip().endswith("bye")
+
+
+def test_the_repl_answers_bad_lines_and_keeps_going(tiny_chat_ckpt, cli):
+    typed = ["/bogus", "/reset now", "/", "Who is 你?", "   ", "<|end|>", "Who is Hector?", "quit", "never read"]
+    result = cli(interactive_generate, "--ckpt", tiny_chat_ckpt, "--length", "4", "--seed", "1",
+                 stdin="\n".join(typed) + "\n")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    out = result.stdout
+    assert "unknown command /bogus: /help lists the commands" in out
+    assert "unknown command /reset: /help lists the commands" in out and "(conversation reset)" not in out
+    assert "unknown command /:" in out
+    assert "error: the text has characters the model's vocabulary lacks: '你'" in out
+    assert "error: the text has characters the model's vocabulary lacks: '<', '>', '|'" in out
+    assert out.count("you> ") == 8 and out.count("model> ") == 1  # only the real question got an answer
+    assert out.rstrip().endswith("bye")

@@ -104,6 +104,18 @@ def test_an_exported_chat_model_keeps_its_format_and_stops_at_end(tmp_path, tiny
     assert out[0, len(prompt):].tolist() == ours  # both end with <|end|> if the model says it
 
 
+@pytest.mark.parametrize("role", ["system", "tool", "developer"])
+def test_the_exported_chat_template_refuses_roles_other_than_user_and_assistant(tmp_path, tiny_chat_ckpt, role):
+    """b_lm's chat format has no system turn: transformers' apply_chat_template says so instead of dropping it."""
+    import jinja2
+    _, their_tokenizer = exported(tiny_chat_ckpt, tmp_path / "hf")
+    messages = [{"role": role, "content": "You are Homer."}, {"role": "user", "content": "Who?"}]
+    with pytest.raises(jinja2.TemplateError, match="b_lm chat models know only user and assistant messages"):
+        their_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    text = their_tokenizer.apply_chat_template(messages[1:], add_generation_prompt=True, tokenize=False)
+    assert text == f"{USER}Who?{END_OF_TURN}{ASSISTANT}"  # the same conversation less that message is fine
+
+
 @pytest.fixture(scope="module")
 def gpt2_folder(tmp_path_factory, small_corpus):
     """A small random GPT2LMHeadModel (biases, tied embeddings, gelu_new) and a byte-level BPE tokenizer

@@ -14,7 +14,8 @@ def test_seed_example_runs_and_is_reproducible(tiny_ckpt, cli):
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("Sing, ") and len(first.stdout) == len("Sing, ") + 40 + 1
     assert cli(generate, *args).stdout == first.stdout
-    assert cli(generate, "--checkpoint", tiny_ckpt, "--length", "5").returncode == 0
+    result = cli(generate, "--checkpoint", tiny_ckpt, "--length", "5")
+    assert result.returncode == 0 and len(result.stdout) == 5 + 1 and result.stdout.endswith("\n"), result
 
 
 @pytest.mark.parametrize("temp", [0.0, 1.0])
@@ -25,6 +26,54 @@ def test_kv_cache_gives_the_tokens_of_the_no_cache_path(tiny_ckpt, temp):
     cached = list(generate_ids(model, prompt, Sampling(n, temperature=temp, seed=3, use_cache=True)))
     uncached = list(generate_ids(model, prompt, Sampling(n, temperature=temp, seed=3, use_cache=False)))
     assert cached == uncached and len(cached) == n
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("cache", [[], ["--no-cache"]], ids=["cache", "no-cache"])
+def test_a_model_with_a_tiny_context_writes_every_character_asked_for(short_context_ckpts, cli, block, cache):
+    base, _ = short_context_ckpts[block]
+    result = cli(generate, "--ckpt", base, "--start", "Sing, O", "--length", "9", "--seed", "1", *cache)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.startswith("Sing, O") and len(result.stdout) == len("Sing, O") + 9 + 1  # then a newline
+
+
+def test_length_zero_writes_the_prompt_alone(tiny_ckpt, tiny_chat_ckpt, cli):
+    assert cli(generate, "--ckpt", tiny_ckpt, "--start", "Sing, ", "--length", "0").stdout == "Sing, \n"
+    assert cli(generate, "--ckpt", tiny_ckpt, "--length", "0").stdout == "\n"
+    assert cli(generate, "--ckpt", tiny_chat_ckpt, "--chat", "Who?", "--length", "0").stdout == "\n"
+
+
+@pytest.mark.parametrize("flags", [["--temp", "1e-45"], ["--temp", "5e-324"], ["--top-p", "5e-324"],
+                                   ["--top-p", "1e-300", "--temp", "1e-300"], ["--top-k", "1"]])
+def test_a_vanishing_temperature_or_nucleus_is_greedy(tiny_ckpt, cli, flags):
+    """--help allows any --temp >= 0 and --top-p in (0, 1]: at their small ends they leave the likeliest token."""
+    args = ["--ckpt", tiny_ckpt, "--start", "Sing, ", "--length", "30", "--seed", "2"]
+    greedy = cli(generate, *args, "--temp", "0")
+    result = cli(generate, *args, *flags)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout == greedy.stdout and len(result.stdout) == len("Sing, ") + 30 + 1
+
+
+@pytest.mark.parametrize("temp", ["1e10", "1e308"])
+def test_a_huge_temperature_samples_every_allowed_token(tiny_ckpt, cli, temp):
+    result = cli(generate, "--ckpt", tiny_ckpt, "--length", "300", "--temp", temp, "--seed", "0")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    model, tokenizer, _ = load_model(tiny_ckpt)
+    text = result.stdout[:-1]
+    assert len(text) == 300 and len(set(text)) > tokenizer.vocab_size // 2  # near uniform: most characters show
+
+
+def test_sampling_filters_at_the_edges_of_their_ranges():
+    logits = torch.tensor([1.0, 3.0, 2.0, 0.5])
+    g = torch.Generator().manual_seed(0)
+    for tiny in (1e-30, 1e-45, 5e-324):
+        assert {sample_next(logits, Sampling(temperature=tiny), g) for _ in range(20)} == {1}
+        assert {sample_next(logits, Sampling(temperature=1.0, top_p=tiny), g) for _ in range(20)} == {1}
+    # huge: every token but the banned one is about as likely as the others
+    huge = Sampling(temperature=1e308, banned_ids=(2,))
+    draws = [sample_next(logits, huge, g) for _ in range(600)]
+    assert set(draws) == {0, 1, 3} and min(draws.count(t) for t in (0, 1, 3)) > 150
+    assert {sample_next(logits, Sampling(temperature=1e308, top_k=2), g) for _ in range(100)} == {1, 2}
 
 
 def test_sampling_filters():
@@ -45,6 +94,7 @@ def test_greedy_text_ignores_the_seed_and_never_shows_special_tokens(tiny_ckpt):
         ids, settings = text_prompt(tokenizer, "Sing, ", Sampling(25, temperature=0, seed=seed))
         return "".join(stream_text(model, tokenizer, ids, settings))
     assert len(text(0)) == 25 and text(0) == text(1)
+    assert not any(special in text(0) for special in tokenizer.special_tokens)  # no special token's text either
     ids, settings = text_prompt(tokenizer, "", Sampling(5))
     assert ids == tokenizer.encode("\n") and set(settings.banned_ids) == set(tokenizer.special_tokens.values())
 

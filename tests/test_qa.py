@@ -52,11 +52,12 @@ def test_every_answer_occurs_in_its_evidence():
     assert wrong == []
 
 
-def test_at_least_300_facts_each_with_three_distinct_phrasings():
+def test_400_facts_each_asked_three_distinct_ways():
+    """As the README says: 'qa.jsonl holds 400 facts about the poem ..., each asked three ways'."""
     ids = [f["id"] for f in FACTS]
-    assert len(set(ids)) == len(ids) >= 300
-    thin = [f["id"] for f in FACTS if len({plain(q) for q in f["questions"]}) < 3]
-    assert thin == []
+    assert len(set(ids)) == len(ids) == 400
+    not_three = [f["id"] for f in FACTS if len(f["questions"]) != 3 or len({plain(q) for q in f["questions"]}) != 3]
+    assert not_three == []
 
 
 def test_questions_and_answers_use_only_corpus_characters():
@@ -81,8 +82,10 @@ def test_exactly_one_test_phrasing_per_fact_and_unique_ids(records):
     splits = defaultdict(Counter)
     for r in records:
         splits[r["fact_id"]][r["split"]] += 1
-    assert len(splits) == len(FACTS)
-    assert all(c["test"] == 1 and c["train"] >= 2 and set(c) == {"train", "test"} for c in splits.values())
+    assert len(splits) == len(FACTS) == 400
+    # 'One phrasing of every fact is test-only': 400 test phrasings, the other two of each fact for training
+    assert all(c == {"test": 1, "train": 2} for c in splits.values())
+    assert Counter(r["split"] for r in records) == {"test": 400, "train": 800}
     ids = [r["id"] for r in records]
     assert len(set(ids)) == len(ids)
     assert all(r["id"].startswith(r["fact_id"] + "/") for r in records)

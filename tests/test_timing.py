@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import benchmark
 import timing
-from conftest import ROOT
+from conftest import ROOT, assert_clean_error, run_script
 from errors import UserError, run_main
 from optimizers import build_optimizer
 
@@ -163,6 +163,36 @@ def test_cli_rejects_bad_sizes():
         benchmark.main(["--steps", "0"])
     with pytest.raises(UserError, match="--warmup must be >= 0"):
         benchmark.main(["--warmup", "-1"])
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--steps", "0"], "--steps must be at least 1, got 0"),
+    (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+    (["--lr", "nan"], "--lr must be a number > 0, got nan"),
+    (["--lr", "0"], "--lr must be a number > 0"),
+    (["--seed", "-1"], "--seed must be in [0, 2**63)"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--n-layer", "0"], "--n-layer must be at least 1"),
+    (["--vocab-size", "0"], "--vocab-size must be at least 1"),
+    (["--n-embd", "10"], "--n-embd 10 must be a multiple of --n-head 4"),
+    (["--optimizers", ""], "--optimizers: no names given"),
+    (["--optimizers", "adamw,lion"], "unknown lion"),
+    (["--device", "quantum"], "argument --device: invalid choice"),
+    (["--steps", "many"], "argument --steps: invalid int value"),
+    (["generate", "--threads", "0"], "--threads must be at least 1"),
+    (["generate", "--repeats", "0"], "--repeats must be at least 1"),
+    (["generate", "--new-tokens", "0"], "--new-tokens must be at least 1"),
+    (["hf", "--new-tokens", "0"], "--new-tokens and --prompt-tokens must be >= 1"),
+    (["hf", "--seed", "-1"], "--seed >= 0"),
+    (["bogus-mode"], "unrecognized arguments: bogus-mode"),
+])
+def test_bad_flags_exit_2_before_any_timing(cli, flags, fragment):
+    """timing.py's command is benchmark.main under run_main: each refusal is one line and status 2."""
+    assert_clean_error(cli(benchmark, *flags), fragment)
+
+
+def test_the_script_refuses_a_bad_flag_with_status_2():
+    assert_clean_error(run_script("timing.py", "--steps", "0"), "--steps must be at least 1")
 
 
 def test_cli_prints_one_row_per_optimizer(capsys, monkeypatch):

@@ -1,13 +1,16 @@
 import csv
 import os
+import re
+import shutil
 import signal
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import train
-from conftest import INTERRUPT_POINTS, ROOT, TINY, assert_clean_error, interrupt_during, signal_training_run
+from conftest import INTERRUPT_POINTS, ROOT, TINY, assert_clean_error, interrupt_during, run_script, signal_training_run
 from errors import UserError
 
 
@@ -207,8 +210,13 @@ def test_time_limit_stops_cleanly(tmp_path, small_corpus):
     assert 0 < result["step"] < 100000 and os.path.exists(ckpt)
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "short", "cuda", "device", "not-utf8"])
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, cli, monkeypatch, case):
+@pytest.mark.parametrize("case, fragment", [
+    ("missing", "--data data.txt not found"), ("empty", "data file data.txt is empty"),
+    ("short", "the training split has 24 tokens; a context of 128 tokens needs at least 129"),
+    ("cuda", "--device cuda: no CUDA/ROCm GPU is available"), ("device", "argument --device: invalid choice: 'tpu'"),
+    ("not-utf8", "data file data.txt is not UTF-8 text"), ("float16", "--dtype float16 needs a GPU"),
+    ("dtype", "argument --dtype: invalid choice: 'float8'")])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, cli, monkeypatch, case, fragment):
     data = tmp_path / "data.txt"
     flags = []
     if case == "empty":
@@ -219,12 +227,72 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, cli, monkeypatch, ca
         data.write_bytes(b"Sing\xff\xfe goddess\n" * 100)
     elif case != "missing":
         data.write_text("Sing, O goddess, the anger of Achilles\n" * 200)
-        flags = ["--device", "cuda" if case == "cuda" else "tpu"]
+        flags = {"cuda": ["--device", "cuda"], "device": ["--device", "tpu"], "float16": ["--dtype", "float16"],
+                 "dtype": ["--dtype", "float8"]}[case]
     monkeypatch.chdir(tmp_path)
-    result = cli(train, "--data", str(data), "--max-iters", "1", *flags)
-    assert_clean_error(result)
-    assert result.returncode == 2
+    if case == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    result = cli(train, "--data", "data.txt", "--max-iters", "1", *flags)
+    assert_clean_error(result, fragment)
     assert sorted(os.listdir(tmp_path)) == (["data.txt"] if case != "missing" else [])
+
+
+def test_dtype_float32_and_bfloat16_train_and_save_on_the_cpu(tmp_path, small_corpus, capsys):
+    from checkpoint import load_model
+    results = {}
+    for dtype in ("auto", "float32", "bfloat16"):
+        results[dtype], ckpt = run(tmp_path, small_corpus, "--max-iters", "4", "--dtype", dtype, name=dtype)
+        out = capsys.readouterr().out
+        assert ("autocast bfloat16" in out) == (dtype == "bfloat16"), out  # the first line says how it computes
+        model, _, saved = load_model(ckpt)
+        assert saved["step"] == 4 and all(w.dtype == torch.float32 for w in saved["model"].values())
+        assert next(model.parameters()).dtype == torch.float32  # autocast keeps the weights in float32
+    # --dtype auto is float32 on the CPU; bfloat16 rounds its matmuls, so its losses are close but not the same
+    assert results["auto"]["val_loss"] == results["float32"]["val_loss"]
+    assert results["bfloat16"]["val_loss"] != results["float32"]["val_loss"]
+    assert results["bfloat16"]["val_loss"] == pytest.approx(results["float32"]["val_loss"], rel=0.02)
+
+
+def test_compile_that_cannot_run_says_so_and_trains_eagerly(tmp_path, small_corpus, capsys, monkeypatch):
+    """As the README says: --compile 'uses torch.compile where it works and says so where it doesn't'."""
+    import device
+    eager, _ = run(tmp_path, small_corpus, "--max-iters", "3", name="eager")
+
+    def compile_without_a_compiler(model, **kwargs):
+        def compiled(*args, **kw):  # torch.compile fails lazily, on the first call
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\n(a long explanation)")
+        return compiled
+    monkeypatch.setattr(torch, "compile", compile_without_a_compiler)
+    capsys.readouterr()
+    fallback, _ = run(tmp_path, small_corpus, "--max-iters", "3", "--compile", name="fallback")
+    assert "note: torch.compile failed (InvalidCxxCompiler: No working C++ compiler found); running eagerly" in \
+        capsys.readouterr().out
+    assert fallback["val_loss"] == eager["val_loss"]
+    model = torch.nn.Linear(2, 2)
+    for kind in ("mps", "privateuseone"):  # Apple MPS and DirectML: not even tried
+        assert device.maybe_compile(model, SimpleNamespace(device=torch.device(kind))) is model
+        assert f"note: --compile is not supported on {kind}; running eagerly" in capsys.readouterr().out
+
+
+CXX = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+
+
+@pytest.mark.skipif(not CXX, reason="torch.compile on the CPU (inductor) needs a C++ compiler")
+def test_compile_trains_the_same_model_and_saves_a_plain_checkpoint(tmp_path, small_corpus, monkeypatch):
+    """In a process of its own (dynamo's caches stay out of the other tests); a cold compile takes ~45 s here."""
+    from checkpoint import load_model
+    eager, eager_ckpt = run(tmp_path, small_corpus, "--max-iters", "3", name="eager")
+    ckpt = tmp_path / "compiled.pth"
+    monkeypatch.setenv("TORCH_LOGS", "graph_code")  # dynamo shows each graph it traces: proof that it compiled
+    result = run_script("train.py", "--data", small_corpus, "--ckpt", str(ckpt), "--metrics", "", *TINY,
+                        "--max-iters", "3", "--compile")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "note:" not in result.stdout, result.stdout  # it compiled: no fallback
+    assert "TRACED GRAPH" in result.stderr, result.stderr[-2000:]
+    val_loss = float(re.search(r"^final: step=3 val_loss=([\d.]+)", result.stdout, re.M).group(1))
+    assert val_loss == pytest.approx(eager["val_loss"], abs=1e-3)  # printed to 4 places
+    _, _, saved = load_model(str(ckpt))  # the plain model's weights, not the compiled wrapper's (_orig_mod.)
+    assert set(saved["model"]) == set(torch.load(eager_ckpt, weights_only=True)["model"])
 
 
 def test_bpe_model_trains_checkpoints_and_generates(tmp_path, small_corpus):
