@@ -44,6 +44,13 @@ def read_metrics(path):
         raise UserError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
     if not rows or not {"elapsed_s", "val_loss"} <= set(rows[0]):
         raise UserError(f"{path} is not a metrics CSV from train.py")
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        for column, value in row.items():
+            if value not in (None, ""):
+                try:
+                    float(value)
+                except (TypeError, ValueError):
+                    raise UserError(f"{path} line {line}: {column} is {value!r}, not a number") from None
     return rows
 
 

@@ -45,6 +45,10 @@ def test_bad_inputs(tmp_path, cli, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert_clean_error(cli(plots, "no-label.csv"), "LABEL=METRICS.csv")
     assert_clean_error(cli(plots, "a=missing.csv"), "missing.csv not found")
+    for column, row in (("elapsed_s", "1,abc,4.0"), ("val_loss", "1,2.0,x1"), ("step", "one,2.0,4.0")):
+        (tmp_path / "odd.csv").write_text(f"step,elapsed_s,val_loss\n1,1.0,4.1\n{row}\n")
+        assert_clean_error(cli(plots, "a=odd.csv"), f"odd.csv line 3: {column} is")
+        assert not (tmp_path / "runs.png").exists()
     os.mkfifo(tmp_path / "pipe.csv")  # reading it would wait forever for a writer
     assert_clean_error(cli(plots, "a=pipe.csv"), "not a regular file")
     assert_clean_error(cli(plots, "a=."), "is a folder")
