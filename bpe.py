@@ -257,11 +257,17 @@ def _merge_words(words, freqs, word_ids, pair, idx, stats, where):
     return new_pairs
 
 
+# Larger than any tokenizer in use (GPT-4's has 100,277 tokens), and within what every trainer's ids hold.
+MAX_VOCAB_SIZE = 1_000_000
+
+
 def merges_for_vocab_size(vocab_size):
     """How many merges make a vocabulary of vocab_size (specials included): 4096 -> 3836."""
     if vocab_size < 256 + N_SPECIAL:
         raise UserError(f"vocab size {vocab_size} is too small: it must be at least "
                         f"{256 + N_SPECIAL} (256 bytes + {N_SPECIAL} special tokens)")
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise UserError(f"vocab size {vocab_size} is too large: at most {MAX_VOCAB_SIZE:,}")
     return vocab_size - 256 - N_SPECIAL
 
 

@@ -80,7 +80,7 @@ def save_checkpoint(path, checkpoint):
 
 def load_checkpoint(path, map_location="cpu"):
     """Read a checkpoint, turning every way a file can be wrong into a UserError."""
-    if not os.path.lexists(path):
+    if path and not os.path.lexists(path):
         raise UserError(f"checkpoint {path} not found: train one with 'python train.py'")
     check_input_file(path, "checkpoint")
     try:
@@ -134,8 +134,19 @@ def content_problem(c):
     problem = dtype_problem(c["model"])
     if problem:
         return problem
-    if not isinstance(c.get("train_args", {}) or {}, dict):
+    train_args = c.get("train_args", {}) or {}
+    if not isinstance(train_args, dict):
         return "train_args must be a dict"
+    return train_args_problem(train_args)
+
+
+def train_args_problem(train_args):
+    """What is wrong with the recorded flags that loading a checkpoint reads (its corpus and split), or None."""
+    data, fraction = train_args.get("data"), train_args.get("val_fraction", 0.1)
+    if data is not None and type(data) is not str:
+        return f"its training data must be a path, not {_short(data)}"
+    if type(fraction) not in (int, float) or not 0 < fraction < 1:
+        return f"its val_fraction must be a number in (0, 1), not {_short(fraction)}"
     return None
 
 
@@ -173,8 +184,9 @@ def config_problem(model_type, config):
     if model_type != "transformer":
         return None
     theta = config.get("rope_theta", 10000.0)
-    if type(theta) not in (int, float) or not 0 < theta < math.inf:
-        return f"rope_theta must be a number above 0, not {_short(theta)}"
+    # Below 1 the rotary frequencies grow with the dimension instead of falling: the angles overflow.
+    if type(theta) not in (int, float) or not 1 < theta < math.inf:
+        return f"rope_theta must be a number above 1, not {_short(theta)}"
     n_head, n_embd = config.get("n_head", 4), config.get("n_embd", 128)
     if n_embd % n_head:
         return f"n_head {n_head} does not divide n_embd {n_embd}"

@@ -21,16 +21,14 @@ import tempfile
 
 from checkpoint import check_model, checkpoint_dict, load_checkpoint, save_checkpoint
 from errors import ArgumentParser, UserError, run_main
-from files import (check_output_folder, check_output_path, exclusive, refuse_existing, remove_stale_temporaries,
-                   swap_in_folder, temporary_prefix)
+from files import check_output_folder, check_output_path, claimed, refuse_existing, swap_in_folder, temporary_prefix
 from hf import from_hf, is_b_lm_export, to_hf
 
 
 def export(args):
     out = args.out_dir
     check_output_folder(out, "OUT_DIR", [args.ckpt], args.overwrite, ours=is_b_lm_export)
-    with exclusive(out, "OUT_DIR"):
-        remove_stale_temporaries(out)  # what an export killed halfway left beside it
+    with claimed(out, "OUT_DIR"):  # and clear what an export killed halfway left beside it
         checkpoint = load_checkpoint(args.ckpt)
         tokenizer = check_model(checkpoint, args.ckpt)
         c, chat = checkpoint["model_config"], checkpoint.get("chat")
@@ -50,7 +48,7 @@ def import_(args):
     if not os.path.isdir(args.in_dir):
         raise UserError(f"{args.in_dir} is not a folder: give the directory of a Hugging Face model")
     check_output_path(args.ckpt, "CKPT", [args.in_dir])
-    with exclusive(args.ckpt, "CKPT"):
+    with claimed(args.ckpt, "CKPT"):
         refuse_existing(args.ckpt, "CKPT", args.overwrite)
         config, weights, tokenizer, chat = from_hf(args.in_dir)
         train_args = {"model": "transformer", **{k: config[k] for k in ("n_layer", "n_head", "n_embd", "block_size",

@@ -1,5 +1,6 @@
 """The one exception users see, and the wrapper that turns it into one line on stderr."""
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -48,6 +49,9 @@ def run_main(main, argv=None):
     """
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    for stream in (sys.stdout, sys.stderr):  # a file name or prompt that is not UTF-8 prints as \xff escapes
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     stdout, sys.stdout = sys.stdout, StdoutUntilClosed(sys.stdout)
     try:
         return main(argv)

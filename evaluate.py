@@ -23,6 +23,7 @@ from errors import stop_cleanly
 
 stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load is one line too
 
+import contextlib
 import json
 import math
 import time
@@ -32,7 +33,7 @@ from checkpoint import load_model, training_data
 from data import corpus_batches, iter_text_blocks
 from device import DEVICE_CHOICES, choose_device
 from errors import ArgumentParser, UserError, run_main
-from files import atomic_write, check_output_path, refuse_existing
+from files import atomic_write, check_output_path, claimed, refuse_existing
 from qa import load_qa
 from sampling import Sampling, text_prompt
 from scores import SAMPLE_PROMPT, qa_scores, sample_scores
@@ -91,6 +92,8 @@ def parse_args(argv=None):
     a("--device", default="auto", choices=DEVICE_CHOICES, help="auto: cuda, mps, dml, then cpu "
                                                                "(default: %(default)s)")
     args = p.parse_args(argv)
+    if args.data == "":
+        raise UserError("--data is empty: name the corpus, or leave the flag out for the checkpoint's own")
     if not (0 < args.max_answer_tokens <= MAX_TOKENS and 0 < args.sample_length <= MAX_TOKENS):
         raise UserError(f"--max-answer-tokens and --sample-length must be in [1, {MAX_TOKENS:,}]: each answer "
                         f"and sample is generated whole before it is scored")
@@ -184,11 +187,14 @@ def write_report(path, report):
 
 def main(argv=None):
     args = parse_args(argv)
-    report = run_evaluation(args)
-    print(format_table(report))
     if args.report:
-        write_report(args.report, report)
-        print(f"wrote {args.report}")
+        check_output_path(args.report, "--report", [args.qa, args.ckpt, args.data])
+    with claimed(args.report, "--report") if args.report else contextlib.nullcontext():
+        report = run_evaluation(args)
+        print(format_table(report))
+        if args.report:
+            write_report(args.report, report)
+            print(f"wrote {args.report}")
     print(f"elapsed_s={report['elapsed_s']['total']:.1f}")
     return report
 

@@ -141,11 +141,11 @@ def _lock_file(real, previous=None):
     """
     if previous is not None:
         os.close(previous)
-    if fcntl is None or _kind_of(real, "") != "file":
-        return None
     try:
+        if fcntl is None or not stat.S_ISREG(os.stat(real).st_mode):
+            return None
         fd = os.open(real, os.O_RDONLY)
-    except OSError:  # unreadable: the lock beside it still stands
+    except OSError:  # nothing there, or unreadable: the lock beside it still stands
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -153,6 +153,14 @@ def _lock_file(real, previous=None):
         os.close(fd)
         raise BlockingIOError from None
     return fd
+
+
+@contextmanager
+def claimed(path, flag):
+    """exclusive(path) for the block, with the temporary files a killed run left beside path cleared first."""
+    with exclusive(path, flag):
+        remove_stale_temporaries(path)
+        yield
 
 
 def remove_stale_temporaries(path):

@@ -50,6 +50,8 @@ BLOCK_PARTS = [("ln_1", "ln_1", False), ("attn.qkv", "attn.c_attn", True), ("att
 EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                 "tokenizer_config.json")
 EXPORTED_BY = "b_lm convert.py to-hf"
+# How a character tokenizer's tokenizer.json cuts text: into single characters, each its own token.
+CHAR_PRE_TOKENIZER = {"type": "Split", "pattern": {"Regex": r"[\s\S]"}, "behavior": "Isolated", "invert": False}
 ACTIVATIONS = {"gelu": "exact", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -224,8 +226,7 @@ def tokenizer_json(tokenizer):
     if tokenizer.kind == "char":
         chars = [tokenizer.idx_to_char[i] for i in range(len(tokenizer.idx_to_char))]
         return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
-                "pre_tokenizer": {"type": "Split", "pattern": {"Regex": r"[\s\S]"}, "behavior": "Isolated",
-                                  "invert": False},
+                "pre_tokenizer": CHAR_PRE_TOKENIZER,
                 "post_processor": None, "decoder": {"type": "Fuse"},
                 "model": {"type": "WordLevel", "vocab": {ch: i for i, ch in enumerate(chars)},
                           "unk_token": ENDOFTEXT}}
@@ -549,15 +550,18 @@ def read_weights(in_dir, buffers=None):
 def read_tokenizer(in_dir):
     """(our tokenizer, {Hugging Face id: our id}, chat) from tokenizer.json, or vocab.json + merges.txt."""
     tokenizer_config = {}
-    if os.path.isfile(os.path.join(in_dir, "tokenizer_config.json")):
+    if os.path.lexists(os.path.join(in_dir, "tokenizer_config.json")):  # a pipe or folder there is refused
         tokenizer_config = _read_json(os.path.join(in_dir, "tokenizer_config.json"))
     chat = tokenizer_config.get("chat_template") == CHAT_TEMPLATE
     path = os.path.join(in_dir, "tokenizer.json")
-    if os.path.isfile(path):
+    if os.path.lexists(path):
         spec = _read_json(path)
         model, pre_tokenizer = _part(spec, "model", path), _part(spec, "pre_tokenizer", path)
         specials = _specials(spec.get("added_tokens"), path)
-        if model.get("type") == "WordLevel" and pre_tokenizer.get("type") == "Split":
+        if model.get("type") == "WordLevel":
+            if pre_tokenizer != CHAR_PRE_TOKENIZER or spec.get("normalizer"):
+                raise UserError(f"{path}: a word-level tokenizer b_lm reads must split text into single "
+                                f"characters, as to-hf writes it (a Split on [\\s\\S], Isolated), with no normalizer")
             return _char_tokenizer(_vocab(model.get("vocab"), path), specials, path) + (chat,)
         if model.get("type") != "BPE" or spec.get("normalizer") or model.get("continuing_subword_prefix") \
                 or model.get("end_of_word_suffix") or model.get("byte_fallback"):

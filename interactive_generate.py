@@ -9,7 +9,8 @@ previous text (or starts from a newline).
 Chat mode (a checkpoint made by sft.py, or --chat): each line is a question;
 the model sees the conversation so far, oldest turns dropped first when it
 outgrows the model's context. /reset forgets the conversation, /help lists the
-commands. quit, exit, q, :q, Ctrl-D or Ctrl-C end either session.
+commands. quit, exit, q, :q or Ctrl-D end either session; Ctrl-C stops it
+with status 130, as it stops every script.
 """
 
 from errors import stop_cleanly
@@ -28,7 +29,7 @@ QUIT_WORDS = {"quit", "exit", "q", ":q"}
 CHAT_HELP = """commands:
   /reset   forget the conversation so far
   /help    show this help
-  quit, exit, q, :q, Ctrl-D or Ctrl-C end the session
+  quit, exit, q, :q or Ctrl-D end the session (Ctrl-C stops it)
 Any other line is a question. The model sees the conversation so far; when it
 outgrows the model's context, the oldest turns are forgotten first."""
 
@@ -123,8 +124,8 @@ def main(argv=None):
     parser = ArgumentParser(
         description="Interactive generation. Completion mode: type a prompt, get its continuation streamed "
                     "back; an empty line continues the previous text. Chat mode (checkpoints from sft.py, or "
-                    "--chat): a multi-turn conversation, with /reset and /help. quit, exit, q, :q, Ctrl-D or "
-                    "Ctrl-C end the session.")
+                    "--chat): a multi-turn conversation, with /reset and /help. quit, exit, q, :q or Ctrl-D "
+                    "end the session; Ctrl-C stops it (status 130).")
     add_sampling_flags(parser)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--chat", action="store_true",
@@ -147,10 +148,7 @@ def main(argv=None):
         # A line that is not UTF-8 would be a UnicodeDecodeError out of input(): keep its odd bytes as
         # characters instead (as Python does for argv), which the tokenizer names or encodes.
         sys.stdin.reconfigure(errors="surrogateescape")
-    try:
-        (chat_loop if chat else completion_loop)(model, tokenizer, settings)
-    except KeyboardInterrupt:
-        print()
+    (chat_loop if chat else completion_loop)(model, tokenizer, settings)  # Ctrl-C: run_main's one line, 130
     print("bye")
 
 

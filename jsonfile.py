@@ -35,7 +35,7 @@ def read_json(path, what="JSON", missing=None):
     is not a valid tokenizer JSON file (...)"); missing, if given, is the
     message for a file that does not exist.
     """
-    if os.path.lexists(path):  # a pipe would be read forever; a folder or device is no JSON file
+    if not path or os.path.lexists(path):  # a pipe would be read forever; a folder or device is no JSON file
         check_input_file(path, f"the {what} file")
     try:
         with open(path, "rb") as f:

@@ -49,7 +49,7 @@ def main(argv=None):
                    help="the text the evidence is quoted from (default: data.txt beside this script)")
     args = p.parse_args(argv)
     try:
-        if args.check:
+        if args.check is not None:
             problems = validate_qa(args.check, read_corpus(args.corpus))
             if problems:
                 raise Problems(args.check, problems)

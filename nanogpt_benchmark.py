@@ -57,16 +57,19 @@ def parse_args(argv=None):
     p.add_argument("--work", default=None,
                    help="a new or empty folder for the runs' files (default: a new temporary folder)")
     args = p.parse_args(argv)
-    for name in ("train.py", "model.py", "config/train_shakespeare_char.py"):
+    for name in ("train.py", "model.py", "configurator.py", "config/train_shakespeare_char.py"):
         if not os.path.isfile(os.path.join(args.nanogpt, name)):
             raise UserError(f"{args.nanogpt} is not a nanoGPT checkout: it has no {name}")
     check_input_file(args.data, "data file")
+    args.nanogpt = os.path.abspath(args.nanogpt)  # nanoGPT runs in --work, so a relative path would miss
     if (args.ours is None) != (args.ours_seconds is None):
         raise UserError("--ours and --ours-seconds go together")
     if args.ours_seconds is not None and not 0 < args.ours_seconds <= WEEK:
         raise UserError(f"--ours-seconds must be > 0 and at most a week ({WEEK} s), got {args.ours_seconds}")
     if args.work is not None and os.path.exists(args.work) and not os.path.isdir(args.work):
         raise UserError(f"--work {args.work} is a file: name a folder for the runs' files")
+    if args.work is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.work))):
+        raise UserError(f"--work {args.work}: folder {os.path.dirname(os.path.abspath(args.work))} does not exist")
     # The runs write data/, configurator.py and ours.pth there and clear out/ and timing/: never in a
     # folder that holds anything else (a nanoGPT checkout's own out/ would be lost).
     if args.work is not None and os.path.isdir(args.work) and os.listdir(args.work):
@@ -141,8 +144,23 @@ def score_nanogpt(args, out_dir, val):
 
 def main(argv=None):
     args = parse_args(argv)
+    made_here = args.work is None or not os.path.exists(args.work)
     work = args.work or tempfile.mkdtemp(prefix="nanogpt-benchmark-")
     os.makedirs(work, exist_ok=True)
+    try:
+        compare(args, work)
+    except BaseException:  # a failed or stopped benchmark leaves nothing behind: its folder was new or empty
+        if made_here:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            for name in os.listdir(work):
+                path = os.path.join(work, name)
+                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+        raise
+
+
+def compare(args, work):
+    """Train (or take) b_lm's run, time and run nanoGPT's recipe for the same time in work, score both."""
     text = open(args.data, encoding="utf-8").read()
     val = prepare_nanogpt_data(text, os.path.join(work, "data", "iliad_char"))
 

@@ -13,7 +13,7 @@ import csv
 import math
 
 from errors import ArgumentParser, UserError, run_main
-from files import atomic_write, check_input_file
+from files import atomic_write, check_input_file, check_output_path, claimed, refuse_existing
 
 
 def write_metrics(path, rows):
@@ -40,8 +40,9 @@ def read_metrics(path):
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:  # csv.Error: a NUL byte, a field over the size limit
+        reason = getattr(e, "strerror", None) or str(e).splitlines()[0][:120]
+        raise UserError(f"cannot read {path}: {reason}") from None
     if not rows or not {"elapsed_s", "val_loss"} <= set(rows[0]):
         raise UserError(f"{path} is not a metrics CSV from train.py")
     for line, row in enumerate(rows, start=2):  # line 1 is the header
@@ -113,15 +114,20 @@ def plot_runs(path, runs):
 def main(argv=None):
     parser = ArgumentParser(description="Plot val loss against wall time for several train.py runs.")
     parser.add_argument("--out", default="runs.png", help="PNG to write (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("runs", nargs="+", metavar="LABEL=METRICS.csv", help="a label and a metrics CSV per run")
     args = parser.parse_args(argv)
-    runs = {}
+    runs, paths = {}, []
     for spec in args.runs:
         label, sep, path = spec.partition("=")
         if not sep:
             raise UserError(f"{spec!r}: write each run as LABEL=METRICS.csv")
         runs[label] = read_metrics(path)
-    plot_runs(args.out, runs)
+        paths.append(path)
+    check_output_path(args.out, "--out", paths)
+    refuse_existing(args.out, "--out", args.overwrite)
+    with claimed(args.out, "--out"):
+        plot_runs(args.out, runs)
     print(f"saved {args.out}")
 
 

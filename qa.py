@@ -29,7 +29,7 @@ import os
 import re
 
 from errors import UserError
-from files import atomic_write, check_input_file, check_output_path, refuse_existing
+from files import atomic_write, check_input_file, check_output_path, claimed, refuse_existing
 from jsonfile import parse_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -211,7 +211,7 @@ def build(out=DEFAULT_OUT, facts=DEFAULT_FACTS, corpus=DEFAULT_CORPUS, overwrite
     if os.path.isfile(out) and _read_bytes(out) == text.encode("utf-8"):
         return records
     refuse_existing(out, "--out", overwrite)
-    with atomic_write(out, "w", encoding="utf-8", newline="\n") as fh:
+    with claimed(out, "--out"), atomic_write(out, "w", encoding="utf-8", newline="\n") as fh:
         fh.write(text)
     return records
 

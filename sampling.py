@@ -182,11 +182,16 @@ def text_prompt(tokenizer, text, settings):
     return ids, replace(settings, banned_ids=tuple(tokenizer.special_tokens.values()))
 
 
+# A million tokens is a long book; a longer run is a typo, and would only end when someone stops it.
+MAX_LENGTH = 1_000_000
+
+
 def add_sampling_flags(parser):
     """The sampling flags shared by generate.py and interactive_generate.py."""
     a = parser.add_argument
     a("--ckpt", "--checkpoint", dest="ckpt", default="checkpoint.pth", help="checkpoint file (default: %(default)s)")
-    a("--length", type=int, default=500, help="new tokens to generate, >= 0 (default: %(default)s)")
+    a("--length", type=int, default=500,
+      help=f"new tokens to generate, 0 to {MAX_LENGTH:,} (default: %(default)s)")
     a("--temp", "--temperature", dest="temp", type=float, default=0.8,
       help="sampling temperature, >= 0; 0 is greedy (default: %(default)s)")
     a("--top-k", type=int, default=0, help="keep only the k likeliest tokens; 0 keeps all (default: %(default)s)")
@@ -200,8 +205,8 @@ def add_sampling_flags(parser):
 
 def sampling_from_args(args):
     """The Sampling the flags of add_sampling_flags describe; UserError for values out of range."""
-    if args.length < 0:
-        raise UserError(f"--length must be >= 0, got {args.length}")
+    if not 0 <= args.length <= MAX_LENGTH:
+        raise UserError(f"--length must be in [0, {MAX_LENGTH:,}], got {args.length}")
     if not 0 <= args.temp < math.inf:
         raise UserError(f"--temp must be a number >= 0 (0 is greedy), got {args.temp}")
     if args.top_k < 0:

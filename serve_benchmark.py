@@ -28,6 +28,7 @@ import threading
 import time
 
 from errors import ArgumentParser, UserError, run_main
+from checkpoint import check_model, load_checkpoint
 from files import check_input_file
 from openai_api import MAX_TOKENS_LIMIT
 from qa import load_qa
@@ -132,6 +133,15 @@ def start_server(ckpt, max_batch):
 def main(argv=None):
     args = parse_args(argv)
     questions = [row["question"] for row in load_qa(args.qa, "test")]
+    if not questions:
+        raise UserError(f"{args.qa} has no test questions to ask")
+    checkpoint = load_checkpoint(args.ckpt)  # its problems are one line here, not two behind serve.py's
+    check_model(checkpoint, args.ckpt)
+    if checkpoint["model_type"] != "transformer":
+        raise UserError(f"{args.ckpt} is a CharRNN: serve.py serves Transformer models only")
+    if not (checkpoint.get("chat") or args.text):
+        raise UserError(f"{args.ckpt} is a base model: the chat load needs a chat model (sft.py), or pass --text")
+    del checkpoint
     proc, host, port = start_server(args.ckpt, max(args.clients))
     try:
         stream_one(host, port, questions[0], 8)  # warm-up: the first pass pays for allocation

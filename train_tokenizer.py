@@ -15,7 +15,7 @@ import time
 
 import bpe
 from errors import ArgumentParser, UserError, run_main
-from files import check_input_file, check_output_path, refuse_existing
+from files import check_input_file, check_output_path, claimed, refuse_existing
 
 
 def parse_args(argv=None):
@@ -62,21 +62,22 @@ def main(argv=None):
     check_output_path(args.out, "--out", [args.data])
     refuse_existing(args.out, "--out", args.overwrite)
     bpe.compile_pattern(args.pattern)
-    t0 = time.perf_counter()
-    counts = bpe.count_file_chunks(args.data, args.pattern, max(1, int(args.block_mb * 2**20)),
-                                   progress=Progress("reading bytes"))
-    if not counts:
-        raise UserError(f"{args.data} is empty: give a corpus with at least a few words of text")
-    print(f"{sum(counts.values()):,} chunks, {len(counts):,} distinct, "
-          f"in {time.perf_counter() - t0:.2f}s", flush=True)
-    tok = bpe.train_bpe(counts, args.vocab_size, args.pattern, progress=Progress("merges"))
-    if len(tok.merges) < n_merges:
-        print(f"note: the corpus ran out of pairs after {len(tok.merges):,} merges, "
-              f"so the vocabulary is smaller than asked")
-    tok.save(args.out)
-    print(f"vocab size {tok.vocab_size} (256 bytes + {len(tok.merges)} merges + "
-          f"{bpe.N_SPECIAL} special), trained in {time.perf_counter() - t0:.2f}s, "
-          f"saved to {args.out}")
+    with claimed(args.out, "--out"):
+        t0 = time.perf_counter()
+        counts = bpe.count_file_chunks(args.data, args.pattern, max(1, int(args.block_mb * 2**20)),
+                                       progress=Progress("reading bytes"))
+        if not counts:
+            raise UserError(f"{args.data} is empty: give a corpus with at least a few words of text")
+        print(f"{sum(counts.values()):,} chunks, {len(counts):,} distinct, "
+              f"in {time.perf_counter() - t0:.2f}s", flush=True)
+        tok = bpe.train_bpe(counts, args.vocab_size, args.pattern, progress=Progress("merges"))
+        if len(tok.merges) < n_merges:
+            print(f"note: the corpus ran out of pairs after {len(tok.merges):,} merges, "
+                  f"so the vocabulary is smaller than asked")
+        tok.save(args.out)
+        print(f"vocab size {tok.vocab_size} (256 bytes + {len(tok.merges)} merges + "
+              f"{bpe.N_SPECIAL} special), trained in {time.perf_counter() - t0:.2f}s, "
+              f"saved to {args.out}")
 
 
 if __name__ == "__main__":

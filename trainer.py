@@ -30,7 +30,7 @@ from device import (DEVICE_CHOICES, DTYPE_CHOICES, autocast, autocast_dtype, che
                     flush_denormals, maybe_compile)
 from distributed import init_processes, is_main_process, mean_across, replicas_identical, shutdown
 from errors import UserError
-from files import check_input_file, check_output_path, exclusive, remove_stale_temporaries, same_or_inside
+from files import check_input_file, check_output_path, claimed, same_or_inside
 from optimizers import OPTIMIZER_NAMES, build_optimizer, lr_multiplier, set_lr_multiplier
 from plots import plot_history, write_metrics
 from timing import mfu, model_flops_per_token, peak_flops
@@ -138,8 +138,11 @@ def check_input_files(args, flags):
     """UserError naming what it is for any input file that is not a readable file, before the outputs are
     checked. A --resume run's inputs come from its checkpoint: only those given again are checked here."""
     for flag in flags:
-        path = getattr(args, flag.lstrip("-").replace("-", "_"))
-        if path and path != "char" and (not args.resume or flag.lstrip("-").replace("-", "_") in args.given):
+        name = flag.lstrip("-").replace("-", "_")
+        path = getattr(args, name)
+        if path == "" and name in args.given:
+            raise UserError(f"{flag} is empty: name a file, or leave the flag out")
+        if path and path != "char" and (not args.resume or name in args.given):
             check_input_file(path, flag)
 
 
@@ -162,8 +165,7 @@ def claimed_outputs(args, inputs):
         return
     with contextlib.ExitStack() as held:
         for flag, path in named.items():
-            held.enter_context(exclusive(path, flag))
-            remove_stale_temporaries(path)
+            held.enter_context(claimed(path, flag))
         if not (args.resume or args.overwrite):
             for flag, path in named.items():
                 if os.path.lexists(path):

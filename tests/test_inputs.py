@@ -54,7 +54,7 @@ INPUTS = {
     "nanogpt_benchmark --ours": (nanogpt_benchmark, ["--nanogpt", "nanogpt", "--ours-seconds", "10", "--ours"]),
 }
 # What each kind of path is called in the refusal.
-NOT_FILES = {"missing": "missing", "pipe": "not a regular file", "/dev/zero": "not a regular file",
+NOT_FILES = {"": "is empty", "missing": "missing", "pipe": "not a regular file", "/dev/zero": "not a regular file",
              "link-to-null": "not a regular file", "dangling": "does not exist", "loop": "symbolic links",
              ".": "is a folder"}
 
@@ -63,7 +63,7 @@ NOT_FILES = {"missing": "missing", "pipe": "not a regular file", "/dev/zero": "n
 @pytest.mark.parametrize("flag", INPUTS)
 def test_an_input_that_is_no_readable_file_is_named_for_what_it_is(home, capsys, flag, path):
     script, argv = INPUTS[flag]
-    for name in ("train.py", "model.py", "config/train_shakespeare_char.py"):  # a stand-in nanoGPT checkout
+    for name in ("train.py", "model.py", "configurator.py", "config/train_shakespeare_char.py"):  # a stand-in
         os.makedirs(os.path.dirname(home / "nanogpt" / name), exist_ok=True)
         (home / "nanogpt" / name).write_text("")
     argv = [*argv, f"a={path}"] if script is plots else [*argv, path]
@@ -77,3 +77,25 @@ def test_an_input_that_is_no_readable_file_is_named_for_what_it_is(home, capsys,
     assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
     assert NOT_FILES[path] in err[0] and path.strip("./") in err[0], err[0]
     assert snapshot(home) == before
+
+
+def test_from_hf_names_a_tokenizer_file_that_is_no_file_or_cuts_text_otherwise(home, capsys):
+    import json
+    convert.main(["to-hf", "base.pth", "export"])  # a character model
+    spec = json.loads((home / "export" / "tokenizer.json").read_text())
+    for pre_tokenizer in ({**spec["pre_tokenizer"], "pattern": {"Regex": r"\w+"}}, {"type": "Whitespace"}):
+        (home / "export" / "tokenizer.json").write_text(json.dumps({**spec, "pre_tokenizer": pre_tokenizer}))
+        refused_here(capsys, ["from-hf", "export", "new.pth"], "single characters")
+    (home / "export" / "tokenizer.json").write_text(json.dumps(spec))
+    os.remove(home / "export" / "tokenizer_config.json")
+    os.mkfifo(home / "export" / "tokenizer_config.json")  # was skipped as absent; reading it would hang
+    refused_here(capsys, ["from-hf", "export", "new.pth"], "not a regular file")
+    assert not (home / "new.pth").exists()
+
+
+def refused_here(capsys, argv, fragment):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_main(convert.main, argv)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert e.value.code == 2 and len(err) == 1 and fragment in err[0], err

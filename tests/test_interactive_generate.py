@@ -27,7 +27,7 @@ def test_every_way_out_ends_cleanly(tiny_ckpt, cli, ending):
 
 
 @pytest.mark.parametrize("flags, fragment", [
-    (["--length", "-1"], "--length must be >= 0"),
+    (["--length", "-1"], "--length must be in [0, 1,000,000]"),
     (["--temp", "nan"], "--temp must be a number >= 0"),
     (["--temp", "-1"], "--temp must be a number >= 0"),
     (["--top-p", "0"], "--top-p must be in (0, 1]"),

@@ -22,6 +22,7 @@ import evaluate
 import files
 import hf
 import make_qa
+import plots
 import sft
 import train
 import train_tokenizer
@@ -77,7 +78,9 @@ FILE_OUTPUTS = {
                                      "0", "--overwrite", "--report"]),
     "make_qa --out": (make_qa, ["--overwrite", "--out"]),
     "convert from-hf": (convert, ["from-hf", "hf", "--overwrite"]),
+    "plots --out": (plots, ["--overwrite", "a=run.csv", "--out"]),
 }
+METRICS = "step,elapsed_s,train_loss,val_loss\n10,1.5,4.0,3.9\n20,3.0,3.5,3.4\n"
 # Paths no file output may take, with what the refusal says.
 NOT_FILES = {"pipe": "not a regular file", "link-to-pipe": "not a regular file", "loop": "symbolic links",
              ".": "is a folder", "hard-corpus.txt": "input", "soft-corpus.txt": "input", "corpus.txt": "input"}
@@ -87,11 +90,12 @@ NOT_FILES = {"pipe": "not a regular file", "link-to-pipe": "not a regular file",
 @pytest.mark.parametrize("path", NOT_FILES)
 def test_no_file_output_replaces_a_special_file_a_folder_or_an_input(home, capsys, output, path):
     script, argv = FILE_OUTPUTS[output]
+    (home / "run.csv").write_text(METRICS)
     if script is convert:
         os.mkdir(home / "hf")
         (home / "hf" / "config.json").write_text("{}")
-    if script is make_qa or (script is convert and path.endswith("corpus.txt")):
-        path = "pipe" if path.endswith("corpus.txt") else path  # their inputs are other files
+    if script in (make_qa, plots) or (script is convert and path.endswith("corpus.txt")):
+        path = "pipe" if path.endswith("corpus.txt") else path  # their inputs are other files (plots: below)
     before = snapshot(home)
     refused(capsys, script, *argv, path, fragment=NOT_FILES[path])
     assert snapshot(home) == before
@@ -242,8 +246,10 @@ def test_an_output_through_a_symbolic_link_writes_the_target_and_keeps_the_link(
     (evaluate, ["--ckpt", "chat.pth", "--qa", "qa.jsonl", "--samples", "0", "--report", "mine.json"], "--report"),
     (make_qa, ["--out", "mine.json"], "--out"),
     (convert, ["from-hf", "export", "mine.json"], "CKPT"),
+    (plots, ["a=run.csv", "--out", "mine.json"], "--out"),
 ])
 def test_an_existing_file_is_replaced_only_with_overwrite(home, capsys, gpt2_like_export, script, argv, flag):
+    (home / "run.csv").write_text(METRICS)
     (home / "mine.json").write_text("my own notes\n")
     before = snapshot(home)
     refused(capsys, script, *argv, fragment="--overwrite")
@@ -256,3 +262,29 @@ def test_make_qa_leaves_an_up_to_date_file_alone(home):
     inode = os.stat(home / "qa.jsonl").st_ino
     assert run_main(make_qa.main, ["--out", "qa.jsonl"]) == 0
     assert os.stat(home / "qa.jsonl").st_ino == inode
+
+
+@pytest.mark.parametrize("script, argv", [
+    (train_tokenizer, ["--data", "corpus.txt", "--vocab-size", "300", "--out", "mine.json"]),
+    (evaluate, ["--ckpt", "chat.pth", "--qa", "qa.jsonl", "--samples", "0", "--report", "mine.json"]),
+    (make_qa, ["--out", "mine.json"]),
+    (convert, ["from-hf", "export", "mine.json"]),
+    (plots, ["a=run.csv", "--out", "mine.json"]),
+    (train, ["--data", "corpus.txt", *TINY, "--max-iters", "1", "--metrics", "", "--ckpt", "mine.json"]),
+])
+def test_the_temporary_file_a_killed_run_left_is_cleared_by_the_next(home, gpt2_like_export, script, argv):
+    (home / "run.csv").write_text(METRICS)
+    (home / ".mine.json.k1ll3d.tmp").write_bytes(b"half a file")  # what atomic_write leaves after kill -9
+    run_main(script.main, argv)
+    assert (home / "mine.json").exists() and not (home / ".mine.json.k1ll3d.tmp").exists()
+    assert not [n for n in os.listdir(home) if n.endswith((".tmp", ".lock"))]
+
+
+def test_plots_never_writes_over_the_metrics_it_reads(home, capsys):
+    (home / "run.csv").write_text(METRICS)
+    os.link(home / "run.csv", home / "hard-run.csv")
+    os.symlink(home / "run.csv", home / "soft-run.csv")
+    before = snapshot(home)
+    for out in ("run.csv", "hard-run.csv", "soft-run.csv"):
+        refused(capsys, plots, "a=run.csv", "--out", out, "--overwrite", fragment="input")
+    assert snapshot(home) == before

@@ -59,6 +59,6 @@ def test_bad_flags_exit_2(tmp_path, cli, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert_clean_error(cli(plots), "the following arguments are required: LABEL=METRICS.csv")
     assert_clean_error(cli(plots, "--bogus", "a=a.csv"), "unrecognized arguments: --bogus")
-    assert_clean_error(cli(plots, "--out", "nowhere/runs.png", "a=a.csv"), "cannot write", "nowhere/runs.png")
-    assert_clean_error(cli(plots, "--out", ".", "a=a.csv"), "not a regular file")
+    assert_clean_error(cli(plots, "--out", "nowhere/runs.png", "a=a.csv"), "does not exist", "nowhere/runs.png")
+    assert_clean_error(cli(plots, "--out", ".", "a=a.csv"), "is a folder")
     assert sorted(os.listdir(tmp_path)) == ["a.csv"]

@@ -496,10 +496,105 @@ def test_any_bytes_as_a_prompt_are_answered_or_named(tiny_ckpt, prompt):
 def test_bad_flags_of_the_server_and_the_benchmarks_exit_2_before_any_work(workdir, capsys, monkeypatch, script,
                                                                             flags, fragment):
     """Refused as the command line would be (status 2, one line): no server started, no benchmark run."""
-    for name in ("train.py", "model.py", "config/train_shakespeare_char.py"):  # enough of a checkout for its check
+    for name in ("train.py", "model.py", "configurator.py", "config/train_shakespeare_char.py"):  # enough for its check
         (workdir / "nanoGPT" / name).parent.mkdir(parents=True, exist_ok=True)
         (workdir / "nanoGPT" / name).write_text("")
     monkeypatch.chdir(workdir)
     before = snapshot(workdir)
     refused(capsys, script, *flags, fragment=fragment)
     assert snapshot(workdir) == before
+
+
+# ------------------------------------------------------------- what the 2026-11-30 sweep found
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"data": ["x"]}, "training data must be a path"), ({"data": 7}, "training data must be a path"),
+    ({"val_fraction": "x"}, "val_fraction"), ({"val_fraction": float("nan")}, "val_fraction"),
+    ({"val_fraction": 1.5}, "val_fraction"), ({"val_fraction": True}, "val_fraction"),
+])
+@pytest.mark.parametrize("script", ["sft", "evaluate", "train --init-from", "generate"])
+def test_recorded_flags_a_loader_reads_are_checked(workdir, capsys, change, fragment, script):
+    saved = torch.load(workdir / "chat.pth", weights_only=True)
+    saved["train_args"].update(change)
+    torch.save(saved, workdir / "odd.pth")
+    before = snapshot(workdir)
+    argv = {"sft": (sft, ["--init-from", "odd.pth", "--qa", "qa.jsonl", "--max-iters", "1", "--ckpt", "new.pth"]),
+            "evaluate": (evaluate, ["--ckpt", "odd.pth", "--qa", "qa.jsonl", "--report", "", "--samples", "0"]),
+            "train --init-from": (train, ["--init-from", "odd.pth", "--data", "corpus.txt", "--max-iters", "1",
+                                          "--ckpt", "new.pth"]),
+            "generate": (generate, ["--ckpt", "odd.pth", "--length", "3"])}[script]
+    os.chdir(workdir)
+    refused(capsys, argv[0], *argv[1], fragment=fragment)
+    assert snapshot(workdir) == before
+
+
+def test_a_rotary_base_below_1_is_refused(workdir, capsys):
+    saved = torch.load(workdir / "base.pth", weights_only=True)
+    saved["model_config"].update(positions="rope", rope_theta=1e-300)
+    torch.save(saved, workdir / "odd.pth")
+    refused(capsys, generate, "--ckpt", workdir / "odd.pth", "--length", "3", fragment="rope_theta must be")
+
+
+@pytest.mark.parametrize("script, argv, fragment", [
+    (train_tokenizer, ["--data", "corpus.txt", "--out", "t.json", "--vocab-size", str(10 ** 30)], "too large"),
+    (generate, ["--ckpt", "base.pth", "--length", "1000001"], "--length must be in"),
+    (make_qa, ["--check", ""], "is empty"),
+])
+def test_numbers_and_paths_beyond_any_use_are_refused(workdir, capsys, monkeypatch, script, argv, fragment):
+    monkeypatch.chdir(workdir)
+    before = snapshot(workdir)
+    refused(capsys, script, *argv, fragment=fragment)
+    assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("ckpt, qa_split, flags, fragment", [
+    ("base.pth", "test", [], "is a base model"),
+    ("chat.pth", "train", [], "no test questions"),
+    ("garbage.pth", "test", [], "not a readable b_lm checkpoint"),
+])
+def test_serve_benchmark_refuses_what_serve_would_in_one_line(workdir, capsys, monkeypatch, ckpt, qa_split,
+                                                               flags, fragment):
+    monkeypatch.chdir(workdir)
+    (workdir / "garbage.pth").write_bytes(b"not a checkpoint")
+    rows = [line for line in open(QA, encoding="utf-8") if f'"split": "{qa_split}"' in line]
+    (workdir / "some.jsonl").write_text("".join(rows[:5]), encoding="utf-8")
+    refused(capsys, serve_benchmark, "--ckpt", ckpt, "--qa", "some.jsonl", "--seconds", "1", *flags,
+            fragment=fragment)
+
+
+def test_a_failed_nanogpt_benchmark_leaves_its_folder_as_it_found_it(workdir, capsys, monkeypatch):
+    monkeypatch.chdir(workdir)
+    for name in ("train.py", "model.py", "configurator.py", "config/train_shakespeare_char.py"):  # logs nothing
+        os.makedirs(os.path.dirname(workdir / "nanogpt" / name), exist_ok=True)
+        (workdir / "nanogpt" / name).write_text("")
+    (workdir / "empty").mkdir()
+    before = snapshot(workdir)
+    for work in ("new", "empty"):
+        refused(capsys, nanogpt_benchmark, "--nanogpt", "nanogpt", "--data", "corpus.txt", "--ours", "base.pth",
+                "--ours-seconds", "1", "--work", work, fragment="iteration times")
+    assert snapshot(workdir) == before and not (workdir / "new").exists() and os.listdir(workdir / "empty") == []
+    refused(capsys, nanogpt_benchmark, "--nanogpt", "nanogpt", "--data", "corpus.txt", "--ours", "base.pth",
+            "--ours-seconds", "1", "--work", "corpus.txt/x", fragment="does not exist")
+
+
+def test_ctrl_c_at_the_repls_prompt_is_one_line_and_status_130(tiny_chat_ckpt):
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "interactive_generate.py"), "--ckpt", tiny_chat_ckpt],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("loaded ")  # it waits at its prompt now
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err.strip() == "interrupted", (proc.returncode, err)
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"step,elapsed_s,val_loss\n1,1.0,\x004\n", "not a number"),
+    (b"step,elapsed_s,val_loss\n1,1.0," + b"9" * 200_000 + b"\n", "cannot read"),
+])
+def test_a_metrics_csv_the_csv_reader_refuses_is_one_line(tmp_path, capsys, content, fragment):
+    import plots
+    (tmp_path / "odd.csv").write_bytes(content)
+    refused(capsys, plots, "a=" + str(tmp_path / "odd.csv"), "--out", tmp_path / "out.png", fragment=fragment)
+    assert not (tmp_path / "out.png").exists()

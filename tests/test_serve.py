@@ -540,7 +540,7 @@ def test_bad_command_lines_are_one_line(tmp_path, tiny_ckpt):
     assert_clean_error(run_script("serve_benchmark.py", "--ckpt", tiny_ckpt, "--seconds", "nan"), "--seconds")
     assert_clean_error(run_script("nanogpt_benchmark.py", "--nanogpt", str(tmp_path)), "not a nanoGPT checkout")
     checkout = tmp_path / "nanoGPT"  # enough of one to pass its check
-    for name in ("train.py", "model.py", "config/train_shakespeare_char.py"):
+    for name in ("train.py", "model.py", "configurator.py", "config/train_shakespeare_char.py"):
         (checkout / name).parent.mkdir(parents=True, exist_ok=True)
         (checkout / name).write_text("")
     (checkout / "out").mkdir()
