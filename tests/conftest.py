@@ -223,3 +223,18 @@ def home(tmp_path, small_corpus, tiny_ckpt, tiny_chat_ckpt, monkeypatch):
     os.symlink(tmp_path / "gone", tmp_path / "dangling")
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def refused(capsys, script, *argv, fragment=""):
+    """Run script.main(argv) as its command line would; assert a clean refusal and return the message."""
+    from errors import run_main
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_main(script.main, [str(a) for a in argv])
+    err = capsys.readouterr().err
+    # a run that got as far as training has drawn its progress bar on stderr, above the message
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("training:")]
+    assert e.value.code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert fragment in lines[0], lines[0]
+    return lines[0]

@@ -26,7 +26,7 @@ import plots
 import sft
 import train
 import train_tokenizer
-from conftest import QA, ROOT, TINY
+from conftest import ROOT, TINY, refused
 from errors import UserError, run_main
 
 
@@ -46,17 +46,6 @@ def snapshot(folder):
             else:
                 seen[key] = ("folder" if stat.S_ISDIR(mode) else "special", stat.S_IFMT(mode))
     return seen
-
-
-def refused(capsys, script, *argv, fragment=""):
-    """script.main(argv) as its command line runs it: exit 2 and one line on stderr that holds fragment."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        run_main(script.main, [str(a) for a in argv])
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    assert fragment in lines[0], lines[0]
 
 
 # Every flag that names a file a script writes, with the rest of a command that would otherwise run.

@@ -26,8 +26,7 @@ import serve_benchmark
 import sft
 import train
 import train_tokenizer
-from conftest import QA, ROOT, TINY
-from errors import run_main
+from conftest import QA, ROOT, TINY, refused
 
 
 def snapshot(folder):
@@ -39,20 +38,6 @@ def snapshot(folder):
             with open(path, "rb") as f:
                 files[os.path.relpath(path, folder)] = f.read()
     return files
-
-
-def refused(capsys, script, *argv, fragment=""):
-    """Run script.main(argv) as its command line would; assert a clean refusal and return the message."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        run_main(script.main, [str(a) for a in argv])
-    err = capsys.readouterr().err
-    # a run that got as far as training has drawn its progress bar on stderr, above the message
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("training:")]
-    assert e.value.code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture
