@@ -87,7 +87,7 @@ def read_corpus(path):
 
 def _lines(path):
     """(line number, text) of the non-blank lines of a file; UserError if it cannot be read."""
-    check_input_file(path, "file")
+    check_input_file(path, "the file" if path else "the file name")
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
