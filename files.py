@@ -1,10 +1,12 @@
-"""Writing files so that a crash, a Ctrl-C, a second run or a mistyped path never loses one.
+"""The files a run reads and writes, so that a crash, a Ctrl-C, a second run or a mistyped path never loses one.
 
-Every path a run writes is checked before the work starts: a file output
-must be absent or a regular file (never a device, a pipe or a folder), and a
-folder output must be new, empty or an earlier output of ours. Two names
-are the same file when they resolve to the same inode, so symbolic and hard
-links cannot slip an input or a running run's checkpoint past the checks.
+Every path is checked before the work starts. An input must be a regular
+file (a pipe would be read forever); a file output must be absent or a
+regular file (never a device, a pipe or a folder), and a folder output must
+be new, empty or an earlier output of ours. Two names are the same file when
+they resolve to the same inode, so symbolic and hard links cannot slip an
+input or a running run's checkpoint past the checks. Outputs are written
+atomically and claimed with an OS lock for the run.
 """
 import glob
 import os
