@@ -31,7 +31,7 @@ from device import attention_for
 from errors import UserError
 from files import atomic_write, check_input_file
 from tokenizer_io import tokenizer_from_dict
-from transformer import MODELS, build_model, estimate_parameters, model_type_of, rope_table_floats
+from transformer import MAX_LAYERS, MODELS, build_model, estimate_parameters, model_type_of, rope_table_floats
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model_type", "model_config", "model", "tokenizer")
@@ -169,9 +169,9 @@ def config_problem(model_type, config):
     tracebacks. A field left out takes its default.
     """
     for name in SIZE_FIELDS:
-        value = config.get(name, 1)
-        if type(value) is not int or not 1 <= value <= MAX_SIZE:
-            return f"{name} must be a whole number from 1 to {MAX_SIZE:,}, not {_short(value)}"
+        value, most = config.get(name, 1), MAX_LAYERS if name == "n_layer" else MAX_SIZE
+        if type(value) is not int or not 1 <= value <= most:
+            return f"{name} must be a whole number from 1 to {most:,}, not {_short(value)}"
     for name in FLAG_FIELDS:
         if type(config.get(name, False)) is not bool:
             return f"{name} must be true or false, not {_short(config[name])}"

@@ -106,9 +106,6 @@ def parse_args(argv=None):
 
 def run_evaluation(args):
     """All three groups of scores for args.ckpt, as the report's dict."""
-    if args.report:
-        check_output_path(args.report, "--report", [args.qa, args.ckpt, args.data])
-        refuse_existing(args.report, "--report", args.overwrite)
     records = load_qa(args.qa, args.split)  # bad files fail here, before the slow parts
     if not records:
         raise UserError(f"{args.qa} has no {args.split} questions")
@@ -187,8 +184,9 @@ def write_report(path, report):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.report:
+    if args.report:  # checked before it is claimed, so a bad path leaves no lock behind
         check_output_path(args.report, "--report", [args.qa, args.ckpt, args.data])
+        refuse_existing(args.report, "--report", args.overwrite)
     with claimed(args.report, "--report") if args.report else contextlib.nullcontext():
         report = run_evaluation(args)
         print(format_table(report))

@@ -119,6 +119,8 @@ def config_cases():
     """(field, bad value) for every field of the Transformer's config."""
     cases = [(field, v) for field in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd") for v in SIZES]
     cases += [("n_head", v) for v in (3, 5, 32)]  # none divides n_embd 16
+    cases += [("n_layer", 100_000)]  # small weights, yet minutes just to build
+    cases += [("rope_theta", v) for v in (0.5, 1)]  # rotary frequencies that grow instead of falling
     cases += [("dropout", v) for v in ("x", -0.1, 1.0, 2, True, None, [0.0], math.nan)]
     cases += [(field, v) for field in ("bias", "tie_embeddings") for v in ("yes", 1, 0, None, [])]
     cases += [(field, v) for field in ("attention", "gelu", "positions", "norm", "mlp")
