@@ -150,12 +150,11 @@ def main(argv=None):
     try:
         compare(args, work)
     except BaseException:  # a failed or stopped benchmark leaves nothing behind: its folder was new or empty
+        for name in os.listdir(work):
+            path = os.path.join(work, name)
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
         if made_here:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            for name in os.listdir(work):
-                path = os.path.join(work, name)
-                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+            os.rmdir(work)
         raise
 
 
