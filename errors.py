@@ -6,6 +6,12 @@ import signal
 import sys
 
 
+def short_reason(error, limit=160):
+    """An exception as a few words for a one-line message: its first line, or its type when it says nothing."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
 class UserError(Exception):
     """A problem with the user's input or files, described so they can fix it.
 
