@@ -6,43 +6,47 @@ and a malicious file cannot execute anything. Its keys:
 
     format_version  int, FORMAT_VERSION
     model_type      'transformer' or 'rnn'
-    model_config    the config dataclass as a dict
+    model_config    the model's config dataclass as a dict, every field
     model           the model's state_dict
     optimizer       the optimizer's state_dict (None in exported models)
     tokenizer       the tokenizer's to_dict()
-    train_args      the training flags, as a dict
+    run_config      the settings of the run that made it (run_config.py and the script's own), as a dict
     step            optimizer steps taken
     best_val_loss   lowest validation loss seen (float or None)
     elapsed_s       seconds of training so far, over all resumed runs
     rng             {'torch': ByteTensor, 'batches': ByteTensor} generator states
     history         list of metric rows (dicts), as in the metrics CSV
     chat            True for instruction-tuned chat models
+
+Format 1 named the run's settings train_args and left out the settings and
+model fields that did not exist yet when it was written; `upgrade_v1` reads
+it as format 2.
 """
 import math
 import os
 import re
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Optional
 
 import torch
 
 from device import attention_for
-from errors import UserError
+from errors import UserError, short_reason, shown
 from files import atomic_write, check_input_file
 from tokenizer_io import tokenizer_from_dict
-from transformer import MAX_LAYERS, MODELS, build_model, estimate_parameters, model_type_of, rope_table_floats
+from transformer import (MAX_SIZE, MODELS, build_model, config_problem, estimate_parameters, model_type_of,
+                         rope_table_floats)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 REQUIRED_KEYS = ("format_version", "model_type", "model_config", "model", "tokenizer")
+# What a format-1 run was trained with when its train_args lack a setting: the defaults before the setting existed.
+EARLIER_DEFAULTS = dict(positions="learned", norm="layer", mlp="gelu", muon_weight_decay=0.0, shuffle_words=0.0)
+# Flags format 1 recorded that name an invocation rather than the run.
+NOT_SETTINGS = ("resume", "overwrite", "given")
 # The weights a model can hold: float32 (what b_lm trains), and the half and double precisions it converts
 # from. Integer, boolean and complex tensors are not weights of ours, and float8 needs scales we don't have.
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-# No size of a model (layers, heads, width, context, vocabulary) reaches this; a config that says so is damaged.
-MAX_SIZE = 2 ** 24
-SIZE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
-FLAG_FIELDS = ("bias", "tie_embeddings")
-NAME_FIELDS = ("attention", "gelu", "positions", "norm", "mlp", "cell")  # which names are known, the model says
 
 
 @dataclass
@@ -55,18 +59,34 @@ class Progress:
     rng: Optional[dict] = None  # {'torch': ..., 'batches': ...} generator states
 
 
-def build_checkpoint(model, tokenizer, optimizer=None, progress=None, train_args=None, chat=False):
+def build_checkpoint(model, tokenizer, optimizer=None, progress=None, run_config=None, chat=False):
     """The checkpoint dict of a model (and, while training, of its run)."""
     return checkpoint_dict(model_type_of(model), asdict(model.config), model.state_dict(), tokenizer,
-                           optimizer.state_dict() if optimizer is not None else None, progress, train_args, chat)
+                           optimizer.state_dict() if optimizer is not None else None, progress, run_config, chat)
 
 
 def checkpoint_dict(model_type, model_config, weights, tokenizer, optimizer_state=None, progress=None,
-                    train_args=None, chat=False):
+                    run_config=None, chat=False):
     """The checkpoint dict, from its parts: the one place that lays it out (build_checkpoint's model is one way in)."""
     return {"format_version": FORMAT_VERSION, "model_type": model_type, "model_config": dict(model_config),
             "model": weights, "optimizer": optimizer_state, "tokenizer": tokenizer.to_dict(),
-            "train_args": dict(train_args or {}), "chat": bool(chat), **asdict(progress or Progress())}
+            "run_config": dict(run_config or {}), "chat": bool(chat), **asdict(progress or Progress())}
+
+
+def upgrade_v1(checkpoint):
+    """A format-1 checkpoint as format 2: its train_args as run_config, both configs complete."""
+    c = dict(checkpoint)
+    settings = c.pop("train_args", None) or {}
+    if not isinstance(settings, dict):
+        return {**c, "run_config": settings}  # content_problem says what is wrong
+    trained_here = bool(settings) and "imported_from" not in settings
+    c["run_config"] = {**(EARLIER_DEFAULTS if trained_here else {}),
+                       **{k: v for k, v in settings.items() if k not in NOT_SETTINGS}}
+    if c["model_type"] in MODELS and isinstance(c["model_config"], dict):
+        defaults = {f.name: f.default for f in fields(MODELS[c["model_type"]][0]) if f.default is not MISSING}
+        c["model_config"] = {**defaults, **c["model_config"]}
+    c["format_version"] = 2
+    return c
 
 
 def save_checkpoint(path, checkpoint):
@@ -92,9 +112,11 @@ def load_checkpoint(path, map_location="cpu"):
     version = checkpoint["format_version"]
     if type(version) is not int:
         raise UserError(f"{path}: format_version must be an integer, not {version!r}")
-    if version != FORMAT_VERSION:
+    if version == 1:
+        checkpoint = upgrade_v1(checkpoint)
+    elif version != FORMAT_VERSION:
         raise UserError(f"{path} has checkpoint format {version}; this version of b_lm reads format "
-                        f"{FORMAT_VERSION} only")
+                        f"1 and {FORMAT_VERSION} only")
     problem = content_problem(checkpoint)
     if problem:
         raise UserError(f"{path} is damaged: {problem}")
@@ -123,30 +145,30 @@ def read_pickled(path, map_location="cpu"):
 def content_problem(c):
     """What is wrong inside a checkpoint whose keys are all there, or None."""
     if not isinstance(c["model_type"], str) or c["model_type"] not in MODELS:
-        return f"unknown model_type {_short(c['model_type'])}"
+        return f"unknown model_type {shown(c['model_type'])}"
     if not isinstance(c["model_config"], dict) or not isinstance(c["tokenizer"], dict):
         return "model_config and tokenizer must be dicts"
     if not isinstance(c["tokenizer"].get("kind"), str):
-        return f"the tokenizer's kind must be a name, not {_short(c['tokenizer'].get('kind'))}"
+        return f"the tokenizer's kind must be a name, not {shown(c['tokenizer'].get('kind'))}"
     if not isinstance(c["model"], dict) or not all(isinstance(k, str) and isinstance(t, torch.Tensor)
                                                    for k, t in c["model"].items()):
         return "its model weights are not a dict of tensors"
     problem = dtype_problem(c["model"])
     if problem:
         return problem
-    train_args = c.get("train_args", {}) or {}
-    if not isinstance(train_args, dict):
-        return "train_args must be a dict"
-    return train_args_problem(train_args)
+    run = c.get("run_config", {}) or {}
+    if not isinstance(run, dict):
+        return "run_config must be a dict"
+    return run_config_problem(run)
 
 
-def train_args_problem(train_args):
-    """What is wrong with the recorded flags that loading a checkpoint reads (its corpus and split), or None."""
-    data, fraction = train_args.get("data"), train_args.get("val_fraction", 0.1)
+def run_config_problem(run):
+    """What is wrong with the recorded settings that loading a checkpoint reads (its corpus and split), or None."""
+    data, fraction = run.get("data"), run.get("val_fraction", 0.1)
     if data is not None and type(data) is not str:
-        return f"its training data must be a path, not {_short(data)}"
+        return f"its training data must be a path, not {shown(data)}"
     if type(fraction) not in (int, float) or not 0 < fraction < 1:
-        return f"its val_fraction must be a number in (0, 1), not {_short(fraction)}"
+        return f"its val_fraction must be a number in (0, 1), not {shown(fraction)}"
     return None
 
 
@@ -159,49 +181,6 @@ def dtype_problem(weights):
     return (f"weight {wrong[0]} is {str(weights[wrong[0]].dtype).removeprefix('torch.')}"
             f"{f' (and {len(wrong) - 1} more are not floats)' if len(wrong) > 1 else ''}: model weights are "
             f"floating-point numbers ({kinds}); quantized or integer weights do not load")
-
-
-def config_problem(model_type, config):
-    """What is wrong with the fields of a model config (a dict) by type and range, or None.
-
-    Checked before anything is built: a model's constructor trusts its config,
-    and 1.5 layers, True heads or 3 heads in a width of 16 fail there as
-    tracebacks. A field left out takes its default.
-    """
-    for name in SIZE_FIELDS:
-        value, most = config.get(name, 1), MAX_LAYERS if name == "n_layer" else MAX_SIZE
-        if type(value) is not int or not 1 <= value <= most:
-            return f"{name} must be a whole number from 1 to {most:,}, not {_short(value)}"
-    for name in FLAG_FIELDS:
-        if type(config.get(name, False)) is not bool:
-            return f"{name} must be true or false, not {_short(config[name])}"
-    dropout = config.get("dropout", 0.0)
-    if type(dropout) not in (int, float) or not 0 <= dropout < 1:
-        return f"dropout must be a number from 0 to below 1, not {_short(dropout)}"
-    for name in NAME_FIELDS:
-        if type(config.get(name, "")) is not str:
-            return f"{name} must be a name (a string), not {_short(config[name])}"
-    if model_type != "transformer":
-        return None
-    theta = config.get("rope_theta", 10000.0)
-    # Below 1 the rotary frequencies grow with the dimension instead of falling: the angles overflow.
-    if type(theta) not in (int, float) or not 1 < theta < math.inf:
-        return f"rope_theta must be a number above 1, not {_short(theta)}"
-    n_head, n_embd = config.get("n_head", 4), config.get("n_embd", 128)
-    if n_embd % n_head:
-        return f"n_head {n_head} does not divide n_embd {n_embd}"
-    if config.get("positions") == "rope" and n_embd // n_head % 2:
-        return f"positions 'rope' needs an even head size (n_embd / n_head), not {n_embd // n_head}"
-    return None
-
-
-def _short(value):
-    """A value as a message shows it: its repr, cut short (a pickle can hold a list nested past what repr reaches)."""
-    try:
-        text = repr(value)
-    except RecursionError:
-        text = f"a {type(value).__name__} nested too deep to show"
-    return text if len(text) <= 60 else text[:60] + "..."
 
 
 def progress_of(checkpoint, path):
@@ -246,7 +225,7 @@ def check_model(checkpoint, path="the checkpoint"):
             raise ValueError(f"{name[0]} is {found.get(name[0], 'missing')}, the config makes it "
                              f"{expected.get(name[0], 'absent')}")
     except (TypeError, ValueError, RuntimeError, UserError) as e:
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        reason = short_reason(e)
         raise UserError(f"{path}: its weights do not fit the model its config describes ({reason})") from None
     # A sum is NaN or infinite when any weight is (or when the weights are absurdly large), and unlike
     # isfinite(t) it needs no temporary the size of the tensor: loading stays within the model's memory.
@@ -277,10 +256,10 @@ def model_from_checkpoint(checkpoint, device="cpu", path="the checkpoint"):
 def training_data(checkpoint, override=None):
     """The text file to use with a checkpoint: override if given, else the one it was trained on.
 
-    train_args['data'] is the path as it was given to train.py, which may be
+    run_config['data'] is the path as it was given to train.py, which may be
     relative to another folder or gone by now; then the user must say.
     """
-    path = override or (checkpoint.get("train_args") or {}).get("data") or "data.txt"
+    path = override or checkpoint["run_config"].get("data") or "data.txt"
     if not os.path.lexists(path) and not override:
         raise UserError(f"data file {path} not found (the file the checkpoint was trained on); name the corpus "
                         f"with --data")

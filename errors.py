@@ -1,15 +1,26 @@
-"""The one exception users see, and the wrapper that turns it into one line on stderr."""
+"""The exceptions users see, the one handler of Ctrl-C and SIGTERM, and the wrapper that turns both into one
+line on stderr."""
 import argparse
 import contextlib
 import os
 import signal
 import sys
+import threading
 
 
 def short_reason(error, limit=160):
     """An exception as a few words for a one-line message: its first line, or its type when it says nothing."""
     text = str(error).strip()
     return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
+def shown(value, limit=60):
+    """A value as a message shows it: its repr, cut short (a pickle can hold a list nested past what repr reaches)."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"a {type(value).__name__} nested too deep to show"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class UserError(Exception):
@@ -20,25 +31,65 @@ class UserError(Exception):
     """
 
 
+class Stopped(Exception):
+    """A run stopped from outside after saving what it could; run_main prints the message and exits 130."""
+
+
+# How this process answers Ctrl-C and SIGTERM: one handler, whose answer depends on what the process is doing.
+#   loading   the script's imports are still loading: end the process at once
+#   running   main is working: raise KeyboardInterrupt where it is
+#   deferred  a training step is in flight: note the request (the loop stops after the step); a second one raises
+# Once main has returned, run_main ignores them: the work is done.
+_signals = {"mode": "running", "requested": False}
+
+
+def _on_signal(signum, frame):
+    mode = _signals["mode"]
+    if mode == "loading":
+        print("\ninterrupted", file=sys.stderr, flush=True)
+        os._exit(130)
+    if mode == "deferred" and not _signals["requested"]:
+        _signals["requested"] = True
+    else:
+        raise KeyboardInterrupt
+
+
+def _handle_signals(mode):
+    _signals["mode"] = mode
+    if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, _on_signal)
+
+
 def stop_cleanly(module_name):
     """When the module is run as a script: from here on, Ctrl-C and SIGTERM end it with one line and status
     130, never a traceback.
 
     Each script calls it first, before its slow imports (torch takes a
-    second to load). Until run_main starts the work, a stop ends the process
-    at once: an exception raised while modules load can land where Python
-    only reports it and carries on. Imported (by a test), a script leaves
-    the signals alone.
+    second to load): an exception raised while modules load can land where
+    Python only reports it and carries on, so until run_main starts the
+    work, a stop ends the process at once. Imported (by a test), a script
+    leaves the signals alone.
     """
-    if module_name != "__main__":
-        return
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, _exit_interrupted)
+    if module_name == "__main__":
+        _handle_signals("loading")
 
 
-def _exit_interrupted(signum, frame):
-    print("\ninterrupted", file=sys.stderr, flush=True)
-    os._exit(130)
+class deferred_stop:
+    """While training: a stop request waits for the step in flight (`.requested` says one came)."""
+
+    def __enter__(self):
+        self._before = _signals["mode"]
+        _signals["requested"] = False
+        _handle_signals("deferred")
+        return self
+
+    @property
+    def requested(self):
+        return _signals["requested"]
+
+    def __exit__(self, *exc):
+        _signals["mode"] = self._before
 
 
 def run_main(main, argv=None):
@@ -46,15 +97,14 @@ def run_main(main, argv=None):
 
     A stop from outside, Ctrl-C or a SIGTERM (from kill, a job scheduler's
     time limit, or torchrun stopping its workers), arrives as a
-    KeyboardInterrupt: scripts with work to save catch it and save; in the
-    rest it ends the run with one line and status 130, not a traceback.
+    KeyboardInterrupt and ends the run with one line and status 130, not a
+    traceback; a run that saved its work first raises Stopped, saying so.
     With argv None, main is this process's command line; once it has
     finished, a late stop is ignored: Python would otherwise restore the
     signals' defaults while it shuts down, and the finished run would end
     killed, with no message.
     """
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    _handle_signals("running")
     for stream in (sys.stdout, sys.stderr):  # a file name or prompt that is not UTF-8 prints as \xff escapes
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")
@@ -65,14 +115,14 @@ def run_main(main, argv=None):
         _close_progress_bars()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stopped) as e:
         _close_progress_bars()
-        print("\ninterrupted", file=sys.stderr)
+        print(f"\n{e if isinstance(e, Stopped) else 'interrupted'}", file=sys.stderr)
         sys.exit(130)
     finally:
         sys.stdout = stdout
-        if argv is None:
-            for s in (signal.SIGINT, signal.SIGTERM):
+        if argv is None and threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):  # not a handler of ours: Python resets those as it exits
                 signal.signal(s, signal.SIG_IGN)
 
 
@@ -120,10 +170,6 @@ class StdoutUntilClosed:
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
-
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -1,24 +1,160 @@
-"""The flags several scripts share, each defined once: --ckpt, --device and --seed."""
+"""Settings, and the command-line flags made from them: each defined once.
+
+A setting is a dataclass field whose metadata holds its help, the rule its
+value must meet (a range, or a set of choices) and what --resume does with
+it: KEPT settings come from the checkpoint unless a flag overrides them,
+FIXED ones must stay as the checkpoint has them (the saved weights and
+optimizer state fit only those), and LOCAL ones belong to this invocation
+(its files, its device). `add_flags` turns a settings class into flags,
+`from_args` turns the parsed flags back into a checked instance.
+"""
+import argparse
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
 from device import DEVICE_CHOICES
 from errors import UserError
 
+KEPT, FIXED, LOCAL = "kept", "fixed", "local"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a value must be, as a message says it ('>= 1'), and the test of it."""
+    text: str
+    holds: Callable
+
+
+def at_least(low):
+    return Rule(f">= {low}", lambda v: v >= low)
+
+
+def between(low, high, text):
+    return Rule(text, lambda v: low <= v <= high)
+
+
+POSITIVE = Rule("a number > 0", lambda v: 0 < v < math.inf)
+NON_NEGATIVE = Rule("a number >= 0", lambda v: 0 <= v < math.inf)
+FRACTION = between(0, 1, "in [0, 1]")
+BELOW_ONE = Rule("in [0, 1)", lambda v: 0 <= v < 1)
 SEED_LIMIT = 2 ** 63  # torch.manual_seed takes seeds below this
+SEED = Rule("in [0, 2**63)", lambda v: v is None or 0 <= v < SEED_LIMIT)
+
+
+def setting(default, help, rule=None, choices=None, resume=KEPT, aliases=(), metavar=None):
+    """A dataclass field that is also a flag: --name (underscores become dashes)."""
+    return field(default=default, metadata=dict(help=help, rule=rule, choices=choices, resume=resume,
+                                                aliases=aliases, metavar=metavar))
+
+
+def same_setting(settings_class, name, default):
+    """A setting of another settings class with another default (sft.py's --ckpt is chat.pth)."""
+    return field(default=default, metadata=settings_class.__dataclass_fields__[name].metadata)
+
+
+def flag_name(name):
+    return "--" + name.replace("_", "-")
+
+
+def add_flag(parser, name, setting_field, kind):
+    m = setting_field.metadata
+    default = setting_field.default
+    if kind is bool:
+        parser.add_argument(flag_name(name), *m["aliases"], dest=name, action="store_true", help=m["help"])
+        return
+    rule = f", {m['rule'].text}" if m["rule"] else ""
+    shown = "" if "(default:" in m["help"] else f" (default: {'none' if default is None else '%(default)s'})"
+    parser.add_argument(flag_name(name), *m["aliases"], dest=name, type=kind, default=default, choices=m["choices"],
+                        metavar=m["metavar"], help=f"{m['help']}{rule}{shown}")
+
+
+def add_flags(parser, settings_class):
+    """One flag for each setting of the class: first those it adds, then those of the classes it extends."""
+    inherited = {f.name for base in settings_class.__mro__[1:] if dataclasses.is_dataclass(base)
+                 for f in dataclasses.fields(base)}
+    for f in sorted(dataclasses.fields(settings_class), key=lambda f: f.name in inherited):
+        add_flag(parser, f.name, f, _kind(f.type))
+
+
+def _kind(annotation):
+    """int, float, str or bool from a field's annotation (Optional[str] is str)."""
+    return next((t for t in getattr(annotation, "__args__", (annotation,)) if t is not type(None)), str)
+
+
+def from_args(settings_class, args):
+    """The settings instance the parsed flags describe (its own checks run as it is made)."""
+    return settings_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(settings_class)})
+
+
+def check_rules(settings):
+    """UserError for the first setting that breaks its rule (NaN and infinity break every numeric rule)."""
+    for f in dataclasses.fields(settings):
+        value, rule = getattr(settings, f.name), f.metadata.get("rule")
+        if rule and value is not None and not (value == value and rule.holds(value)):
+            raise UserError(f"{flag_name(f.name)} must be {rule.text}, got {value}")
+
+
+def resumed(settings, saved, given, where):
+    """The settings a --resume runs with: the saved ones, but for LOCAL settings and the flags given.
+
+    A FIXED setting may be given only as it was saved. `saved` is the dict
+    the checkpoint holds; `given` names the flags on the command line.
+    """
+    values = {}
+    for f in dataclasses.fields(settings):
+        name, mine, policy = f.name, getattr(settings, f.name), f.metadata.get("resume", KEPT)
+        if policy == LOCAL or name not in saved:
+            values[name] = mine
+            continue
+        theirs = saved[name]
+        if theirs is not None and not _fits(theirs, _kind(f.type)):
+            raise UserError(f"{where} is damaged: its {flag_name(name)} is {theirs!r}")
+        if policy == FIXED and name in given and mine != theirs:
+            raise UserError(f"{flag_name(name)} {mine} cannot change when resuming: {where} was trained with "
+                            f"{theirs}, and its weights and optimizer state fit only that")
+        values[name] = mine if name in given else theirs
+    return type(settings)(**values)
+
+
+def _fits(value, kind):
+    """Whether a saved value is of a setting's kind (an int is a float too; a bool is not an int)."""
+    return type(value) in (int, float) if kind is float else type(value) is kind
+
+
+def given_flags(parser, argv, args):
+    """The names of the flags the command line gave; every other name in args holds its default."""
+    unset = object()
+    seen = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
+    return {name for name, value in vars(seen).items() if value is not unset}
+
+
+# The settings every script that loads a checkpoint shares.
+
+def ckpt_setting(default, help):
+    return setting(default, help, resume=LOCAL, aliases=("--checkpoint",))
+
+
+def device_setting():
+    return setting("auto", "auto: cuda, mps, dml, then cpu", choices=DEVICE_CHOICES, resume=LOCAL)
+
+
+def seed_setting(default=1337, help="seeds everything"):
+    return setting(default, help, rule=SEED)
 
 
 def add_ckpt_flag(parser, default, help):
     """--ckpt (or --checkpoint): the checkpoint a script reads or writes."""
-    parser.add_argument("--ckpt", "--checkpoint", dest="ckpt", default=default,
-                        help=help + " (default: %(default)s)")
+    add_flag(parser, "ckpt", ckpt_setting(default, help), str)
 
 
 def add_device_flag(parser):
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
-                        help="auto: cuda, mps, dml, then cpu (default: %(default)s)")
+    add_flag(parser, "device", device_setting(), str)
 
 
 def add_seed_flag(parser, default=1337, help="seeds everything"):
-    shown = "none" if default is None else "%(default)s"
-    parser.add_argument("--seed", type=int, default=default, help=f"{help}, 0 to 2**63-1 (default: {shown})")
+    add_flag(parser, "seed", seed_setting(default, help), int)
 
 
 def check_seed(seed, following=0):
@@ -26,3 +162,4 @@ def check_seed(seed, following=0):
     if seed is not None and not 0 <= seed < SEED_LIMIT - following:
         limit = "2**63" + (f" - {following}" if following else "")
         raise UserError(f"--seed must be in [0, {limit}), got {seed}")
+

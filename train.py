@@ -14,148 +14,138 @@ from errors import stop_cleanly
 
 stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load is one line too
 
+from dataclasses import asdict, dataclass, replace
+from typing import Optional
+
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
 from data import corpus_batches
 from device import attention_for, check_fits_in_memory
-from errors import ArgumentParser, UserError, run_main
+from errors import UserError, run_main
+from flags import BELOW_ONE, FIXED, LOCAL, Rule, between, at_least, flag_name, same_setting, setting
+from run_config import TrainConfig
 from tasks import TextTask
 from tokenizer_io import load_tokenizer
-from trainer import (Run, add_training_flags, check_input_files, check_training_args, claimed_outputs, given_flags,
-                     resumed_run, train, training_processes)
-from transformer import (DEFAULT_PARTS, GPT2_PARTS, MAX_LAYERS, MLP_KINDS, MODELS, NORM_KINDS, POSITION_KINDS,
-                         build_model, count_parameters, estimate_parameters, rope_table_floats)
+from trainer import (Run, check_input_files, claimed_outputs, parse_command_line, resumed_run, train,
+                     training_processes)
+from transformer import (CELL_KINDS, MAX_LAYERS, MLP_KINDS, MODELS, NORM_KINDS, POSITION_KINDS, GPTConfig,
+                         build_model, config_problem, count_parameters, estimate_parameters, rope_table_floats)
 
-# Flags that define the model and the optimizer whose saved state only fits
-# itself: a resumed run takes them from the checkpoint, and may not change them.
-FIXED_ON_RESUME = ("model", "n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "attention", "positions",
-                 "norm", "mlp", "rnn_cell",
-                 "optimizer", "lr", "muon_lr", "weight_decay", "muon_weight_decay", "beta2", "val_fraction")
+GPT = GPTConfig.__dataclass_fields__  # the model's own defaults are the flags' defaults
+# What an --init-from run takes from its checkpoint's model config into its own settings.
+INIT_FROM_SHAPE = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "positions", "norm", "mlp")
 
 
-def parse_args(argv=None):
-    p = ArgumentParser(description="Train a GPT-style Transformer (or a CharRNN) on a text file.")
-    a = p.add_argument
-    a("--data", default="data.txt", help="training text, UTF-8 (default: %(default)s)")
-    a("--tokenizer", default=None,
-      help="'char', or a tokenizer.json from train_tokenizer.py (default: char; with --resume or --init-from, "
-           "the checkpoint's)")
-    a("--init-from", default=None, metavar="CKPT",
-      help="start from this checkpoint's weights, tokenizer and shape (b_lm's own, or one convert.py imported) "
-           "and train it on --data with a fresh optimizer and schedule (default: a new model)")
-    a("--model", default="transformer", choices=list(MODELS), help="architecture (default: %(default)s)")
-    a("--n-layer", type=int, default=4, help=f"layers, 1 to {MAX_LAYERS} (default: %(default)s)")
-    a("--n-head", type=int, default=4, help="attention heads, >= 1, dividing --n-embd (default: %(default)s)")
-    a("--n-embd", type=int, default=128, help="embedding width; RNN hidden size, >= 1 (default: %(default)s)")
-    a("--block-size", type=int, default=128, help="context length in tokens, >= 1 (default: %(default)s)")
-    a("--dropout", type=float, default=0.0, help="dropout rate, in [0, 1) (default: %(default)s)")
-    a("--bias", action="store_true", help="use biases in Linear and LayerNorm layers")
-    a("--attention", default="auto", choices=["auto", "sdpa", "explicit"],
-      help="sdpa: F.scaled_dot_product_attention; explicit: matmul-softmax, which DirectML runs natively; "
-           "auto: explicit on DirectML, else sdpa (default: %(default)s)")
-    a("--positions", default=DEFAULT_PARTS["positions"], choices=POSITION_KINDS,
-      help="learned: a position embedding (GPT-2); rope: rotary embeddings of queries and keys (Llama) "
-           "(default: %(default)s)")
-    a("--norm", default=DEFAULT_PARTS["norm"], choices=NORM_KINDS,
-      help="layer: LayerNorm (GPT-2); rms: RMSNorm (Llama) (default: %(default)s)")
-    a("--mlp", default=DEFAULT_PARTS["mlp"], choices=MLP_KINDS,
-      help="gelu: 4x GELU MLP (GPT-2); swiglu: gated MLP of a 4x MLP's size (Llama) (default: %(default)s)")
-    a("--rnn-cell", default="gru", choices=["gru", "lstm"], help="cell of --model rnn (default: %(default)s)")
-    a("--val-fraction", type=float, default=0.1,
-      help="last fraction of the tokens held out, in (0, 1) (default: %(default)s)")
-    add_training_flags(p, muon_lr=0.06, min_lr_ratio=0.0, muon_weight_decay=0.1)
-    args = p.parse_args(argv)
-    args.given = given_flags(p, argv, args)
-    check_args(args)
-    return args
+@dataclass(frozen=True)
+class PretrainConfig(TrainConfig):
+    """A pretraining run: the loop's settings, its text and tokenizer, and the shape of the model it builds."""
+    data: str = setting("data.txt", "training text, UTF-8")
+    tokenizer: Optional[str] = setting(None, "'char', or a tokenizer.json from train_tokenizer.py (default: char; "
+                                             "with --resume or --init-from, the checkpoint's)", resume=LOCAL)
+    init_from: Optional[str] = setting(None, "start from this checkpoint's weights, tokenizer and shape (b_lm's "
+                                             "own, or one convert.py imported) and train it on --data with a fresh "
+                                             "optimizer and schedule (default: a new model)", resume=LOCAL,
+                                       metavar="CKPT")
+    model: str = setting("transformer", "architecture", choices=list(MODELS), resume=FIXED)
+    n_layer: int = setting(4, "layers", between(1, MAX_LAYERS, f"from 1 to {MAX_LAYERS}"), resume=FIXED)
+    n_head: int = setting(4, "attention heads, dividing --n-embd", at_least(1), resume=FIXED)
+    n_embd: int = setting(128, "embedding width; RNN hidden size", at_least(1), resume=FIXED)
+    block_size: int = setting(128, "context length in tokens", at_least(1), resume=FIXED)
+    dropout: float = setting(0.0, "dropout rate", BELOW_ONE, resume=FIXED)
+    bias: bool = setting(False, "use biases in Linear and LayerNorm layers", resume=FIXED)
+    attention: str = setting("auto", "sdpa: F.scaled_dot_product_attention; explicit: matmul-softmax, which "
+                                     "DirectML runs natively; auto: explicit on DirectML, else sdpa",
+                             choices=["auto", "sdpa", "explicit"], resume=FIXED)
+    positions: str = setting(GPT["positions"].default, "learned: a position embedding (GPT-2); rope: rotary "
+                             "embeddings of queries and keys (Llama)", choices=POSITION_KINDS, resume=FIXED)
+    norm: str = setting(GPT["norm"].default, "layer: LayerNorm (GPT-2); rms: RMSNorm (Llama)", choices=NORM_KINDS,
+                        resume=FIXED)
+    mlp: str = setting(GPT["mlp"].default, "gelu: 4x GELU MLP (GPT-2); swiglu: gated MLP of a 4x MLP's size "
+                       "(Llama)", choices=MLP_KINDS, resume=FIXED)
+    rnn_cell: str = setting("gru", "cell of --model rnn", choices=CELL_KINDS, resume=FIXED)
+    val_fraction: float = setting(0.1, "last fraction of the tokens held out; without validation text there is "
+                                       "no val loss", Rule("in (0, 1)", lambda v: 0 < v < 1), resume=FIXED)
+
+    def __post_init__(self):
+        super().__post_init__()
+        names = {"cell": "--rnn-cell"}
+        problem = config_problem(self.model, self.model_config(vocab_size=1, device="cpu"),
+                                 name=lambda field: names.get(field, flag_name(field)))
+        if problem:
+            raise UserError(problem)
+
+    def model_config(self, vocab_size, device):
+        """The config of the model these settings build, for a vocabulary of vocab_size on `device`."""
+        if self.model == "rnn":
+            return dict(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer, n_embd=self.n_embd,
+                        cell=self.rnn_cell, dropout=self.dropout)
+        return dict(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head,
+                    n_embd=self.n_embd, dropout=self.dropout, bias=self.bias,
+                    attention=attention_for(device, self.attention), positions=self.positions, norm=self.norm,
+                    mlp=self.mlp)
 
 
-def check_args(args):
-    check_training_args(args)
-    for name in ("n_layer", "n_head", "n_embd", "block_size"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.n_layer > MAX_LAYERS:
-        raise UserError(f"--n-layer must be at most {MAX_LAYERS}, got {args.n_layer}")
-    if not 0 < args.val_fraction < 1:
-        raise UserError(f"--val-fraction must be in (0, 1): without validation text there is no val loss, "
-                        f"got {args.val_fraction}")
-    if not 0 <= args.dropout < 1:
-        raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")
-    if args.model == "transformer" and args.n_embd % args.n_head:
-        raise UserError(f"--n-embd {args.n_embd} must be divisible by --n-head {args.n_head}")
-    if args.model == "transformer" and args.positions == "rope" and args.n_embd // args.n_head % 2:
-        raise UserError(f"--positions rope needs an even head size (--n-embd / --n-head), got "
-                        f"{args.n_embd // args.n_head}")
-
-
-def model_config(args, vocab_size, device):
-    if args.model == "transformer":
-        return dict(vocab_size=vocab_size, block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
-                    n_embd=args.n_embd, dropout=args.dropout, bias=args.bias,
-                    attention=attention_for(device, args.attention), positions=args.positions, norm=args.norm,
-                    mlp=args.mlp)
-    return dict(vocab_size=vocab_size, block_size=args.block_size, n_layer=args.n_layer, n_embd=args.n_embd,
-                cell=args.rnn_cell, dropout=args.dropout)
-
-
-def check_resumed_tokenizer(args, checkpoint):
+def check_resumed_tokenizer(settings, checkpoint):
     """UserError unless a --tokenizer given with --resume is the one inside the checkpoint."""
     kind = checkpoint["tokenizer"].get("kind")
-    if args.tokenizer == "char" and kind != "char":
-        raise UserError(f"{args.ckpt} was trained with a {kind} tokenizer, not 'char'")
-    if args.tokenizer and args.tokenizer != "char" and \
-            load_tokenizer(args.tokenizer, args.data).to_dict() != checkpoint["tokenizer"]:
-        raise UserError(f"{args.tokenizer} does not match the tokenizer inside {args.ckpt}; "
+    if settings.tokenizer == "char" and kind != "char":
+        raise UserError(f"{settings.ckpt} was trained with a {kind} tokenizer, not 'char'")
+    if settings.tokenizer and settings.tokenizer != "char" and \
+            load_tokenizer(settings.tokenizer, settings.data).to_dict() != checkpoint["tokenizer"]:
+        raise UserError(f"{settings.tokenizer} does not match the tokenizer inside {settings.ckpt}; "
                         f"resume without --tokenizer to use the checkpoint's")
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    check_input_files(args, ["--data", "--tokenizer", "--init-from"])
-    with claimed_outputs(args, inputs=[args.data, args.tokenizer, args.init_from]):
-        return pretrain(args)
+    settings, invocation = parse_command_line(PretrainConfig, "Train a GPT-style Transformer (or a CharRNN) on a "
+                                                              "text file.", argv)
+    check_input_files(settings, invocation, ["--data", "--tokenizer", "--init-from"])
+    with claimed_outputs(settings, invocation, inputs=[settings.data, settings.tokenizer, settings.init_from]):
+        return pretrain(settings, invocation)
 
 
-def pretrain(args):
+def pretrain(settings, invocation):
     """Train a new model, or --resume's or --init-from's checkpoint with its tokenizer and shape."""
     checkpoint = None
-    if args.init_from:
-        if args.resume or args.tokenizer:
+    if settings.init_from:
+        if invocation.resume or settings.tokenizer:
             raise UserError("--init-from starts a new run from a checkpoint, with its tokenizer: it does not "
                             "combine with --resume or --tokenizer")
-        checkpoint = load_checkpoint(args.init_from)
-        for name in ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", *GPT2_PARTS):
-            # a config saved before the parts existed has GPT-2's
-            setattr(args, name, checkpoint["model_config"].get(name, GPT2_PARTS.get(name, getattr(args, name))))
-        args.model = checkpoint["model_type"]
-    elif args.resume:
-        checkpoint = resumed_run(args, FIXED_ON_RESUME, own=("init_from", "tokenizer"))
-        check_args(args)
-        check_resumed_tokenizer(args, checkpoint)
-    with training_processes(args.device) as (procs, device):
+        checkpoint = load_checkpoint(settings.init_from)
+    elif invocation.resume:
+        settings, checkpoint = resumed_run(settings, invocation)
+        check_resumed_tokenizer(settings, checkpoint)
+    with training_processes(settings.device) as (procs, device):
         if checkpoint:
-            torch.manual_seed(args.seed)
-            model, tokenizer = model_from_checkpoint(checkpoint, device, args.init_from or args.ckpt)
+            torch.manual_seed(settings.seed)
+            model, tokenizer = model_from_checkpoint(checkpoint, device, settings.init_from or settings.ckpt)
             model.train()
+            if settings.init_from:  # the run records the shape it trains
+                settings = replace(settings, model=checkpoint["model_type"], **{
+                    k: v for k, v in checkpoint["model_config"].items() if k in INIT_FROM_SHAPE})
         else:
-            tokenizer = load_tokenizer(args.tokenizer or "char", args.data)
-            config = model_config(args, tokenizer.vocab_size, device)
-            check_fits_in_memory(estimate_parameters(args.model, config), device,
-                                 extra_bytes=4 * rope_table_floats(args.model, config),
-                                 what=f"a model of {args.n_layer} layers, {args.n_embd} wide, context "
-                                      f"{args.block_size},")
-            torch.manual_seed(args.seed)
-            model = build_model(args.model, config).to(device)
-        batches = corpus_batches(args.data, tokenizer, args.block_size, args.val_fraction, args.seed)
-        description = (f"{args.model}: {count_parameters(model) / 1e6:.2f}M parameters, {tokenizer.kind} tokenizer "
-                       f"({tokenizer.vocab_size} tokens), {len(batches.train):,} train / {len(batches.val):,} "
-                       f"val tokens")
-        resumed = checkpoint if args.resume else None
-        task = TextTask(batches, args.batch_size, tokenizer.token_chars())
-        return train(Run(args, model, tokenizer, task, procs, device, description, train_args=vars(args),
+            model, tokenizer = new_model(settings, device)
+        batches = corpus_batches(settings.data, tokenizer, settings.block_size, settings.val_fraction, settings.seed)
+        description = (f"{settings.model}: {count_parameters(model) / 1e6:.2f}M parameters, {tokenizer.kind} "
+                       f"tokenizer ({tokenizer.vocab_size} tokens), {len(batches.train):,} train / "
+                       f"{len(batches.val):,} val tokens")
+        resumed = checkpoint if invocation.resume else None
+        task = TextTask(batches, settings.batch_size, tokenizer.token_chars())
+        return train(Run(settings, model, tokenizer, task, procs, device, description, run_config=asdict(settings),
                          chat=bool(resumed and resumed.get("chat")), resume_from=resumed))
+
+
+def new_model(settings, device):
+    """(model, tokenizer) for a fresh run, once the model surely fits in the device's memory."""
+    tokenizer = load_tokenizer(settings.tokenizer or "char", settings.data)
+    config = settings.model_config(tokenizer.vocab_size, device)
+    check_fits_in_memory(estimate_parameters(settings.model, config), device,
+                         extra_bytes=4 * rope_table_floats(settings.model, config),
+                         what=f"a model of {settings.n_layer} layers, {settings.n_embd} wide, context "
+                              f"{settings.block_size},")
+    torch.manual_seed(settings.seed)
+    return build_model(settings.model, config).to(device), tokenizer
 
 
 if __name__ == "__main__":

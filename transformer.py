@@ -5,27 +5,25 @@ targets, the mean cross-entropy loss. Both are built from a config dataclass
 whose fields are plain values, so the config travels inside checkpoints.
 """
 import math
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from errors import UserError
+from errors import shown
+
 
 ATTENTION_KINDS = ("sdpa", "explicit")
 GELU_KINDS = ("exact", "tanh")
 POSITION_KINDS = ("learned", "rope")
 NORM_KINDS = ("layer", "rms")
 MLP_KINDS = ("gelu", "swiglu")
+CELL_KINDS = ("gru", "lstm")
 # Deeper than any model b_lm can train well, and a million layers would take minutes just to build.
 MAX_LAYERS = 1000
-# GPT-2's parts are every config's defaults, so checkpoints saved before the
-# other parts existed load as they were. train.py builds them too: rotary
-# positions lower the val loss, but chat models tuned from them answer
-# unseen phrasings far worse (README, Results).
-GPT2_PARTS = dict(positions="learned", norm="layer", mlp="gelu")
-DEFAULT_PARTS = GPT2_PARTS
+# No other size of a model (heads, width, context, vocabulary) reaches this; a config that says so is damaged.
+MAX_SIZE = 2 ** 24
 
 
 @dataclass
@@ -45,7 +43,8 @@ class GPTConfig:
     tie_embeddings: bool = False  # the output head shares the token embedding's matrix
     gelu: str = "exact"  # or 'tanh', the approximation GPT-2 was trained with ('gelu_new')
     # The parts of a Llama-style block (they map onto transformers' LlamaForCausalLM).
-    # Each is an option of its own; the defaults are GPT-2's.
+    # Each is an option of its own; the defaults are GPT-2's, so a config saved before
+    # the parts existed builds the model it described.
     positions: str = "learned"  # or 'rope': rotary embeddings turn each head's queries and keys by position
     norm: str = "layer"  # or 'rms': RMSNorm, LayerNorm without the mean and the bias
     mlp: str = "gelu"  # or 'swiglu': the gated MLP silu(x W_gate) * (x W_up), then W_down
@@ -64,7 +63,6 @@ def mlp_width(mlp, n_embd):
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
-        assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
         self.n_head = config.n_head
         self.attention = config.attention
         self.dropout = config.dropout
@@ -204,15 +202,6 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     def __init__(self, config):
         super().__init__()
-        if config.attention not in ATTENTION_KINDS:
-            raise UserError(f"unknown attention {config.attention!r}: choose one of {ATTENTION_KINDS}")
-        for name, kinds in (("gelu", GELU_KINDS), ("positions", POSITION_KINDS), ("norm", NORM_KINDS),
-                            ("mlp", MLP_KINDS)):
-            if getattr(config, name) not in kinds:
-                raise UserError(f"unknown {name} {getattr(config, name)!r}: choose one of {kinds}")
-        if config.positions == "rope" and (config.n_embd // config.n_head) % 2:
-            raise UserError(f"rotary embeddings turn pairs of dimensions: the head size "
-                            f"{config.n_embd // config.n_head} (n_embd / n_head) must be even")
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         if config.positions == "learned":
@@ -281,12 +270,9 @@ class CharRNN(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        cells = {"gru": nn.GRU, "lstm": nn.LSTM}
-        if config.cell not in cells:
-            raise UserError(f"unknown RNN cell {config.cell!r}: choose gru or lstm")
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.n_embd)
-        self.rnn = cells[config.cell](config.n_embd, config.n_embd, num_layers=config.n_layer,
+        self.rnn = {"gru": nn.GRU, "lstm": nn.LSTM}[config.cell](config.n_embd, config.n_embd, num_layers=config.n_layer,
                                       dropout=config.dropout if config.n_layer > 1 else 0.0,
                                       batch_first=True)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size)
@@ -303,17 +289,58 @@ class CharRNN(nn.Module):
 MODELS = {"transformer": (GPTConfig, Transformer), "rnn": (RNNConfig, CharRNN)}
 
 
+CHOICES = {"attention": ATTENTION_KINDS, "gelu": GELU_KINDS, "positions": POSITION_KINDS, "norm": NORM_KINDS,
+           "mlp": MLP_KINDS, "cell": CELL_KINDS}
+
+
 def build_model(model_type, config):
-    """Build a model from its type name and config (a dataclass or a plain dict)."""
-    if model_type not in MODELS:
-        raise UserError(f"unknown model type {model_type!r}: choose one of {', '.join(MODELS)}")
+    """Build a model from its type name and config (a dataclass or a plain dict); ValueError if it cannot be."""
+    config = config if isinstance(config, dict) else asdict(config)
+    problem = config_problem(model_type, config)
+    if problem:
+        raise ValueError(problem)
     config_cls, model_cls = MODELS[model_type]
-    if isinstance(config, dict):
-        unknown = set(config) - {f.name for f in fields(config_cls)}
-        if unknown:
-            raise UserError(f"unknown {model_type} config fields: {', '.join(sorted(unknown))}")
-        config = config_cls(**config)
-    return model_cls(config)
+    return model_cls(config_cls(**config))
+
+
+def config_problem(model_type, config, name=str):
+    """What makes a model config (a dict) impossible to build, or None; `name` shows a field (train.py: as a flag).
+
+    The one check of a model's shape, for flags and loaded checkpoints alike,
+    made before anything is built: 1.5 layers, True heads or 3 heads in a
+    width of 16 would otherwise fail deep in the constructor. A field left
+    out takes its default.
+    """
+    if model_type not in MODELS:
+        return f"unknown model type {shown(model_type)}: choose one of {', '.join(MODELS)}"
+    known = {f.name: f.default for f in fields(MODELS[model_type][0])}
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        return f"unknown {model_type} config fields: {', '.join(unknown)}"
+    c = {**{k: v for k, v in known.items() if v is not MISSING}, **config}
+    for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        value, most = c.get(key, 1), MAX_LAYERS if key == "n_layer" else MAX_SIZE
+        if key in known and (type(value) is not int or not 1 <= value <= most):
+            return f"{name(key)} must be a whole number from 1 to {most:,}, not {shown(value)}"
+    for key in ("bias", "tie_embeddings"):
+        if key in known and type(c[key]) is not bool:
+            return f"{name(key)} must be true or false, not {shown(c[key])}"
+    if type(c["dropout"]) not in (int, float) or not 0 <= c["dropout"] < 1:
+        return f"{name('dropout')} must be a number from 0 to below 1, not {shown(c['dropout'])}"
+    for key, kinds in CHOICES.items():
+        if key in known and c[key] not in kinds:
+            return f"unknown {name(key)} {shown(c[key])}: choose one of {', '.join(kinds)}"
+    if model_type == "rnn":
+        return None
+    # Below 1 the rotary frequencies grow with the dimension instead of falling: the angles overflow.
+    if type(c["rope_theta"]) not in (int, float) or not 1 < c["rope_theta"] < math.inf:
+        return f"{name('rope_theta')} must be a number above 1, not {shown(c['rope_theta'])}"
+    if c["n_embd"] % c["n_head"]:
+        return f"{name('n_head')} {c['n_head']} does not divide {name('n_embd')} {c['n_embd']}"
+    if c["positions"] == "rope" and c["n_embd"] // c["n_head"] % 2:
+        return (f"{name('positions')} rope needs an even head size ({name('n_embd')} / {name('n_head')}), "
+                f"not {c['n_embd'] // c['n_head']}")
+    return None
 
 
 def model_type_of(model):

@@ -17,7 +17,7 @@ def test_round_trip_gives_the_same_logits(tiny_ckpt):
     torch.testing.assert_close(model(idx)[0], again(idx)[0], rtol=0, atol=0)
     raw = torch.load(tiny_ckpt, weights_only=True)  # plain values only: loads with weights_only
     assert raw["format_version"] == ckpt_mod.FORMAT_VERSION
-    assert {"model", "optimizer", "tokenizer", "train_args", "step", "rng", "history"} <= set(raw)
+    assert {"model", "optimizer", "tokenizer", "run_config", "step", "rng", "history"} <= set(raw)
     assert raw["step"] == 30 and raw["model_type"] == "transformer"
 
 

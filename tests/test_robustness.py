@@ -268,7 +268,7 @@ DAMAGED_STATE = "cannot be resumed: its step, history or random-generator states
     ("step", "3", DAMAGED_STATE), ("step", -1, DAMAGED_STATE), ("rng", None, DAMAGED_STATE),
     ("rng", {"torch": 1}, DAMAGED_STATE), ("history", "rows", DAMAGED_STATE), ("best_val_loss", "low", DAMAGED_STATE),
     ("optimizer", None, "holds no optimizer state, so it cannot be resumed"),
-    ("train_args", ["--lr"], "is damaged: train_args must be a dict")])
+    ("run_config", ["--lr"], "is damaged: run_config must be a dict")])
 def test_a_checkpoint_that_cannot_resume_says_so(workdir, capsys, key, value, fragment):
     path = workdir / "damaged.pth"
     torch.save({**torch.load(workdir / "base.pth", weights_only=True), key: value}, path)
@@ -317,8 +317,8 @@ def test_the_tables_hold_every_case():
     (["--batch-size", "0"], "--batch-size"),
     (["--log-interval", "0"], "--log-interval"),
     (["--n-embd", "10000000", "--n-head", "1", "--max-iters", "1"], "parameters"),
-    (["--n-layer", "99999999999999999999999", "--max-iters", "1"], "at most 1000"),
-    (["--n-layer", "100000", "--n-embd", "16", "--max-iters", "1"], "at most 1000"),  # small, but slow to build
+    (["--n-layer", "99999999999999999999999", "--max-iters", "1"], "from 1 to 1000"),
+    (["--n-layer", "100000", "--n-embd", "16", "--max-iters", "1"], "from 1 to 1000"),  # small, but slow to build
     (["--batch-size", "99999999999999999999999", "--max-iters", "1"], "--batch-size"),
     (["--grad-accum", "99999999999999999999999", "--max-iters", "1"], "--grad-accum"),
     (["--positions", "rope", "--n-embd", "18", "--n-head", "2"], "even head size"),
@@ -500,7 +500,7 @@ def test_bad_flags_of_the_server_and_the_benchmarks_exit_2_before_any_work(workd
 @pytest.mark.parametrize("script", ["sft", "evaluate", "train --init-from", "generate"])
 def test_recorded_flags_a_loader_reads_are_checked(workdir, capsys, change, fragment, script):
     saved = torch.load(workdir / "chat.pth", weights_only=True)
-    saved["train_args"].update(change)
+    saved["run_config"].update(change)
     torch.save(saved, workdir / "odd.pth")
     before = snapshot(workdir)
     argv = {"sft": (sft, ["--init-from", "odd.pth", "--qa", "qa.jsonl", "--max-iters", "1", "--ckpt", "new.pth"]),

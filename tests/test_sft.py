@@ -7,7 +7,7 @@ import torch
 import sft
 from checkpoint import load_checkpoint
 from conftest import QA, assert_clean_error, interrupt_during
-from errors import UserError
+from errors import Stopped, UserError
 from qa import load_qa
 from tasks import ChatRows, sft_loss
 from tokenizer import CharTokenizer
@@ -30,8 +30,8 @@ def test_fine_tuning_saves_a_chat_checkpoint_and_the_answer_loss_falls(tmp_path,
     saved, base = load_checkpoint(ckpt), load_checkpoint(tiny_ckpt)
     assert saved["chat"] is True and base["chat"] is False
     assert set(saved) == set(base)  # the layout train.py writes
-    assert saved["train_args"]["init_from"] == tiny_ckpt and saved["train_args"]["max_iters"] == 30
-    assert saved["train_args"]["n_layer"] == base["train_args"]["n_layer"]  # the base's model flags carry over
+    assert saved["run_config"]["init_from"] == tiny_ckpt and saved["run_config"]["max_iters"] == 30
+    assert saved["run_config"]["n_layer"] == base["run_config"]["n_layer"]  # the base's model flags carry over
     assert saved["model_config"] == base["model_config"] and saved["step"] == 30
     evaluations = [row for row in saved["history"] if row.get("qa_loss") is not None]
     assert [row["step"] for row in evaluations] == [0, 15, 30]
@@ -108,9 +108,8 @@ def test_an_interrupted_and_resumed_run_ends_as_an_uninterrupted_one(tmp_path, t
     whole, whole_ckpt = run(tmp_path, tiny_ckpt, *common, name="whole")
     with monkeypatch.context() as patch:
         interrupt_during(patch, "backward", call=2)
-        with pytest.raises(SystemExit) as e:
+        with pytest.raises(Stopped):
             run(tmp_path, tiny_ckpt, *common, name="split")
-    assert e.value.code == 130
     saved = load_checkpoint(str(tmp_path / "split.pth"))
     assert saved["step"] == 2 and saved["chat"] is True
     resumed, split_ckpt = run(tmp_path, tiny_ckpt, *common, "--resume", name="split")
@@ -125,7 +124,7 @@ def test_the_readmes_resume_finishes_a_short_run_where_it_was_headed(tmp_path, t
     whole, _ = run(tmp_path, tiny_ckpt, *flags, name="whole")
     with monkeypatch.context() as patch:
         interrupt_during(patch, "backward", call=3)
-        with pytest.raises(SystemExit):
+        with pytest.raises(Stopped):
             run(tmp_path, tiny_ckpt, *flags, name="split")
     resumed = sft.main(["--ckpt", str(tmp_path / "split.pth"), "--resume", "--plot", ""])
     assert resumed["step"] == 10
@@ -137,11 +136,12 @@ def test_a_run_saved_before_shuffled_words_existed_resumes_as_it_was_trained(tmp
     whole, _ = run(tmp_path, tiny_ckpt, *common, "--shuffle-words", "0", name="whole")
     with monkeypatch.context() as patch:
         interrupt_during(patch, "backward", call=2)
-        with pytest.raises(SystemExit):
+        with pytest.raises(Stopped):
             run(tmp_path, tiny_ckpt, *common, "--shuffle-words", "0", name="old")
     path = tmp_path / "old.pth"
     saved = torch.load(path, weights_only=True)
-    del saved["train_args"]["shuffle_words"]  # as an sft.py without the flag saved it
+    saved["format_version"], saved["train_args"] = 1, saved.pop("run_config")  # as an sft.py without the flag
+    del saved["train_args"]["shuffle_words"]  # saved it, in format 1
     torch.save(saved, path)
     resumed, _ = run(tmp_path, tiny_ckpt, *common, "--resume", name="old")  # the default 0.5 is not taken
     assert (resumed["qa_loss"], resumed["val_loss"]) == (whole["qa_loss"], whole["val_loss"])
