@@ -31,7 +31,7 @@ import regex
 from errors import UserError
 from files import atomic_write, check_input_file
 from jsonfile import read_json
-from tokenizer import REPLACEMENT, SPECIAL_TOKENS, Tokenizer
+from tokenizer import SPECIAL_TOKENS, Tokenizer, check_special_tokens
 
 # The split pattern of tiktoken's cl100k_base (GPT-4): contractions, words with
 # one leading non-letter, numbers of up to 3 digits, punctuation runs,
@@ -45,9 +45,7 @@ N_SPECIAL = len(SPECIAL_TOKENS)
 NO_MERGE = 1 << 62  # rank of a pair that has no merge
 
 
-# ---------------------------------------------------------------------------
-# small pure helpers
-
+# ---- small pure helpers
 
 def compile_pattern(pattern):
     """regex.compile, with a user-facing error for a broken --pattern."""
@@ -61,14 +59,9 @@ def compile_pattern(pattern):
     return compiled
 
 
-def count_chunks(text, pattern=GPT4_PATTERN, counts=None):
-    """Count the regex chunks of text (added to `counts` if given).
-
-    'the cat the' -> Counter({'the': 1, ' cat': 1, ' the': 1})
-    """
-    counts = Counter() if counts is None else counts
-    counts.update(compile_pattern(pattern).findall(text))
-    return counts
+def count_chunks(text, pattern=GPT4_PATTERN):
+    """Count the regex chunks of text: 'the cat the' -> Counter({'the': 1, ' cat': 1, ' the': 1})"""
+    return Counter(compile_pattern(pattern).findall(text))
 
 
 def merge(ids, pair, idx):
@@ -87,8 +80,7 @@ def merge(ids, pair, idx):
     return out
 
 
-# ---------------------------------------------------------------------------
-# reading a corpus in blocks
+# ---- reading a corpus in blocks
 
 # A cut right after a newline is a chunk boundary of GPT4_PATTERN when the
 # whitespace that follows holds no other newline and ends in a visible
@@ -115,14 +107,6 @@ def find_cut(buf):
         end = i
 
 
-def _decode_utf8(data, offset, path):
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text: bad byte 0x{data[e.start]:02x} "
-                        f"at byte offset {offset + e.start}") from None
-
-
 def count_file_chunks(path, pattern=GPT4_PATTERN, block_size=1 << 20, progress=None):
     """Count the chunks of a UTF-8 file, reading it block by block.
 
@@ -145,7 +129,11 @@ def count_file_chunks(path, pattern=GPT4_PATTERN, block_size=1 << 20, progress=N
             buf += block
             cut = find_cut(buf) if block else len(buf)
             if cut:
-                text = _decode_utf8(buf[:cut], offset, path)
+                try:
+                    text = buf[:cut].decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise UserError(f"{path} is not UTF-8 text: bad byte 0x{buf[e.start]:02x} "
+                                    f"at byte offset {offset + e.start}") from None
                 chunks = split(text)
                 if sum(map(len, chunks)) != len(text):
                     raise UserError(f"the split pattern {pattern!r} skips parts of {path}: a tokenizer with it "
@@ -158,9 +146,7 @@ def count_file_chunks(path, pattern=GPT4_PATTERN, block_size=1 << 20, progress=N
                 return counts
 
 
-# ---------------------------------------------------------------------------
-# training
-
+# ---- training
 
 def learn_merges(counts, n_merges, progress=None):
     """Learn up to n_merges merges from {chunk: count}; returns [(a, b), ...].
@@ -179,8 +165,7 @@ def learn_merges(counts, n_merges, progress=None):
     freqs = list(counts.values())
     stats = defaultdict(int)  # pair -> weighted count over all words
     where = defaultdict(set)  # pair -> ids of words that held it (maybe no longer)
-    for wi, w in enumerate(words):
-        f = freqs[wi]
+    for wi, (w, f) in enumerate(zip(words, freqs)):
         for pair in zip(w, w[1:]):
             stats[pair] += f
             where[pair].add(wi)
@@ -217,24 +202,17 @@ def _merge_words(words, freqs, word_ids, pair, idx, stats, where):
     a, b = pair
     new_pairs = set()
     for wi in word_ids:
-        w = words[wi]
-        n = len(w)
-        i = 0
-        out = None
+        w, f = words[wi], freqs[wi]
+        n, i, last, out = len(w), 0, 0, []
         while i < n - 1:
-            # jump to the next a (list.index runs at C speed)
-            try:
+            try:  # jump to the next a (list.index runs at C speed)
                 i = w.index(a, i, n - 1)
             except ValueError:
                 break
             if w[i + 1] != b:
                 i += 1
                 continue
-            if out is None:
-                out = w[:i]
-            else:
-                out.extend(w[last:i])
-            f = freqs[wi]
+            out += w[last:i]
             stats[pair] -= f
             if out:
                 x = out[-1]
@@ -249,11 +227,9 @@ def _merge_words(words, freqs, word_ids, pair, idx, stats, where):
                 where[idx, y].add(wi)
                 new_pairs.add((idx, y))
             out.append(idx)
-            i += 2
-            last = i
-        if out is not None:
-            out.extend(w[last:])
-            words[wi] = out
+            i = last = i + 2
+        if last:  # merged at least once (where also lists words that no longer hold the pair)
+            words[wi] = out + w[last:]
     return new_pairs
 
 
@@ -284,9 +260,7 @@ def train_bpe(corpus, vocab_size, pattern=GPT4_PATTERN, progress=None):
     return BPETokenizer(learn_merges(counts, n_merges, progress), pattern)
 
 
-# ---------------------------------------------------------------------------
-# the tokenizer
-
+# ---- the tokenizer
 
 class BPETokenizer(Tokenizer):
     """Byte-level BPE with regex pre-splitting and the shared special tokens."""
@@ -299,14 +273,11 @@ class BPETokenizer(Tokenizer):
         self._split = compile_pattern(pattern).findall
         # (a, b) -> id of the merged token; lower id = learned earlier = merges first
         self.ranks = {pair: 256 + i for i, pair in enumerate(self.merges)}
-        self._bytes = [bytes([i]) for i in range(256)]
+        token_bytes = [bytes([i]) for i in range(256)]
         for a, b in self.merges:
-            self._bytes.append(self._bytes[a] + self._bytes[b])
-        self._token_ids = {b: i for i, b in enumerate(self._bytes)}
-        n = len(self._bytes)
-        self.special_tokens = {s: n + i for i, s in enumerate(SPECIAL_TOKENS)}
-        self._special_bytes = {i: s.encode("utf-8") for s, i in self.special_tokens.items()}
-        self.vocab_size = n + N_SPECIAL
+            token_bytes.append(token_bytes[a] + token_bytes[b])
+        self._token_ids = {b: i for i, b in enumerate(token_bytes)}  # byte and merge tokens, no specials
+        self._set_vocab(token_bytes)
         self._cache = {}  # chunk -> ids; text repeats its chunks a lot
 
     # encoding
@@ -337,18 +308,6 @@ class BPETokenizer(Tokenizer):
             ids = merge(ids, merges[idx - 256], idx)
         return ids
 
-    # decoding
-
-    def token_bytes(self, i):
-        """The bytes of one token; U+FFFD's bytes for an id we don't know."""
-        try:
-            i = int(i)
-        except (TypeError, ValueError, OverflowError):
-            return REPLACEMENT
-        if 0 <= i < len(self._bytes):
-            return self._bytes[i]
-        return self._special_bytes.get(i, REPLACEMENT)
-
     def mergeable_ranks(self):
         """{token bytes: id} for the byte and merge tokens, as tiktoken takes it."""
         return dict(self._token_ids)
@@ -372,9 +331,7 @@ class BPETokenizer(Tokenizer):
         if type(d.get("format_version")) is not int or d["format_version"] != FORMAT_VERSION:
             raise UserError(f"BPE tokenizer format version {d.get('format_version')!r} is not "
                             f"supported (this code reads version {FORMAT_VERSION})")
-        if d.get("special_tokens") != list(SPECIAL_TOKENS):
-            raise UserError(f"the tokenizer's special tokens {d.get('special_tokens')!r} "
-                            f"differ from this code's {list(SPECIAL_TOKENS)}")
+        check_special_tokens(d.get("special_tokens"))
         merges, pattern = d.get("merges"), d.get("pattern")
         if not isinstance(pattern, str) or not isinstance(merges, list):
             raise UserError("the tokenizer lacks its 'pattern' or 'merges'")

@@ -26,23 +26,10 @@ from tokenizer import ASSISTANT, END_OF_TURN, ENDOFTEXT, USER, fit_typed_text
 Prompt = namedtuple("Prompt", "ids dropped_turns trimmed_tokens")
 
 
-def specials(tokenizer):
-    """(user, assistant, end) token ids."""
+def turn_token_ids(tokenizer):
+    """(user, assistant, end) token ids: the special tokens that mark a turn."""
     s = tokenizer.special_tokens
     return s[USER], s[ASSISTANT], s[END_OF_TURN]
-
-
-def banned_ids(tokenizer):
-    """Tokens an answer must never contain: they would open a new turn or a new document.
-
-    <|end|> is the one special token an answer may produce: it ends the answer.
-    """
-    s = tokenizer.special_tokens
-    return (s[USER], s[ASSISTANT], s[ENDOFTEXT])
-
-
-def stop_ids(tokenizer):
-    return (tokenizer.special_tokens[END_OF_TURN],)
 
 
 def encode_turn(tokenizer, question, answer):
@@ -51,7 +38,7 @@ def encode_turn(tokenizer, question, answer):
     With the char tokenizer, ("Hi", "Yo") -> ids <|user|> H i <|end|> <|assistant|> Y o <|end|>,
     mask 0 0 0 0 0 1 1 1.
     """
-    user, assistant, end = specials(tokenizer)
+    user, assistant, end = turn_token_ids(tokenizer)
     q, a = tokenizer.encode(question), tokenizer.encode(answer)
     ids = [user, *q, end, assistant, *a, end]
     mask = [0] * (len(q) + 3) + [1] * (len(a) + 1)
@@ -122,7 +109,7 @@ def build_prompt(tokenizer, history, question, max_tokens):
     Prompt says how many tokens were cut, so the interface can say so. A
     budget under MIN_PROMPT_TOKENS is a UserError: no question fits in it.
     """
-    user, assistant, end = specials(tokenizer)
+    user, assistant, end = turn_token_ids(tokenizer)
     q = tokenizer.encode(fit_typed_text(tokenizer, question))
     if max_tokens < MIN_PROMPT_TOKENS:
         raise UserError(f"a chat prompt needs at least {MIN_PROMPT_TOKENS} tokens (<|user|>, one of the question, "
@@ -143,8 +130,10 @@ def build_prompt(tokenizer, history, question, max_tokens):
 
 
 def answer_settings(tokenizer, settings):
-    """settings for sampling an answer: it ends at <|end|> and opens no new turn or document."""
-    return replace(settings, stop_ids=stop_ids(tokenizer), banned_ids=banned_ids(tokenizer))
+    """settings for sampling an answer: it ends at <|end|>, the one special token it may produce, and never
+    opens a new turn or a new document."""
+    s = tokenizer.special_tokens
+    return replace(settings, stop_ids=(s[END_OF_TURN],), banned_ids=(s[USER], s[ASSISTANT], s[ENDOFTEXT]))
 
 
 def answer(model, tokenizer, question, settings, history=()):

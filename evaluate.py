@@ -31,9 +31,10 @@ import time
 from chat import prompt_budget
 from checkpoint import load_model, training_data
 from data import corpus_batches, iter_text_blocks
-from device import DEVICE_CHOICES, choose_device
+from device import choose_device
 from errors import ArgumentParser, UserError, run_main
 from files import atomic_write, check_output_path, claimed, refuse_existing
+from flags import add_ckpt_flag, add_device_flag, add_seed_flag, check_seed
 from qa import load_qa
 from sampling import Sampling, text_prompt
 from scores import SAMPLE_PROMPT, qa_scores, sample_scores
@@ -42,8 +43,6 @@ from validation import evaluate_loss
 EVAL_BATCH_SIZE = 32
 MAX_TOKENS = 100_000
 
-
-# ------------------------------------------------------------------- script
 
 def text_scores(model, tokenizer, data_path, val_fraction):
     """Validation loss, perplexity and bits per character on the split train.py holds out."""
@@ -69,28 +68,24 @@ def check_model_can_answer(model, tokenizer, args):
 def parse_args(argv=None):
     p = ArgumentParser(description="Evaluate a checkpoint: validation loss, Q&A exact match and F1, and "
                                    "scores of sampled text. Prints a table and writes a JSON report.")
+    add_ckpt_flag(p, "checkpoint.pth", "checkpoint to evaluate")
     a = p.add_argument
-    a("--ckpt", "--checkpoint", dest="ckpt", default="checkpoint.pth", help="checkpoint to evaluate "
-                                                                           "(default: %(default)s)")
     a("--qa", default="qa.jsonl", help="question/answer JSONL in make_qa.py's schema (default: %(default)s)")
     a("--split", default="test", choices=["train", "test"], help="which questions of --qa to ask "
                                                                  "(default: %(default)s)")
-    a("--data", default=None, help="corpus for the validation loss and the vocabulary (default: the file the "
-                                   "checkpoint was trained on)")
+    a("--data", default=None,
+      help="corpus for the validation loss and the vocabulary (default: the file the checkpoint was trained on)")
     a("--report", default="eval_report.json", help="JSON report to write; '' skips it (default: %(default)s)")
     a("--overwrite", action="store_true", help="replace --report if it exists")
     a("--max-answer-tokens", type=int, default=48,
-      help="longest answer generated, 1 to 100,000; a model that never says <|end|> stops here "
-           "(default: %(default)s)")
-    a("--samples", type=int, default=5, help="texts to sample for the text scores, 0 to 1000; 0 skips them "
-                                             "(default: %(default)s)")
+      help="longest answer generated, 1 to 100,000; a model that never says <|end|> stops here (default: %(default)s)")
+    a("--samples", type=int, default=5,
+      help="texts to sample for the text scores, 0 to 1000; 0 skips them (default: %(default)s)")
     a("--sample-length", type=int, default=300, help="tokens per sample, 1 to 100,000 (default: %(default)s)")
     a("--temp", "--temperature", dest="temp", type=float, default=0.8,
       help="sampling temperature of the samples, >= 0; answers are always greedy (default: %(default)s)")
-    a("--seed", type=int, default=1337, help="seed of the first sample, >= 0; the i-th uses seed + i "
-                                             "(default: %(default)s)")
-    a("--device", default="auto", choices=DEVICE_CHOICES, help="auto: cuda, mps, dml, then cpu "
-                                                               "(default: %(default)s)")
+    add_seed_flag(p, 1337, "seed of the first sample; the i-th uses seed + i")
+    add_device_flag(p)
     args = p.parse_args(argv)
     if args.data == "":
         raise UserError("--data is empty: name the corpus, or leave the flag out for the checkpoint's own")
@@ -99,8 +94,7 @@ def parse_args(argv=None):
                         f"and sample is generated whole before it is scored")
     if not 0 <= args.samples <= 1000 or not 0 <= args.temp < math.inf:
         raise UserError("--samples must be in [0, 1000] and --temp a number >= 0")
-    if not 0 <= args.seed < 2 ** 63 - args.samples:
-        raise UserError(f"--seed must be in [0, 2**63 - --samples), got {args.seed}")
+    check_seed(args.seed, following=args.samples)
     return args
 
 
@@ -115,7 +109,7 @@ def run_evaluation(args):
     data = training_data(checkpoint, args.data)
     if args.report:
         check_output_path(args.report, "--report", [data])
-    val_fraction = (checkpoint.get("train_args") or {}).get("val_fraction", 0.1)
+    val_fraction = checkpoint["run_config"].get("val_fraction", 0.1)
     report = {"checkpoint": args.ckpt, "chat": bool(checkpoint.get("chat", False)), "data": data,
               "qa_file": args.qa, "split": args.split, "elapsed_s": {}}
 
@@ -176,12 +170,6 @@ def json_ready(value):
     return value
 
 
-def write_report(path, report):
-    with atomic_write(path, "w", encoding="utf-8") as f:
-        json.dump(json_ready(report), f, ensure_ascii=False, indent=1)
-        f.write("\n")
-
-
 def main(argv=None):
     args = parse_args(argv)
     if args.report:  # checked before it is claimed, so a bad path leaves no lock behind
@@ -191,7 +179,9 @@ def main(argv=None):
         report = run_evaluation(args)
         print(format_table(report))
         if args.report:
-            write_report(args.report, report)
+            with atomic_write(args.report, "w", encoding="utf-8") as f:
+                json.dump(json_ready(report), f, ensure_ascii=False, indent=1)
+                f.write("\n")
             print(f"wrote {args.report}")
     print(f"elapsed_s={report['elapsed_s']['total']:.1f}")
     return report

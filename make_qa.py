@@ -33,20 +33,17 @@ from qa import DEFAULT_CORPUS, DEFAULT_FACTS, DEFAULT_OUT, Problems, build, load
 
 def main(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=DEFAULT_OUT,
-                   help="where to write the dataset (default: qa.jsonl beside this script); "
-                        "must not be the facts file or the corpus")
-    p.add_argument("--facts", default=DEFAULT_FACTS,
-                   help="the hand-written facts, one JSON object a line "
-                        "(default: qa_facts.jsonl beside this script)")
-    p.add_argument("--check", metavar="PATH",
-                   help="instead of building, validate an existing qa.jsonl: one line per problem, "
-                        "exit 2 if there are any")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace --out if it exists and holds anything other than the dataset the facts make "
-                        "(a file that holds exactly that is left as it is)")
-    p.add_argument("--corpus", default=DEFAULT_CORPUS,
-                   help="the text the evidence is quoted from (default: data.txt beside this script)")
+    a = p.add_argument
+    a("--out", default=DEFAULT_OUT, help="where to write the dataset (default: qa.jsonl beside this script); "
+                                         "must not be the facts file or the corpus")
+    a("--facts", default=DEFAULT_FACTS,
+      help="the hand-written facts, one JSON object a line (default: qa_facts.jsonl beside this script)")
+    a("--check", metavar="PATH",
+      help="instead of building, validate an existing qa.jsonl: one line per problem, exit 2 if there are any")
+    a("--overwrite", action="store_true", help="replace --out if it exists and holds anything other than the dataset "
+                                               "the facts make (a file that holds exactly that is left as it is)")
+    a("--corpus", default=DEFAULT_CORPUS,
+      help="the text the evidence is quoted from (default: data.txt beside this script)")
     args = p.parse_args(argv)
     try:
         if args.check is not None:

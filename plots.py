@@ -12,7 +12,7 @@ stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load 
 import csv
 import math
 
-from errors import ArgumentParser, UserError, run_main
+from errors import ArgumentParser, UserError, run_main, short_reason
 from files import atomic_write, check_input_file, check_output_path, claimed, refuse_existing
 
 
@@ -31,7 +31,7 @@ def write_metrics(path, rows):
             writer.writeheader()
             writer.writerows(rows)
     except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+        raise UserError(f"cannot write {path}: {e.strerror or short_reason(e)}") from None
 
 
 def read_metrics(path):
@@ -41,8 +41,7 @@ def read_metrics(path):
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:  # csv.Error: a NUL byte, a field over the size limit
-        reason = getattr(e, "strerror", None) or str(e).splitlines()[0][:120]
-        raise UserError(f"cannot read {path}: {reason}") from None
+        raise UserError(f"cannot read {path}: {getattr(e, 'strerror', None) or short_reason(e)}") from None
     if not rows or not {"elapsed_s", "val_loss"} <= set(rows[0]):
         raise UserError(f"{path} is not a metrics CSV from train.py")
     for line, row in enumerate(rows, start=2):  # line 1 is the header
@@ -72,7 +71,7 @@ def _save(plt, fig, ax, path, xlabel):
         with atomic_write(path) as f:
             fig.savefig(f, format="png", dpi=110)
     except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+        raise UserError(f"cannot write {path}: {e.strerror or short_reason(e)}") from None
     finally:
         plt.close(fig)
 

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+from collections import Counter
 
 from errors import UserError
 from files import atomic_write, check_input_file, check_output_path, claimed, refuse_existing
@@ -46,22 +47,10 @@ MIN_PHRASINGS = 3
 MAX_SHOWN = 50  # problems listed on the command line; a wrong corpus would otherwise flood it
 
 
-def normalize(s):
+def fold_case_and_quotes(s):
     """Fold case, curly quotes and runs of whitespace: 'Achilles’\\n son' -> "achilles' son"."""
     s = s.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
     return re.sub(r"\s+", " ", s).strip().casefold()
-
-
-def answer_in_evidence(answer, evidence):
-    return normalize(answer) in normalize(evidence)
-
-
-def foreign_chars(text, corpus_chars):
-    """Characters of text that never occur in the corpus: "Achilles' son" -> "'" for Butler's text.
-
-    A character-level model trained on data.txt cannot even encode them (it has
-    no straight apostrophe, only ’), so questions and answers must avoid them."""
-    return "".join(sorted(set(text) - corpus_chars))
 
 
 def held_out_phrasing(fact_id, n):
@@ -71,53 +60,97 @@ def held_out_phrasing(fact_id, n):
     return int(hashlib.sha256(fact_id.encode("utf-8")).hexdigest(), 16) % n
 
 
-def read_corpus(path):
-    check_input_file(path, "the corpus")
+def read_text(path, what):
+    """The text of a UTF-8 file; UserError, naming it as `what`, if it cannot be read."""
+    check_input_file(path, what)
     try:
         with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+            return fh.read()
     except OSError as e:
-        raise UserError(f"cannot read the corpus {path}: {e.strerror}") from None
+        raise UserError(f"cannot read {what} {path}: {e.strerror}") from None
     except UnicodeDecodeError as e:
-        raise UserError(f"the corpus {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise UserError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def read_corpus(path):
+    text = read_text(path, "the corpus")
     if not text.strip():
         raise UserError(f"the corpus {path} is empty: give the text the facts quote as evidence")
     return text
 
 
-def _lines(path):
-    """(line number, text) of the non-blank lines of a file; UserError if it cannot be read."""
-    check_input_file(path, "the file" if path else "the file name")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text: {e.reason} at byte {e.start}") from None
-    return [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+def quote_problems(answer, evidence, texts, corpus_text, corpus_chars):
+    """What is wrong with an answer, its evidence and its texts [(label, text), ...] against the corpus.
+
+    The evidence must be a verbatim span of the corpus that holds the answer
+    (case, quotes and whitespace aside). The texts (answer and questions) must
+    use only characters the corpus has: a character-level model trained on
+    data.txt cannot even encode the others (it has no straight apostrophe, only ’).
+    """
+    problems = []
+    if evidence not in corpus_text:
+        problems.append(f"evidence not found verbatim in the corpus: {evidence!r}")
+    if fold_case_and_quotes(answer) not in fold_case_and_quotes(evidence):
+        problems.append(f"answer {answer!r} does not occur in its evidence")
+    for label, text in texts:
+        lacking = "".join(sorted(set(text) - corpus_chars))
+        if lacking:
+            problems.append(f"{label} has characters the corpus lacks: {lacking!r} "
+                            f"(use Butler's ’ for an apostrophe)")
+    return problems
 
 
-def _object_problem(line, fields):
-    """The first shape problem of one JSON line against fields, or (None, object) when it is sound.
+def _json_lines(path, fields, more_problem):
+    """(line number, problem, object) for each non-blank line of a JSONL file.
 
-    A str field must be a non-empty string; a list field a list of non-empty strings."""
-    try:
-        obj = parse_json(line)
-    except UserError as e:
-        return str(e), None
+    problem is None for a sound line, else the first thing wrong with it: not
+    JSON, not an object, a field missing or of the wrong type (a str field must
+    be a non-empty string, a list field a list of them), or more_problem(object).
+    """
+    for n, line in enumerate(read_text(path, "the file" if path else "the file name").split("\n"), 1):
+        if line.strip():
+            try:
+                obj = parse_json(line)
+            except UserError as e:
+                yield n, str(e), None
+                continue
+            yield n, _shape_problem(obj, fields) or more_problem(obj), obj
+
+
+def _shape_problem(obj, fields):
     if not isinstance(obj, dict):
-        return f"expected a JSON object, got {type(obj).__name__}", None
+        return f"expected a JSON object, got {type(obj).__name__}"
     for key, typ in fields.items():
         if key not in obj:
-            return f"missing field {key!r}", None
+            return f"missing field {key!r}"
         value = obj[key]
         if typ is str and (not isinstance(value, str) or not value.strip()):
-            return f"field {key!r} must be a non-empty string, got {value!r}", None
-        if typ is list and (not isinstance(value, list)
-                            or not all(isinstance(v, str) and v.strip() for v in value)):
-            return f"field {key!r} must be a list of non-empty strings, got {value!r}", None
-    return None, obj
+            return f"field {key!r} must be a non-empty string, got {value!r}"
+        if typ is list and (not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value)):
+            return f"field {key!r} must be a list of non-empty strings, got {value!r}"
+    return None
+
+
+def _unknown_field(fact):
+    """A misspelt or made-up field, which would otherwise be dropped without a word."""
+    extra = [key for key in fact if key not in FACT_FIELDS]
+    return f"unknown field {extra[0]!r} (a fact has {', '.join(FACT_FIELDS)})" if extra else None
+
+
+def _unknown_split(record):
+    return None if record["split"] in SPLITS else f"split must be 'train' or 'test', got {record['split']!r}"
+
+
+def _load(path, fields, more_problem, empty):
+    """The objects of a JSONL file, in file order; UserError at its first bad line, or `empty` if it has none."""
+    objects = []
+    for n, problem, obj in _json_lines(path, fields, more_problem):
+        if problem:
+            raise UserError(f"{path} line {n}: {problem}")
+        objects.append(obj)
+    if not objects:
+        raise UserError(empty)
+    return objects
 
 
 # ---- the facts ----------------------------------------------------------------
@@ -128,50 +161,30 @@ def load_facts(path=DEFAULT_FACTS):
     Checks only their shape, raising UserError at the first bad line
     ("qa_facts.jsonl line 7: missing field 'evidence'"); `check_facts` checks
     them against the corpus."""
-    facts = []
-    for n, line in _lines(path):
-        problem, f = _object_problem(line, FACT_FIELDS)
-        if not problem:
-            # A misspelt or made-up field would otherwise be dropped without a word.
-            extra = [key for key in f if key not in FACT_FIELDS]
-            if extra:
-                problem = f"unknown field {extra[0]!r} (a fact has {', '.join(FACT_FIELDS)})"
-        if problem:
-            raise UserError(f"{path} line {n}: {problem}")
-        facts.append(f)
-    if not facts:
-        raise UserError(f"{path} holds no facts")
-    return facts
+    return _load(path, FACT_FIELDS, _unknown_field, f"{path} holds no facts")
 
 
 def check_facts(facts, corpus_text):
     """Problems in the hand-written facts, as strings; [] when they are all sound."""
     problems, seen, corpus_chars = [], set(), set(corpus_text)
-    asked = {}  # normalized question -> id of the fact that asks it
+    asked = {}  # folded question -> id of the fact that asks it
     for i, f in enumerate(facts):  # well-formed: load_facts checked their shape
-        where = f"fact {i} ({f['id']})"
-        qs = f["questions"]
-        distinct = len({normalize(q) for q in qs})
+        found, qs = [], f["questions"]
+        distinct = len({fold_case_and_quotes(q) for q in qs})
         if distinct != len(qs) or distinct < MIN_PHRASINGS:
-            problems.append(f"{where}: needs at least {MIN_PHRASINGS} questions, all distinct; "
-                            f"has {len(qs)}, {distinct} distinct")
+            found.append(f"needs at least {MIN_PHRASINGS} questions, all distinct; has {len(qs)}, {distinct} distinct")
         for q in qs:  # one question with two answers would teach a contradiction
-            other = asked.setdefault(normalize(q), f["id"])
+            other = asked.setdefault(fold_case_and_quotes(q), f["id"])
             if other != f["id"]:
-                problems.append(f"{where}: question {q!r} is also asked by fact {other!r}")
+                found.append(f"question {q!r} is also asked by fact {other!r}")
         if f["id"] in seen:
-            problems.append(f"{where}: duplicate fact id")
+            found.append("duplicate fact id")
         seen.add(f["id"])
         if "/" in f["id"]:
-            problems.append(f"{where}: fact id must not contain '/' (it separates the phrasing index)")
-        if f["evidence"] not in corpus_text:
-            problems.append(f"{where}: evidence not found verbatim in the corpus: {f['evidence']!r}")
-        if not answer_in_evidence(f["answer"], f["evidence"]):
-            problems.append(f"{where}: answer {f['answer']!r} does not occur in its evidence")
-        for label, text in [("answer", f["answer"])] + [(f"question {j}", q) for j, q in enumerate(qs)]:
-            if foreign_chars(text, corpus_chars):
-                problems.append(f"{where}: {label} has characters the corpus lacks: "
-                                f"{foreign_chars(text, corpus_chars)!r} (use Butler's ’ for an apostrophe)")
+            found.append("fact id must not contain '/' (it separates the phrasing index)")
+        texts = [("answer", f["answer"])] + [(f"question {j}", q) for j, q in enumerate(qs)]
+        found += quote_problems(f["answer"], f["evidence"], texts, corpus_text, corpus_chars)
+        problems += [f"fact {i} ({f['id']}): {p}" for p in found]
     return problems
 
 
@@ -188,11 +201,6 @@ def build_records(facts):
     return records
 
 
-def to_jsonl(records):
-    # ensure_ascii=False keeps Butler's curly quotes readable; the file is UTF-8.
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-
-
 def build(out=DEFAULT_OUT, facts=DEFAULT_FACTS, corpus=DEFAULT_CORPUS, overwrite=False):
     """Check the facts file against the corpus and write its records to `out`; returns the records.
 
@@ -207,7 +215,8 @@ def build(out=DEFAULT_OUT, facts=DEFAULT_FACTS, corpus=DEFAULT_CORPUS, overwrite
     if problems:
         raise Problems(facts, problems)
     records = build_records(fact_list)
-    text = to_jsonl(records)
+    # ensure_ascii=False keeps Butler's curly quotes readable; the file is UTF-8.
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     if os.path.isfile(out) and _read_bytes(out) == text.encode("utf-8"):
         return records
     refuse_existing(out, "--out", overwrite)
@@ -226,16 +235,6 @@ def _read_bytes(path):
 
 # ---- the built dataset ----------------------------------------------------------
 
-def _record_problem(line):
-    """The first schema problem of one line of qa.jsonl, or (None, record) when it is sound."""
-    problem, rec = _object_problem(line, FIELDS)
-    if problem:
-        return problem, None
-    if rec["split"] not in SPLITS:
-        return f"split must be 'train' or 'test', got {rec['split']!r}", None
-    return None, rec
-
-
 def load_qa(path, split=None):
     """Records of a qa.jsonl file, optionally only one split ("train" or "test").
 
@@ -243,79 +242,56 @@ def load_qa(path, split=None):
     Blank lines are skipped."""
     if split is not None and split not in SPLITS:
         raise UserError(f"split must be 'train' or 'test', got {split!r}")
-    records = []
-    for n, line in _lines(path):
-        problem, rec = _record_problem(line)
-        if problem:
-            raise UserError(f"{path} line {n}: {problem}")
-        records.append(rec)
-    if not records:
-        raise UserError(f"{path} holds no records: build it with `python make_qa.py`")
+    records = _load(path, FIELDS, _unknown_split, f"{path} holds no records: build it with `python make_qa.py`")
     return [r for r in records if split is None or r["split"] == split]
 
 
 def validate_qa(path, corpus_text=None):
     """Every problem in a qa.jsonl file, one string each, with its line number; [] when clean.
 
-    Checks the schema, unique ids, one test phrasing per fact, that each evidence
-    occurs verbatim in the corpus (data.txt beside this module unless corpus_text
-    is given) and that each answer occurs in its evidence (case and whitespace aside)."""
+    Checks the schema, unique ids, one test phrasing per fact, no question
+    asked twice with different answers, and each record against the corpus
+    (data.txt beside this module unless corpus_text is given) as `quote_problems` does."""
     if corpus_text is None:
         corpus_text = read_corpus(DEFAULT_CORPUS)
-    problems, ids, tests, first_line, asked = [], {}, {}, {}, {}
-    corpus_chars = set(corpus_text)
-    for n, line in _lines(path):
-        problem, rec = _record_problem(line)
+    problems, ids, asked, corpus_chars = [], {}, {}, set(corpus_text)
+    first_line, tests = {}, Counter()  # by fact id
+    for n, problem, r in _json_lines(path, FIELDS, _unknown_split):
         if problem:
             problems.append(f"{path} line {n}: {problem}")
             continue
-        if rec["id"] in ids:
-            problems.append(f"{path} line {n}: duplicate id {rec['id']!r} (first on line {ids[rec['id']]})")
-        ids.setdefault(rec["id"], n)
-        q = normalize(rec["question"])
-        if q in asked and asked[q][1] != normalize(rec["answer"]):
-            problems.append(f"{path} line {n}: question asked again with a different answer "
-                            f"(first on line {asked[q][0]})")
-        asked.setdefault(q, (n, normalize(rec["answer"])))
-        first_line.setdefault(rec["fact_id"], n)
-        tests[rec["fact_id"]] = tests.get(rec["fact_id"], 0) + (rec["split"] == "test")
-        if rec["evidence"] not in corpus_text:
-            problems.append(f"{path} line {n}: evidence not found in the corpus: {rec['evidence']!r}")
-        if not answer_in_evidence(rec["answer"], rec["evidence"]):
-            problems.append(f"{path} line {n}: answer {rec['answer']!r} does not occur in its evidence")
-        for key in ("question", "answer"):
-            if foreign_chars(rec[key], corpus_chars):
-                problems.append(f"{path} line {n}: {key} has characters the corpus lacks: "
-                                f"{foreign_chars(rec[key], corpus_chars)!r}")
-    for fact_id, count in tests.items():
-        if count != 1:
-            problems.append(f"{path} line {first_line[fact_id]}: fact {fact_id!r} has {count} test "
-                            "questions, expected exactly 1")
+        found = [f"duplicate id {r['id']!r} (first on line {ids[r['id']]})"] if r["id"] in ids else []
+        ids.setdefault(r["id"], n)
+        question, answer = fold_case_and_quotes(r["question"]), fold_case_and_quotes(r["answer"])
+        first, first_answer = asked.setdefault(question, (n, answer))
+        if first_answer != answer:
+            found.append(f"question asked again with a different answer (first on line {first})")
+        first_line.setdefault(r["fact_id"], n)
+        tests[r["fact_id"]] += r["split"] == "test"
+        texts = [("question", r["question"]), ("answer", r["answer"])]
+        found += quote_problems(r["answer"], r["evidence"], texts, corpus_text, corpus_chars)
+        problems += [f"{path} line {n}: {p}" for p in found]
+    problems += [f"{path} line {n}: fact {fact_id!r} has {tests[fact_id]} test questions, expected exactly 1"
+                 for fact_id, n in first_line.items() if tests[fact_id] != 1]
     if not ids and not problems:
         problems.append(f"{path}: no records")
     return problems
 
 
 class Problems(UserError):
-    """A file with problems: the message counts them in one line; `report` lists them, one a line."""
+    """A file with problems: the message counts them in one line; `report` lists them, one a line,
+    at most MAX_SHOWN of them."""
 
     def __init__(self, path, problems):
         super().__init__(f"{path} has {len(problems)} problem(s), listed above")
-        self.report = problem_report(path, problems)
-
-
-def problem_report(header, problems):
-    """One line per problem under a header, at most MAX_SHOWN of them."""
-    shown = problems[:MAX_SHOWN]
-    if len(problems) > MAX_SHOWN:
-        shown.append(f"... and {len(problems) - MAX_SHOWN} more")
-    return f"{header}: {len(problems)} problem(s)\n" + "\n".join(shown)
+        more = [f"... and {len(problems) - MAX_SHOWN} more"] if len(problems) > MAX_SHOWN else []
+        self.report = f"{path}: {len(problems)} problem(s)\n" + "\n".join(problems[:MAX_SHOWN] + more)
 
 
 def summary(records):
     """'N facts, N questions (train N, test N); by category: ...' for the command line."""
     facts = {r["fact_id"] for r in records}
-    split = {s: sum(r["split"] == s for r in records) for s in SPLITS}
+    split = Counter(r["split"] for r in records)
     cats = {}
     for r in records:
         cats.setdefault(r["category"], set()).add(r["fact_id"])

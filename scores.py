@@ -25,8 +25,8 @@ def mean(values):
     return fmean(values) if values else float("nan")
 
 
-def normalize_answer(s):
-    """SQuAD's normalization: lower case, no punctuation, no articles, single spaces.
+def squad_normalize(s):
+    """SQuAD's answer normalization: lower case, no punctuation, no articles, single spaces.
 
     'The Shield of Achilles!' -> 'shield of achilles'. Punctuation is any
     Unicode punctuation, so Butler's curly quotes and dashes go too.
@@ -38,7 +38,7 @@ def normalize_answer(s):
 
 def exact_match(prediction, gold):
     """1.0 when the normalized strings are equal, else 0.0."""
-    return float(normalize_answer(prediction) == normalize_answer(gold))
+    return float(squad_normalize(prediction) == squad_normalize(gold))
 
 
 def token_f1(prediction, gold):
@@ -46,7 +46,7 @@ def token_f1(prediction, gold):
 
     ('son of Peleus', 'Peleus') -> precision 1/3, recall 1 -> 0.5.
     """
-    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    pred, ref = squad_normalize(prediction).split(), squad_normalize(gold).split()
     if not pred or not ref:
         return float(pred == ref)  # both empty is a match; one empty scores nothing
     same = sum((Counter(pred) & Counter(ref)).values())
@@ -56,7 +56,7 @@ def token_f1(prediction, gold):
     return 2 * precision * recall / (precision + recall)
 
 
-def qa_scores(model, tokenizer, records, max_new_tokens, progress=True):
+def qa_scores(model, tokenizer, records, max_new_tokens):
     """Greedy answers to every record's question, scored against its answer.
 
     A question with characters the model's vocabulary lacks is scored as
@@ -64,7 +64,7 @@ def qa_scores(model, tokenizer, records, max_new_tokens, progress=True):
     """
     predictions, unencodable = [], 0
     settings = Sampling(max_new_tokens=max_new_tokens, temperature=0.0)
-    for r in tqdm(records, desc="answering", dynamic_ncols=True, file=sys.stderr, disable=not progress):
+    for r in tqdm(records, desc="answering", dynamic_ncols=True, file=sys.stderr):
         try:
             prediction = answer(model, tokenizer, r["question"], settings)
         except UserError:  # characters a char vocabulary lacks: the model cannot even read it
@@ -75,11 +75,13 @@ def qa_scores(model, tokenizer, records, max_new_tokens, progress=True):
     by_category = {}
     for p in predictions:
         by_category.setdefault(p["category"], []).append(p)
-    return {"n": len(predictions), "unencodable": unencodable, "exact_match": mean(p["em"] for p in predictions),
-            "f1": mean(p["f1"] for p in predictions),
-            "by_category": {c: {"n": len(ps), "exact_match": mean(p["em"] for p in ps),
-                                "f1": mean(p["f1"] for p in ps)} for c, ps in sorted(by_category.items())},
-            "predictions": predictions}
+    return {"n": len(predictions), "unencodable": unencodable, **_means(predictions),
+            "by_category": {c: _means(ps) for c, ps in sorted(by_category.items())}, "predictions": predictions}
+
+
+def _means(predictions):
+    return {"n": len(predictions), "exact_match": mean(p["em"] for p in predictions),
+            "f1": mean(p["f1"] for p in predictions)}
 
 
 # ---------------------------------------------------------- text and samples
@@ -113,14 +115,9 @@ def repetition_rate(texts, n=4):
 
     0 for text that never repeats itself; a model stuck in a loop nears 1.
     """
-    repeats = total = 0
-    for t in texts:
-        seen = set()
-        for g in ngrams(complete_words(t), n):
-            repeats += g in seen
-            seen.add(g)
-            total += 1
-    return repeats / total if total else float("nan")
+    grams = [ngrams(complete_words(t), n) for t in texts]
+    total = sum(map(len, grams))
+    return sum(len(g) - len(set(g)) for g in grams) / total if total else float("nan")
 
 
 def vocab_share(texts, vocabulary):
@@ -131,11 +128,8 @@ def vocab_share(texts, vocabulary):
 
 def corpus_passages(corpus, lengths):
     """One passage per length, spread evenly over the corpus, each starting at a line."""
-    passages = []
-    for i, length in enumerate(lengths):
-        start = corpus.find("\n", len(corpus) * i // len(lengths)) + 1
-        passages.append(corpus[start: start + length])
-    return passages
+    starts = [corpus.find("\n", len(corpus) * i // len(lengths)) + 1 for i in range(len(lengths))]
+    return [corpus[start: start + length] for start, length in zip(starts, lengths)]
 
 
 def sample_scores(model, tokenizer, corpus, n, settings):

@@ -9,6 +9,7 @@ Both kinds, characters here and byte-level BPE in bpe.py, are a Tokenizer:
 tokenizer_io.py rebuilds either kind from a dict or a file.
 """
 import codecs
+import re
 
 from errors import UserError
 
@@ -29,45 +30,50 @@ def split_on_specials(text, allowed):
     """
     if not allowed:
         return [text]
-    pieces, start, i = [], 0, 0
-    while i < len(text):
-        if text[i] == "<":
-            match = next((s for s in allowed if text.startswith(s, i)), None)
-            if match:
-                pieces += [text[start:i], match]
-                i += len(match)
-                start = i
-                continue
-        i += 1
-    pieces.append(text[start:])
-    return [p for p in pieces if p]
+    alternatives = "|".join(map(re.escape, sorted(allowed, key=len, reverse=True)))  # the longest match wins
+    return [p for p in re.split(f"({alternatives})", text) if p]
+
+
+def check_special_tokens(stored):
+    """UserError unless a stored tokenizer's special tokens are this code's."""
+    if stored != list(SPECIAL_TOKENS):
+        raise UserError(f"the tokenizer's special tokens {stored!r} differ from this code's {list(SPECIAL_TOKENS)}")
 
 
 class Tokenizer:
-    """The shared part: special tokens, decoding and character counts, built on token_bytes.
+    """The shared part: the vocabulary's bytes, special tokens, decoding and character counts.
 
-    A subclass sets kind, vocab_size and special_tokens, and implements
-    encode_ordinary(text), token_bytes(id) and to_dict().
+    A subclass sets kind, calls _set_vocab with the bytes of its ordinary
+    tokens, and implements encode_ordinary(text) and to_dict().
     """
 
     kind = None
 
+    def _set_vocab(self, ordinary_bytes):
+        """Ids 0.. for the ordinary tokens' bytes, then one each for the SPECIAL_TOKENS."""
+        n = len(ordinary_bytes)
+        self.special_tokens = {s: n + i for i, s in enumerate(SPECIAL_TOKENS)}
+        self._bytes = [*ordinary_bytes, *(s.encode("utf-8") for s in SPECIAL_TOKENS)]
+        self.vocab_size = len(self._bytes)
+
     def encode(self, text, allowed_special=()):
         """Text -> ids. A special token's text becomes its id only where allowed
         ('all' or a collection of names); elsewhere it is encoded as plain text."""
-        if allowed_special == "all":
-            allowed = set(self.special_tokens)
-        else:
-            allowed = set(allowed_special)
-            if allowed - set(self.special_tokens):
-                raise ValueError(f"not special tokens of this tokenizer: {sorted(allowed - set(self.special_tokens))}")
+        allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
+        if allowed - set(self.special_tokens):
+            raise ValueError(f"not special tokens of this tokenizer: {sorted(allowed - set(self.special_tokens))}")
         ids = []
         for piece in split_on_specials(text, allowed):
-            if piece in allowed:
-                ids.append(self.special_tokens[piece])
-            else:
-                ids.extend(self.encode_ordinary(piece))
+            ids += [self.special_tokens[piece]] if piece in allowed else self.encode_ordinary(piece)
         return ids
+
+    def token_bytes(self, i):
+        """The bytes of one token; U+FFFD's bytes for an id we don't know."""
+        try:
+            i = int(i)
+        except (TypeError, ValueError, OverflowError):
+            return REPLACEMENT
+        return self._bytes[i] if 0 <= i < len(self._bytes) else REPLACEMENT
 
     def decode(self, ids):
         """Ids -> text. Never raises: bytes that aren't valid UTF-8 become U+FFFD."""
@@ -95,9 +101,7 @@ class CharTokenizer(Tokenizer):
         chars = sorted(set(chars))
         self.idx_to_char = dict(enumerate(chars))
         self.char_to_idx = {ch: i for i, ch in enumerate(chars)}
-        self.special_tokens = {s: len(chars) + i for i, s in enumerate(SPECIAL_TOKENS)}
-        self._bytes = [ch.encode("utf-8", "surrogatepass") for ch in chars] + [s.encode() for s in SPECIAL_TOKENS]
-        self.vocab_size = len(chars) + len(SPECIAL_TOKENS)
+        self._set_vocab([ch.encode("utf-8", "surrogatepass") for ch in chars])
 
     def encode_ordinary(self, text):
         unknown = sorted(set(text) - set(self.char_to_idx))
@@ -106,13 +110,8 @@ class CharTokenizer(Tokenizer):
             raise UserError(f"the text has characters the model's vocabulary lacks: {shown}")
         return [self.char_to_idx[c] for c in text]
 
-    def token_bytes(self, i):
-        i = int(i)
-        return self._bytes[i] if 0 <= i < len(self._bytes) else REPLACEMENT
-
     def to_dict(self):
-        chars = [self.idx_to_char[i] for i in range(len(self.idx_to_char))]
-        return {"kind": self.kind, "chars": chars, "special_tokens": list(SPECIAL_TOKENS)}
+        return {"kind": self.kind, "chars": list(self.idx_to_char.values()), "special_tokens": list(SPECIAL_TOKENS)}
 
     @classmethod
     def from_dict(cls, d):
@@ -121,9 +120,7 @@ class CharTokenizer(Tokenizer):
             raise UserError("the character tokenizer's 'chars' must be a list of single characters")
         if len(set(chars)) != len(chars) or chars != sorted(chars):
             raise UserError("the character tokenizer's 'chars' must be distinct and sorted")
-        if d.get("special_tokens", list(SPECIAL_TOKENS)) != list(SPECIAL_TOKENS):
-            raise UserError(f"the tokenizer's special tokens {d.get('special_tokens')!r} "
-                            f"differ from this code's {list(SPECIAL_TOKENS)}")
+        check_special_tokens(d.get("special_tokens", list(SPECIAL_TOKENS)))
         return cls(chars)
 
 

@@ -19,29 +19,24 @@ from files import check_input_file, check_output_path, claimed, refuse_existing
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(
-        description="Train a byte-level BPE tokenizer (see bpe.py) on a UTF-8 text file.")
-    p.add_argument("--data", default="data.txt",
-                   help="the training corpus, a UTF-8 text file (default: data.txt)")
-    p.add_argument("--vocab-size", type=int, default=4096,
-                   help="total vocabulary size, counting the 256 byte tokens and the "
-                        f"{bpe.N_SPECIAL} special tokens: it learns vocab-size - "
-                        f"{256 + bpe.N_SPECIAL} merges (default: 4096)")
-    p.add_argument("--out", default="tokenizer.json",
-                   help="where to write the tokenizer, as JSON (default: tokenizer.json)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.add_argument("--pattern", default=bpe.GPT4_PATTERN,
-                   help="regex (Python 'regex' package syntax) that splits text into the "
-                        "chunks that merges never cross (default: GPT-4's, bpe.GPT4_PATTERN)")
-    p.add_argument("--block-mb", type=float, default=1.0,
-                   help="read the corpus this many megabytes at a time; peak memory "
-                        "grows with it (default: 1)")
+    p = ArgumentParser(description="Train a byte-level BPE tokenizer (see bpe.py) on a UTF-8 text file.")
+    a = p.add_argument
+    a("--data", default="data.txt", help="the training corpus, a UTF-8 text file (default: %(default)s)")
+    a("--vocab-size", type=int, default=4096,
+      help=f"total vocabulary size, counting the 256 byte tokens and the {bpe.N_SPECIAL} special tokens: "
+           f"it learns vocab-size - {256 + bpe.N_SPECIAL} merges (default: %(default)s)")
+    a("--out", default="tokenizer.json", help="where to write the tokenizer, as JSON (default: %(default)s)")
+    a("--overwrite", action="store_true", help="replace --out if it exists")
+    a("--pattern", default=bpe.GPT4_PATTERN, help="regex (Python 'regex' package syntax) that splits text into "
+      "the chunks that merges never cross (default: GPT-4's, bpe.GPT4_PATTERN)")
+    a("--block-mb", type=float, default=1.0,
+      help="read the corpus this many megabytes at a time; peak memory grows with it (default: 1)")
     return p.parse_args(argv)
 
 
-class Progress:
-    """Prints 'label 40% (done/total)' each time another tenth is done (stdout,
-    so that stderr holds only errors)."""
+class TenthsPrinter:
+    """A progress callback: prints 'label 40% (done/total)' each time another tenth is done (to stdout, so that
+    stderr holds only errors)."""
 
     def __init__(self, label):
         self.label, self.shown = label, -1
@@ -65,12 +60,12 @@ def main(argv=None):
     with claimed(args.out, "--out"):
         t0 = time.perf_counter()
         counts = bpe.count_file_chunks(args.data, args.pattern, max(1, int(args.block_mb * 2**20)),
-                                       progress=Progress("reading bytes"))
+                                       progress=TenthsPrinter("reading bytes"))
         if not counts:
             raise UserError(f"{args.data} is empty: give a corpus with at least a few words of text")
         print(f"{sum(counts.values()):,} chunks, {len(counts):,} distinct, "
               f"in {time.perf_counter() - t0:.2f}s", flush=True)
-        tok = bpe.train_bpe(counts, args.vocab_size, args.pattern, progress=Progress("merges"))
+        tok = bpe.train_bpe(counts, args.vocab_size, args.pattern, progress=TenthsPrinter("merges"))
         if len(tok.merges) < n_merges:
             print(f"note: the corpus ran out of pairs after {len(tok.merges):,} merges, "
                   f"so the vocabulary is smaller than asked")

@@ -131,7 +131,7 @@ def test_chat_loop_keeps_the_history_and_forgets_it_on_reset(monkeypatch):
     prompts = []
 
     def fake_answer(model, tokenizer, ids, settings):
-        assert settings.stop_ids == chat.stop_ids(tokenizer)
+        assert settings.stop_ids == (tokenizer.special_tokens[END_OF_TURN],)
         prompts.append(tokenizer.decode(ids))
         yield "answer " + "abc"[len(prompts) - 1]
 

@@ -17,8 +17,8 @@ from conftest import QA, TINY, assert_clean_error
     ("Theseus, then", "theseus then"),  # articles go only as whole words
     ("", ""),
 ])
-def test_normalize_answer(text, normalized):
-    assert scores.normalize_answer(text) == normalized
+def test_squad_normalize(text, normalized):
+    assert scores.squad_normalize(text) == normalized
 
 
 def test_exact_match():
