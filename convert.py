@@ -51,10 +51,10 @@ def import_(args):
     with claimed(args.ckpt, "CKPT"):
         refuse_existing(args.ckpt, "CKPT", args.overwrite)
         config, weights, tokenizer, chat = from_hf(args.in_dir)
-        train_args = {"model": "transformer", **{k: config[k] for k in ("n_layer", "n_head", "n_embd", "block_size",
+        run_config = {"model": "transformer", **{k: config[k] for k in ("n_layer", "n_head", "n_embd", "block_size",
                                                                          "dropout", "bias")}, "data": None,
                       "imported_from": os.path.abspath(args.in_dir)}
-        checkpoint = checkpoint_dict("transformer", config, weights, tokenizer, train_args=train_args, chat=chat)
+        checkpoint = checkpoint_dict("transformer", config, weights, tokenizer, run_config=run_config, chat=chat)
         check_model(checkpoint, args.in_dir)  # the checks every checkpoint gets before it is used
         save_checkpoint(args.ckpt, checkpoint)
     print(f"wrote {args.ckpt}: {config['n_layer']} layers, {config['n_embd']} wide, context {config['block_size']}, "

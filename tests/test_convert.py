@@ -11,12 +11,12 @@ from tokenizers import Tokenizer
 
 import chat
 import convert
-import hf
 import train
 from bpe import train_bpe
 from checkpoint import load_checkpoint, load_model
 from conftest import DATA, TINY
 from errors import run_main
+from hf_tokenizer import GPT2_PATTERN, read_tokenizer, tokenizer_json
 from sampling import Sampling, generate_ids, stream_text, text_prompt
 from tokenizer import ASSISTANT, END_OF_TURN, ENDOFTEXT, USER, CharTokenizer
 
@@ -79,7 +79,7 @@ def test_an_exported_model_is_the_same_model_in_transformers(tmp_path, checkpoin
 @pytest.mark.parametrize("kind", ["char", "bpe"])
 def test_the_exported_tokenizer_encodes_data_txt_as_b_lm_does(kind):
     ours = CharTokenizer(CORPUS) if kind == "char" else train_bpe(CORPUS[:200_000], 600)
-    theirs = Tokenizer.from_str(json.dumps(hf.tokenizer_json(ours)))
+    theirs = Tokenizer.from_str(json.dumps(tokenizer_json(ours)))
     text = CORPUS + "<|end|> and <|user|>" + ("" if kind == "char" else " naïve 你好 \x00 ’s")
     assert theirs.encode(text).ids == ours.encode(text, allowed_special="all")
     assert theirs.decode(ours.encode(CORPUS[:5000]), skip_special_tokens=False) == CORPUS[:5000]
@@ -148,8 +148,8 @@ def test_a_gpt2_model_imports_with_its_tokenizer_and_logits(tmp_path, gpt2_folde
     convert.main(["from-hf", str(folder), str(ckpt)])
     model, tokenizer, saved = load_model(str(ckpt))
     c = saved["model_config"]
-    assert (c["bias"], c["tie_embeddings"], c["gelu"]) == (True, True, "tanh") and tokenizer.pattern == hf.GPT2_PATTERN
-    _, to_ours, _ = hf.read_tokenizer(str(folder))
+    assert (c["bias"], c["tie_embeddings"], c["gelu"]) == (True, True, "tanh") and tokenizer.pattern == GPT2_PATTERN
+    _, to_ours, _ = read_tokenizer(str(folder))
     order = torch.tensor([to_ours[i] for i in range(len(their_tokenizer))])  # their ids in our numbering
     for prompt in PROMPTS + [CORPUS[1000:1080]]:
         their_ids = their_tokenizer(prompt)["input_ids"]
@@ -195,7 +195,7 @@ def test_an_imported_model_fine_tunes_on_new_text(tmp_path, gpt2_folder, capsys)
                          "--batch-size", "4", "--eval-tokens", "256", "--warmup-iters", "2", "--lr", "1e-3"])
     base, tuned = load_checkpoint(str(tmp_path / "gpt2.pth")), load_checkpoint(str(tmp_path / "mine.pth"))
     assert result["step"] == 6 and tuned["model_config"] == base["model_config"]
-    assert tuned["tokenizer"] == base["tokenizer"] and tuned["train_args"]["init_from"] == str(tmp_path / "gpt2.pth")
+    assert tuned["tokenizer"] == base["tokenizer"] and tuned["run_config"]["init_from"] == str(tmp_path / "gpt2.pth")
     assert not torch.equal(tuned["model"]["wte.weight"], base["model"]["wte.weight"])
 
 
@@ -507,21 +507,19 @@ def test_the_embedding_rows_must_match_vocab_size(tmp_path, capsys, hf_folders):
 
 # ------------------------------------------------------------------- hostile JSON
 
+def arrays(depth):
+    """JSON arrays nested `depth` deep: [[[...]]]."""
+    return "[" * depth + "]" * depth
+
+
 DEEP = 100_000
-JSON_SHAPES = {
-    "deep-array": "[" * DEEP + "]" * DEEP,
-    "deep-value": '{"model_type": "gpt2", "x": ' + "[" * DEEP + "]" * DEEP + "}",
-    "deep-object": '{"a": ' * DEEP + "1" + "}" * DEEP,
-    "deep-unclosed": "[" * DEEP,
-    "deep-150": '{"model_type": "gpt2", "x": ' + "[" * 150 + "]" * 150 + "}",  # parses, but no file of ours is
-    "deep-990": "[" * 990 + "]" * 990,
-    "invalid": '{"model_type": "gpt2",',
-    "empty": "",
-    "array": "[1, 2]",
-    "string": '"config"',
-    "not-utf8": b'{"model_type": "\xff\xfe"}',
-    "huge-int": '{"n_layer": ' + "9" * 5000 + "}",
-}
+IN_CONFIG = '{{"model_type": "gpt2", "x": {}}}'
+JSON_SHAPES = {"deep-array": arrays(DEEP), "deep-value": IN_CONFIG.format(arrays(DEEP)),
+               "deep-object": '{"a": ' * DEEP + "1" + "}" * DEEP, "deep-unclosed": "[" * DEEP,
+               "deep-150": IN_CONFIG.format(arrays(150)),  # parses, but no file of ours nests so deep
+               "deep-990": arrays(990), "invalid": '{"model_type": "gpt2",', "empty": "", "array": "[1, 2]",
+               "string": '"config"', "not-utf8": b'{"model_type": "\xff\xfe"}',
+               "huge-int": '{"n_layer": ' + "9" * 5000 + "}"}
 
 
 def write(path, content):

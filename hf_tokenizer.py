@@ -1,0 +1,241 @@
+"""Tokenizers in the Hugging Face format: b_lm's tokenizers as tokenizer.json (a chat model's template in
+tokenizer_config.json), and back.
+
+The tokenizer.json runs in Hugging Face's `tokenizers` with no b_lm code:
+  - BPE: our split regex, then GPT-2's byte-to-unicode alphabet (each byte
+    stands as a printable character, a space as 'Ġ'), our vocabulary and
+    merges, our special tokens. It encodes exactly as bpe.py does.
+  - characters: one token per character, the same ids.
+A GPT-2 vocabulary read in is laid out as bpe.py lays out its own (bytes in
+byte order, then a token per merge, then the special tokens): text is
+unchanged, only the byte tokens' numbering can differ.
+"""
+import os
+
+from bpe import BPETokenizer
+from errors import UserError
+from hf_config import as_json, read_object
+from tokenizer import ASSISTANT, END_OF_TURN, ENDOFTEXT, SPECIAL_TOKENS, USER, CharTokenizer
+
+# The pre-tokenizer regex of GPT-2 (and of Hugging Face's ByteLevel pre-tokenizer).
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# How a character tokenizer's tokenizer.json cuts text: into single characters, each its own token.
+CHAR_PRE_TOKENIZER = {"type": "Split", "pattern": {"Regex": r"[\s\S]"}, "behavior": "Isolated", "invert": False}
+BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}" + USER + "{{ message['content'] }}" + END_OF_TURN +
+    "{% elif message['role'] == 'assistant' %}" + ASSISTANT + "{{ message['content'] }}" + END_OF_TURN +
+    "{% else %}{{ raise_exception('b_lm chat models know only user and assistant messages') }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}" + ASSISTANT + "{% endif %}")
+
+
+def byte_to_unicode():
+    """GPT-2's printable stand-in for each byte: {byte: character}.
+
+    Bytes that print as themselves keep their character; the others (space,
+    control bytes, ...) take the characters from U+0100 on, in byte order,
+    so that a vocabulary of byte strings can be written as plain text.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    stand_ins = iter(range(256, 512))
+    return {b: chr(b) if b in printable else chr(next(stand_ins)) for b in range(256)}
+
+
+# ------------------------------------------------------------------- b_lm -> Hugging Face
+
+def tokenizer_json(tokenizer):
+    """The tokenizer as Hugging Face tokenizers' tokenizer.json (a dict)."""
+    added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+              "special": True} for s, i in tokenizer.special_tokens.items()]
+    if tokenizer.kind == "char":
+        chars = [tokenizer.idx_to_char[i] for i in range(len(tokenizer.idx_to_char))]
+        pre_tokenizer, decoder = CHAR_PRE_TOKENIZER, {"type": "Fuse"}
+        model = {"type": "WordLevel", "vocab": {ch: i for i, ch in enumerate(chars)}, "unk_token": ENDOFTEXT}
+    else:
+        alphabet = byte_to_unicode()
+        text = ["".join(alphabet[b] for b in tokenizer.token_bytes(i)) for i in range(256 + len(tokenizer.merges))]
+        pre_tokenizer = {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": tokenizer.pattern}, "behavior": "Isolated", "invert": False},
+            BYTE_LEVEL]}
+        decoder = BYTE_LEVEL
+        model = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                 "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                 "vocab": {t: i for i, t in enumerate(text)},
+                 "merges": [[text[a], text[b]] for a, b in tokenizer.merges]}
+    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+            "pre_tokenizer": pre_tokenizer, "post_processor": None, "decoder": decoder, "model": model}
+
+
+def tokenizer_config(context, eos, chat):
+    """tokenizer_config.json (a dict): the tokenizer class transformers loads, and the chat template of a chat
+    model."""
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": context, "bos_token": ENDOFTEXT,
+              "eos_token": eos, "pad_token": ENDOFTEXT, "clean_up_tokenization_spaces": False}
+    return {**config, "chat_template": CHAT_TEMPLATE} if chat else config
+
+
+# ------------------------------------------------------------------- Hugging Face -> b_lm
+
+def read_tokenizer(in_dir):
+    """(our tokenizer, {Hugging Face id: our id}, chat) from tokenizer.json, or vocab.json + merges.txt."""
+    config_path = os.path.join(in_dir, "tokenizer_config.json")  # a pipe or folder there is refused
+    chat = os.path.lexists(config_path) and read_object(config_path).get("chat_template") == CHAT_TEMPLATE
+    path = os.path.join(in_dir, "tokenizer.json")
+    if os.path.lexists(path):
+        return _from_tokenizer_json(path) + (chat,)
+    vocab_path, merges_path = os.path.join(in_dir, "vocab.json"), os.path.join(in_dir, "merges.txt")
+    if not (os.path.isfile(vocab_path) and os.path.isfile(merges_path)):
+        raise UserError(f"{in_dir} has no tokenizer: it needs tokenizer.json, or vocab.json and merges.txt")
+    vocab = _vocab(read_object(vocab_path), vocab_path)
+    try:
+        with open(merges_path, encoding="utf-8") as f:
+            lines = [line.rstrip("\n") for line in f]
+    except OSError as e:
+        raise UserError(f"cannot read {merges_path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{merges_path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+    specials = {ENDOFTEXT: vocab[ENDOFTEXT]} if ENDOFTEXT in vocab else {}
+    return _bpe_tokenizer(vocab, merges, GPT2_PATTERN, specials, merges_path) + (chat,)
+
+
+def _from_tokenizer_json(path):
+    """(our tokenizer, {Hugging Face id: our id}) from a tokenizer.json: byte-level BPE, or our characters."""
+    spec = read_object(path)
+    model, pre_tokenizer = _part(spec, "model", path), _part(spec, "pre_tokenizer", path)
+    specials = _specials(spec.get("added_tokens"), path)
+    if model.get("type") == "WordLevel":
+        if pre_tokenizer != CHAR_PRE_TOKENIZER or spec.get("normalizer"):
+            raise UserError(f"{path}: a word-level tokenizer b_lm reads must split text into single "
+                            f"characters, as to-hf writes it (a Split on [\\s\\S], Isolated), with no normalizer")
+        return _char_tokenizer(_vocab(model.get("vocab"), path), specials, path)
+    if model.get("type") != "BPE" or spec.get("normalizer") or model.get("continuing_subword_prefix") \
+            or model.get("end_of_word_suffix") or model.get("byte_fallback"):
+        raise UserError(f"{path}: b_lm reads byte-level BPE tokenizers (GPT-2's kind) and its own character "
+                        f"tokenizers, not this one")
+    merges = model.get("merges") or []
+    if not isinstance(merges, list):
+        raise UserError(f"{path}: the model's merges must be a list, not {as_json(merges)}")
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) if isinstance(m, list) else (m,)
+              for m in merges]
+    return _bpe_tokenizer(_vocab(model.get("vocab"), path), merges, _pattern(pre_tokenizer, path), specials, path)
+
+
+def _part(spec, key, path):
+    """An object-valued part of tokenizer.json ({} when absent or null)."""
+    value = spec.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise UserError(f"{path}: its {key} must be an object, not {as_json(value)}")
+    return value or {}
+
+
+def _vocab(vocab, path):
+    """A vocabulary, checked: {token text: id}, each id a different whole number >= 0."""
+    vocab = {} if vocab is None else vocab
+    if not isinstance(vocab, dict):
+        raise UserError(f"{path}: the vocabulary must be an object of token: id, not {as_json(vocab)}")
+    seen = {}
+    for text, i in vocab.items():
+        if type(i) is not int or i < 0:
+            raise UserError(f"{path}: token {as_json(text)} has the id {as_json(i)}, not a whole number >= 0")
+        if i in seen:
+            raise UserError(f"{path}: tokens {as_json(seen[i])} and {as_json(text)} share the id {i}")
+        seen[i] = text
+    return vocab
+
+
+def _specials(added, path):
+    """{text: id} of the special tokens among tokenizer.json's added_tokens, checked."""
+    added = [] if added is None else added
+    if not isinstance(added, list):
+        raise UserError(f"{path}: its added_tokens must be a list, not {as_json(added)}")
+    specials = {}
+    for token in added:
+        if not isinstance(token, dict):
+            raise UserError(f"{path}: an added token must be an object, not {as_json(token)}")
+        if token.get("special"):
+            content, i = token.get("content"), token.get("id")
+            if type(content) is not str or type(i) is not int or i < 0:
+                raise UserError(f"{path}: special token {as_json(token)} needs a string content and a whole-number "
+                                f"id >= 0")
+            specials[content] = i
+    return specials
+
+
+def _pattern(pre_tokenizer, path):
+    """The split regex of a byte-level pre-tokenizer: ByteLevel's own (GPT-2's), or a Split before it."""
+    steps = pre_tokenizer.get("pretokenizers") if pre_tokenizer.get("type") == "Sequence" else [pre_tokenizer]
+    if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
+        raise UserError(f"{path}: its pre-tokenizer steps must be a list of objects, not {as_json(steps)}")
+    kinds = [step.get("type") for step in steps]
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True) and not steps[0].get("add_prefix_space"):
+        return GPT2_PATTERN
+    pattern = steps[0].get("pattern") if steps else None
+    if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex") and not steps[1].get("add_prefix_space") \
+            and steps[0].get("behavior") == "Isolated" and isinstance(pattern, dict) \
+            and isinstance(pattern.get("Regex"), str):
+        return pattern["Regex"]
+    raise UserError(f"{path}: its pre-tokenizer {as_json(kinds)} is not one b_lm reads (GPT-2's ByteLevel, or a "
+                    f"regex Split then ByteLevel, without a prefix space)")
+
+
+def _bpe_tokenizer(vocab, merges, pattern, specials, path):
+    """Our BPETokenizer for a byte-level vocabulary, and {their id: our id}.
+
+    Every token must be a byte or made by a merge of two earlier tokens, and
+    every special token one of ours (SPECIAL_TOKENS).
+    """
+    unknown = sorted(set(specials) - set(SPECIAL_TOKENS))
+    if unknown:
+        raise UserError(f"{path}: special tokens {as_json(unknown)} are not b_lm's ({', '.join(SPECIAL_TOKENS)})")
+    to_byte = {ch: b for b, ch in byte_to_unicode().items()}
+
+    def token_bytes(text):
+        if not isinstance(text, str):
+            raise UserError(f"{path}: token {as_json(text)} is not a string")
+        try:
+            return bytes(to_byte[ch] for ch in text)
+        except KeyError:
+            raise UserError(f"{path}: token {as_json(text)} is not written in the byte-level alphabet") from None
+
+    ours = {bytes([b]): b for b in range(256)}
+    pairs = []
+    for rank, pair in enumerate(merges):
+        if len(pair) != 2:
+            raise UserError(f"{path}: merge #{rank} {as_json(pair)} is not a pair of tokens")
+        left, right = token_bytes(pair[0]), token_bytes(pair[1])
+        if left not in ours or right not in ours or left + right in ours:
+            raise UserError(f"{path}: merge #{rank} {as_json(pair)} joins a token not made before it, or makes one "
+                            f"twice")
+        ours[left + right] = 256 + rank
+        pairs.append((ours[left], ours[right]))
+    try:
+        tokenizer = BPETokenizer(pairs, pattern)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    hf_to_ours = {}
+    for text, hf_id in vocab.items():
+        if text in specials:
+            continue
+        made = token_bytes(text)
+        if made not in ours:
+            raise UserError(f"{path}: token {as_json(text)} is neither a byte nor made by a merge")
+        hf_to_ours[hf_id] = ours[made]
+    for name, hf_id in specials.items():
+        if hf_to_ours.get(hf_id, tokenizer.special_tokens[name]) != tokenizer.special_tokens[name]:
+            raise UserError(f"{path}: the special token {name} has the id {hf_id} of another token")
+        hf_to_ours[hf_id] = tokenizer.special_tokens[name]
+    if not hf_to_ours:
+        raise UserError(f"{path}: its vocabulary is empty")
+    return tokenizer, hf_to_ours
+
+
+def _char_tokenizer(vocab, specials, path):
+    """Our CharTokenizer from a tokenizer.json that to_hf wrote for one."""
+    chars = sorted(vocab, key=vocab.get)
+    if not chars or any(len(ch) != 1 for ch in chars) or chars != sorted(chars) or [vocab[ch] for ch in chars] != \
+            list(range(len(chars))) or specials != {s: len(chars) + i for i, s in enumerate(SPECIAL_TOKENS)}:
+        raise UserError(f"{path}: a word-level vocabulary that is not a b_lm character tokenizer")
+    tokenizer = CharTokenizer(chars)
+    return tokenizer, {i: i for i in range(tokenizer.vocab_size)}
