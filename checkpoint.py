@@ -131,14 +131,13 @@ def read_pickled(path, map_location="cpu"):
             warnings.simplefilter("ignore")
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # garbage in a file can fail the unpickler in many ways
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
         if found:
             reason = f"it holds a Python object ({found.group(1)}), not only tensors and plain values"
-        elif text.startswith("Weights only load failed"):
+        elif short_reason(e).startswith("Weights only load failed"):
             reason = "it holds Python objects, not only tensors and plain values"
         else:
-            reason = text.splitlines()[0][:120] if text else type(e).__name__
+            reason = short_reason(e, 120)
         raise ValueError(reason) from None
 
 
@@ -253,7 +252,7 @@ def model_from_checkpoint(checkpoint, device="cpu", path="the checkpoint"):
     return model.to(device).eval(), tokenizer
 
 
-def training_data(checkpoint, override=None):
+def training_data_path(checkpoint, override=None):
     """The text file to use with a checkpoint: override if given, else the one it was trained on.
 
     run_config['data'] is the path as it was given to train.py, which may be

@@ -3,14 +3,16 @@ line on stderr."""
 import argparse
 import contextlib
 import os
+import re
 import signal
 import sys
 import threading
 
 
 def short_reason(error, limit=160):
-    """An exception as a few words for a one-line message: its first line, or its type when it says nothing."""
-    text = str(error).strip()
+    """An exception as a few words for a one-line message: its first line (without terminal colours), or its
+    type when it says nothing."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
     return text.splitlines()[0][:limit] if text else type(error).__name__
 
 

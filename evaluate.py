@@ -29,7 +29,7 @@ import math
 import time
 
 from chat import prompt_budget
-from checkpoint import load_model, training_data
+from checkpoint import load_model, training_data_path
 from data import corpus_batches, iter_text_blocks
 from device import choose_device
 from errors import ArgumentParser, UserError, run_main
@@ -106,7 +106,7 @@ def run_evaluation(args):
     device = choose_device(args.device)
     model, tokenizer, checkpoint = load_model(args.ckpt, device)
     check_model_can_answer(model, tokenizer, args)
-    data = training_data(checkpoint, args.data)
+    data = training_data_path(checkpoint, args.data)
     if args.report:
         check_output_path(args.report, "--report", [data])
     val_fraction = checkpoint["run_config"].get("val_fraction", 0.1)

@@ -11,8 +11,9 @@ from typing import Optional
 
 import torch
 
-from device import DEVICE_CHOICES, is_directml
+from device import is_directml
 from errors import UserError
+from flags import add_ckpt_flag, add_device_flag, add_seed_flag, check_seed
 from tokenizer import ENDOFTEXT, StreamDecoder, fit_typed_text
 
 
@@ -188,8 +189,8 @@ MAX_LENGTH = 1_000_000
 
 def add_sampling_flags(parser):
     """The sampling flags shared by generate.py and interactive_generate.py."""
+    add_ckpt_flag(parser, "checkpoint.pth", "checkpoint file")
     a = parser.add_argument
-    a("--ckpt", "--checkpoint", dest="ckpt", default="checkpoint.pth", help="checkpoint file (default: %(default)s)")
     a("--length", type=int, default=500,
       help=f"new tokens to generate, 0 to {MAX_LENGTH:,} (default: %(default)s)")
     a("--temp", "--temperature", dest="temp", type=float, default=0.8,
@@ -197,9 +198,8 @@ def add_sampling_flags(parser):
     a("--top-k", type=int, default=0, help="keep only the k likeliest tokens; 0 keeps all (default: %(default)s)")
     a("--top-p", type=float, default=1.0,
       help="nucleus sampling: keep the likeliest tokens up to this total probability, in (0, 1] (default: %(default)s)")
-    a("--seed", type=int, default=None, help="random seed for reproducible samples, 0 to 2**63-1 (default: none)")
-    a("--device", default="auto", choices=DEVICE_CHOICES,
-      help="auto: cuda, mps, dml, then cpu (default: %(default)s)")
+    add_seed_flag(parser, None, "random seed for reproducible samples")
+    add_device_flag(parser)
     a("--no-cache", action="store_true", help="recompute the whole context each step instead of using the KV cache")
 
 
@@ -213,7 +213,6 @@ def sampling_from_args(args):
         raise UserError(f"--top-k must be >= 0 (0 disables it), got {args.top_k}")
     if not 0 < args.top_p <= 1:
         raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.seed is not None and not 0 <= args.seed < 2 ** 63:
-        raise UserError(f"--seed must be in [0, 2**63), got {args.seed}")
+    check_seed(args.seed)
     return Sampling(max_new_tokens=args.length, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
                     seed=args.seed, use_cache=not args.no_cache)

@@ -34,7 +34,7 @@ from typing import Optional
 
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint, training_data
+from checkpoint import load_checkpoint, model_from_checkpoint, training_data_path
 from data import corpus_batches
 from errors import UserError, run_main
 from files import check_output_path
@@ -99,7 +99,7 @@ def fine_tune(settings, invocation):
     records = load_qa(settings.qa, "train")
     if not records:
         raise UserError(f"{settings.qa} has no train questions to fine-tune on")
-    settings = replace(settings, data=training_data(base, settings.data))
+    settings = replace(settings, data=training_data_path(base, settings.data))
     for flag, path in settings.outputs().items():
         check_output_path(path, flag, [settings.data])
     base_run = base["run_config"]

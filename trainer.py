@@ -214,17 +214,16 @@ class Loop:
                     if self.run.eval_at_start and progress.step == 0 and self.procs.is_main:
                         self.log(s.eval_tokens, evaluate=True)
                     self.model.train()
-                    while progress.step < s.max_iters:
+                    out_of_time = False
+                    while progress.step < s.max_iters and not out_of_time:
                         out_of_time, stopping = self.step(forward, scaler, stop)
                         bar.update(1)
                         bar.set_postfix(loss=f"{self.smoothed:.3f}", tok_s=f"{self.tokens_per_s():,.0f}")
                         if stopping:
-                            bar.close()
                             self.save_and_stop()
                         if out_of_time:
                             self.say(f"time limit of {s.time_limit:g} s reached at step {progress.step}")
-                            break
-                        if progress.step < s.max_iters and self.procs.is_main:
+                        elif progress.step < s.max_iters and self.procs.is_main:
                             if progress.step % s.eval_interval == 0:
                                 self.log(s.eval_tokens, evaluate=True)
                                 self.save()
