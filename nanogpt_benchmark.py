@@ -27,10 +27,8 @@ import pickle
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
@@ -39,6 +37,7 @@ import torch.nn.functional as F
 from checkpoint import load_model
 from errors import ArgumentParser, UserError, run_main
 from files import check_input_file
+from timing import run_timed
 
 WEEK = 7 * 24 * 3600  # --ours-seconds beyond this is a typo: nanoGPT would train for it
 
@@ -117,12 +116,8 @@ def run_nanogpt(args, work, out_dir, iters, eval_interval):
                f"--eval_interval={eval_interval}"]
     # nanoGPT reads configurator.py and data/ from its working directory: run it in ours, with a copy.
     shutil.copy(os.path.join(args.nanogpt, "configurator.py"), work)
-    start = time.perf_counter()
-    result = subprocess.run(command, cwd=work, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        raise UserError(f"nanoGPT failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
-    return seconds, [float(ms) for ms in re.findall(r"^iter \d+: .*time ([\d.]+)ms", result.stdout, re.M)]
+    seconds, done = run_timed(command, "nanoGPT", cwd=work)
+    return seconds, [float(ms) for ms in re.findall(r"^iter \d+: .*time ([\d.]+)ms", done.stdout, re.M)]
 
 
 def score_nanogpt(args, out_dir, val):
@@ -166,10 +161,8 @@ def compare(args, work):
     if args.ours is None:
         args.ours = os.path.join(work, "ours.pth")
         print("training b_lm's default model ...", flush=True)
-        result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--data", args.data, "--ckpt",
-                                 args.ours, "--metrics", "", "--plot", "", "--overwrite"], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise UserError(f"b_lm's training failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+        run_timed([sys.executable, os.path.join(ROOT, "train.py"), "--data", args.data, "--ckpt", args.ours,
+                   "--metrics", "", "--plot", "", "--overwrite"], "b_lm's training")
     model, tokenizer, checkpoint = load_model(args.ours)
     ours_seconds = args.ours_seconds or checkpoint["elapsed_s"]
     if tokenizer.kind != "char":

@@ -1,4 +1,4 @@
-"""The meter: step timers, tokens per second, FLOPs per token, and MFU.
+"""The meter: timed calls, tokens per second, FLOPs per token, MFU, and a script's time and peak memory.
 
 Training imports this module, so it holds no benchmarks and no Hugging Face
 code. `python timing.py ...` runs the benchmarks, whose code is in
@@ -26,9 +26,10 @@ stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load 
 import json
 import math
 import os
+import subprocess
+import sys
 import time
 
-import numpy as np
 import torch
 
 from device import synchronize
@@ -39,54 +40,17 @@ from jsonfile import read_json
 
 # ------------------------------------------------------------------- timers
 
-class StepTimer:
-    """Per-step durations, ignoring the first `warmup` steps.
+def timed(fn, device="cpu", clock=time.perf_counter):
+    """(fn(), its seconds), waiting for the device's queued work before the clock starts and before it stops.
 
-    The first steps pay one-off costs (allocator growth, kernel selection,
-    lazy init), so they are dropped. Use as `with timer: ...`, or start()/stop(),
-    or record(seconds) for a duration measured elsewhere. `clock` can be
-    swapped for a fake in tests.
+    A GPU only queues kernels: without the wait a step would be charged for
+    the work queued before it, or only for queueing its own.
     """
-
-    def __init__(self, device="cpu", warmup=0, clock=time.perf_counter):
-        self.device = torch.device(device)
-        self.warmup = warmup
-        self.clock = clock
-        self.seen = 0        # steps recorded, warm-up included
-        self.durations = []  # seconds, warm-up excluded
-        self._t0 = None
-
-    def start(self):
-        synchronize(self.device)  # don't charge earlier queued work to this step
-        self._t0 = self.clock()
-
-    def stop(self):
-        synchronize(self.device)
-        seconds = self.clock() - self._t0
-        self.record(seconds)
-        return seconds
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    def record(self, seconds):
-        self.seen += 1
-        if self.seen > self.warmup:
-            self.durations.append(seconds)
-
-    def median_ms(self):
-        return self._percentile_ms(50)
-
-    def p90_ms(self):
-        return self._percentile_ms(90)
-
-    def _percentile_ms(self, q):
-        # numpy raises on an empty list; no steps timed yet is "no number", not a bug
-        return 1000 * float(np.percentile(self.durations, q)) if self.durations else math.nan
+    synchronize(device)
+    t0 = clock()
+    result = fn()
+    synchronize(device)
+    return result, clock() - t0
 
 
 def best_seconds(fn, repeats, clock=time.perf_counter):
@@ -133,10 +97,6 @@ def mfu(tokens_per_s, flops_per_tok, peak):
 
 # ------------------------------------------------------------ peak FLOP/s
 
-def default_cache_path():
-    return os.path.join(cache_dir(), "peak_flops.json")
-
-
 def measure_matmul_flops(device, n, reps=3):
     """Best FLOP/s of an n x n float32 matmul (2*n^3 FLOPs) over `reps` runs."""
     device = torch.device(device)
@@ -156,7 +116,7 @@ def peak_flops(device, n=None, reps=3, cache_path=None):
     """Measured peak float32 FLOP/s of `device`, cached per device/torch/threads/n."""
     device = torch.device(device)
     n = n or (2048 if device.type == "cpu" else 4096)
-    cache_path = cache_path or default_cache_path()
+    cache_path = cache_path or os.path.join(cache_dir(), "peak_flops.json")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     key = f"{name}|torch {torch.__version__}|threads {torch.get_num_threads()}|n {n}"
     try:
@@ -175,6 +135,40 @@ def peak_flops(device, n=None, reps=3, cache_path=None):
     except OSError:
         pass  # a read-only home only costs a re-measurement next time
     return cache[key]
+
+
+# ------------------------------------------------------- other processes
+
+def run_timed(command, what, cwd=None):
+    """(wall seconds, the finished process) of command, its output captured; UserError if it fails, naming
+    `what` and the last line of its stderr (a traceback's last line is the error itself)."""
+    t0 = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if done.returncode:
+        raise UserError(f"{what} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return seconds, done
+
+
+# The child runs the script as `python script.py` would, then prints its peak. VmHWM from /proc, not getrusage's
+# ru_maxrss: a child inherits a large parent's high-water mark in ru_maxrss (exec keeps it), hiding its own.
+PEAK_MEMORY_CHILD = """import atexit, os, resource, runpy, sys
+def peak_kb():
+    try:
+        return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    except OSError:  # not Linux: ru_maxrss, in bytes on macOS
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1024 if sys.platform == "darwin" else 1)
+atexit.register(lambda: print("peak_kb", peak_kb(), flush=True))
+sys.argv = sys.argv[1:]
+sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_measured(script, *args):
+    """(wall seconds, peak resident MB) of `python script args` in a fresh process."""
+    seconds, done = run_timed([sys.executable, "-c", PEAK_MEMORY_CHILD, script, *args], os.path.basename(script))
+    return seconds, int(done.stdout.split("peak_kb")[-1]) / 1024
 
 
 if __name__ == "__main__":

@@ -12,29 +12,24 @@ from errors import stop_cleanly
 stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load is one line too
 
 import os
-import subprocess
-import sys
 import tempfile
-import time
 
 import bpe
 from data import iter_text_blocks
 from errors import ArgumentParser, UserError, run_main
-from timing import best_seconds
+from timing import best_seconds, run_measured
 from tokenizer import SPECIAL_TOKENS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(
-        description="Benchmark bpe.py against Hugging Face tokenizers and tiktoken.")
-    p.add_argument("--data", default="data.txt",
-                   help="corpus to train and encode on (default: data.txt)")
+    p = ArgumentParser(description="Benchmark bpe.py against Hugging Face tokenizers and tiktoken.")
+    p.add_argument("--data", default="data.txt", help="corpus to train and encode on (default: %(default)s)")
     p.add_argument("--vocab-size", type=int, default=4096,
-                   help="vocabulary size, special tokens included (default: 4096)")
+                   help="vocabulary size, special tokens included (default: %(default)s)")
     p.add_argument("--repeat", type=int, default=3,
-                   help="time each measurement this many times and keep the best (default: 3)")
+                   help="time each measurement this many times and keep the best (default: %(default)s)")
     p.add_argument("--scale", action="store_true",
                    help="also train on the corpus repeated 1, 4 and 16 times, each in its own "
                         "process, reporting time and peak memory (default: off)")
@@ -71,32 +66,6 @@ def to_tiktoken(tok):
                              special_tokens=tok.special_tokens)
 
 
-# Each scale run is its own process, so its peak memory is its own. We read the
-# peak from /proc (VmHWM) rather than getrusage's ru_maxrss: a child started by
-# a large parent inherits the parent's high-water mark in ru_maxrss (exec keeps
-# it), which would hide the child's real peak.
-CHILD = """
-import sys, resource, train_tokenizer
-train_tokenizer.main(sys.argv[1:])
-try:
-    kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
-except OSError:  # not Linux: fall back to ru_maxrss (KB on Linux, bytes on macOS)
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print("peak_kb", kb)
-"""
-
-
-def run_measured(args):
-    """Run train_tokenizer.main(args) in a fresh process: (wall seconds, peak RSS MB)."""
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", CHILD, *args], cwd=HERE,
-                          capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"scale run failed: {proc.stderr.strip()}")
-    return seconds, int(proc.stdout.split()[-1]) / 1024
-
-
 def scale_table(path, vocab_size):
     with open(path, encoding="utf-8") as f:
         text = f.read()
@@ -108,8 +77,8 @@ def scale_table(path, vocab_size):
             with open(corpus, "w", encoding="utf-8") as f:
                 for _ in range(k):
                     f.write(text)
-            seconds, peak = run_measured(["--data", corpus, "--vocab-size", str(vocab_size),
-                                          "--out", os.path.join(tmp, "tok.json")])
+            seconds, peak = run_measured(os.path.join(HERE, "train_tokenizer.py"), "--data", corpus,
+                                         "--vocab-size", str(vocab_size), "--out", os.path.join(tmp, f"x{k}.json"))
             size = os.path.getsize(corpus) / 1e6
             print(f"{f'{k}x':>8} {size:7.1f} {seconds:8.2f} {peak:12.1f}")
     print("(the copies add no new distinct chunks, so memory should stay flat: it grows "

@@ -1,5 +1,6 @@
 """The meter (timing.py) and the step benchmark built on it; no assertions about wall-clock speed."""
 import json
+import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -77,25 +78,8 @@ def test_mfu_and_tokens_per_second():
 
 # ---------------------------------------------------------------- timers
 
-def test_step_timer_ignores_warmup_and_reports_median_p90():
-    # start/stop pairs: durations 5 (warm-up), then 1, 2, 3, 4 seconds
-    clock = fake_clock([0, 5, 10, 11, 20, 22, 30, 33, 40, 44])
-    timer = timing.StepTimer("cpu", warmup=1, clock=clock)
-    for _ in range(5):
-        with timer:
-            pass
-    assert timer.durations == [1, 2, 3, 4]
-    assert timer.median_ms() == pytest.approx(2500)
-    assert timer.p90_ms() == pytest.approx(3700)  # numpy's linear interpolation
-
-
-def test_step_timer_record_and_empty():
-    timer = timing.StepTimer(warmup=2)
-    assert np.isnan(timer.median_ms()) and np.isnan(timer.p90_ms())
-    for s in (9.0, 9.0, 0.010, 0.030, 0.020):
-        timer.record(s)
-    assert timer.durations == [0.010, 0.030, 0.020]
-    assert timer.median_ms() == pytest.approx(20)
+def test_timed_returns_the_result_and_the_seconds_between_two_clock_readings():
+    assert timing.timed(lambda: "done", "cpu", clock=fake_clock([10, 13.5])) == ("done", 3.5)
 
 
 def test_best_seconds_keeps_the_fastest_run_and_the_last_result():
@@ -143,9 +127,9 @@ def test_time_training_steps_structure():
     x = torch.randint(11, (2, 8))
     t = benchmark.time_training_steps(model, opt, x, x, steps=3, warmup=1)
     assert set(t) == {"forward", "backward", "optimizer", "total"}
-    assert all(len(timer.durations) == 3 for timer in t.values())
-    phases = sum(np.array(t[k].durations) for k in ("forward", "backward", "optimizer"))
-    assert np.allclose(t["total"].durations, phases)
+    assert all(len(seconds) == 3 for seconds in t.values())  # the warm-up step is not among them
+    phases = sum(np.array(t[k]) for k in ("forward", "backward", "optimizer"))
+    assert np.allclose(t["total"], phases)
     assert all(p.grad is None for p in model.parameters())  # zero_grad ran
 
 
@@ -157,42 +141,53 @@ def test_cli_rejects_unknown_optimizer(capsys):
 
 
 def test_cli_rejects_bad_sizes():
-    with pytest.raises(UserError, match="--n-embd 10 must be a multiple of --n-head 4"):
+    with pytest.raises(UserError, match="--n-head 4 does not divide --n-embd 10"):
         benchmark.main(["--n-embd", "10"])
-    with pytest.raises(UserError, match="--steps must be at least 1"):
+    with pytest.raises(UserError, match="--steps must be >= 1"):
         benchmark.main(["--steps", "0"])
     with pytest.raises(UserError, match="--warmup must be >= 0"):
         benchmark.main(["--warmup", "-1"])
 
 
-@pytest.mark.parametrize("flags, fragment", [
-    (["--steps", "0"], "--steps must be at least 1, got 0"),
-    (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
-    (["--lr", "nan"], "--lr must be a number > 0, got nan"),
-    (["--lr", "0"], "--lr must be a number > 0"),
-    (["--seed", "-1"], "--seed must be in [0, 2**63)"),
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
-    (["--n-layer", "0"], "--n-layer must be at least 1"),
-    (["--vocab-size", "0"], "--vocab-size must be at least 1"),
-    (["--n-embd", "10"], "--n-embd 10 must be a multiple of --n-head 4"),
-    (["--optimizers", ""], "--optimizers: no names given"),
-    (["--optimizers", "adamw,lion"], "unknown lion"),
-    (["--device", "quantum"], "argument --device: invalid choice"),
-    (["--steps", "many"], "argument --steps: invalid int value"),
-    (["generate", "--threads", "0"], "--threads must be at least 1"),
-    (["generate", "--repeats", "0"], "--repeats must be at least 1"),
-    (["generate", "--new-tokens", "0"], "--new-tokens must be at least 1"),
-    (["hf", "--new-tokens", "0"], "--new-tokens and --prompt-tokens must be >= 1"),
-    (["hf", "--seed", "-1"], "--seed >= 0"),
-    (["bogus-mode"], "unrecognized arguments: bogus-mode"),
-])
-def test_bad_flags_exit_2_before_any_timing(cli, flags, fragment):
+# Each command line (split at spaces) and what its one-line refusal says.
+BAD_FLAGS = """
+--steps 0                    | --steps must be >= 1, got 0
+--warmup -1                  | --warmup must be >= 0, got -1
+--lr nan                     | --lr must be a number > 0, got nan
+--lr 0                       | --lr must be a number > 0
+--seed -1                    | --seed must be in [0, 2**63)
+--batch-size 0               | --batch-size must be >= 1
+--n-layer 0                  | --n-layer must be a whole number from 1
+--n-layer 100000             | --n-layer must be a whole number from 1 to 1,000
+--vocab-size 0               | --vocab-size must be a whole number from 1
+--n-embd 10                  | --n-head 4 does not divide --n-embd 10
+--n-layer 999 --n-embd 65536 | make it smaller
+--optimizers ,               | --optimizers: no names given
+--optimizers adamw,lion      | unknown lion
+--device quantum             | argument --device: invalid choice
+--steps many                 | argument --steps: invalid int value
+generate --threads 0         | --threads must be >= 1
+generate --repeats 0         | --repeats must be >= 1
+generate --new-tokens 0      | --new-tokens must be >= 1
+generate --seed -1           | --seed must be in [0, 2**63)
+generate --positions rope --n-embd 6 --n-head 2 | --positions rope needs an even head size
+hf --new-tokens 0            | --new-tokens must be >= 1
+hf --prompt-tokens 0         | --prompt-tokens must be >= 1
+hf --prompt-tokens 1000      | --prompt-tokens 1000 and --new-tokens 200 must fit in GPT-2's 1024 positions
+hf --seed -1                 | --seed must be in [0, 2**63)
+bogus-mode                   | unrecognized arguments: bogus-mode
+"""
+
+
+@pytest.mark.parametrize("line", BAD_FLAGS.strip().splitlines())
+def test_bad_flags_exit_2_before_any_timing(cli, line):
     """timing.py's command is benchmark.main under run_main: each refusal is one line and status 2."""
-    assert_clean_error(cli(benchmark, *flags), fragment)
+    flags, fragment = (part.strip() for part in line.split("|"))
+    assert_clean_error(cli(benchmark, *flags.split()), fragment)
 
 
 def test_the_script_refuses_a_bad_flag_with_status_2():
-    assert_clean_error(run_script("timing.py", "--steps", "0"), "--steps must be at least 1")
+    assert_clean_error(run_script("timing.py", "--steps", "0"), "--steps must be >= 1")
 
 
 def test_cli_prints_one_row_per_optimizer(capsys, monkeypatch):
@@ -206,3 +201,42 @@ def test_cli_prints_one_row_per_optimizer(capsys, monkeypatch):
     # MFU is the row's own GFLOP/s over the 100 GFLOP/s peak
     gflops, mfu = rows[-1].split()[-2:]
     assert float(mfu.rstrip("%")) == pytest.approx(float(gflops), abs=0.06)
+
+
+# ------------------------------------------------ a script in a process of its own
+
+def test_run_measured_reports_the_scripts_own_peak_memory(tmp_path):
+    script = tmp_path / "allocate.py"
+    script.write_text("import sys\nblock = bytearray(int(sys.argv[1]) * 2**20)\nprint('allocated')\n")
+    seconds, small = timing.run_measured(str(script), "1")
+    _, large = timing.run_measured(str(script), "200")
+    assert seconds > 0 and 0 < small < 100
+    assert 200 < large < small + 220  # its own 200 MB, not this test process's high-water mark
+
+
+def test_run_measured_runs_the_script_as_python_would(tmp_path):
+    # Its folder comes first on the path, as `python script.py` puts it there: the module beside it imports.
+    (tmp_path / "helper.py").write_text("VALUE = 42\n")
+    (tmp_path / "main.py").write_text("import sys, helper\nassert helper.VALUE == 42 and sys.argv[1:] == ['a']\n")
+    timing.run_measured(str(tmp_path / "main.py"), "a")
+
+
+def test_a_failed_script_is_one_line_naming_it_and_its_last_error_line(tmp_path):
+    script = tmp_path / "broken.py"
+    script.write_text("raise ValueError('no such corpus')\n")
+    with pytest.raises(UserError, match=r"^broken.py failed: ValueError: no such corpus$"):
+        timing.run_measured(str(script))
+    with pytest.raises(UserError, match=r"^the copy failed: "):
+        timing.run_timed(["cp", os.path.join(ROOT, "no-such-file"), str(tmp_path)], "the copy")
+
+
+def test_the_tokenizer_benchmarks_scale_table_trains_in_fresh_processes(tmp_path, capsys):
+    import tokenizer_benchmark
+    corpus = tmp_path / "small.txt"
+    with open(os.path.join(ROOT, "data.txt"), encoding="utf-8") as f:
+        corpus.write_text(f.read(5_000), encoding="utf-8")
+    tokenizer_benchmark.scale_table(str(corpus), 300)
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines if line.strip().startswith(("1x", "4x", "16x"))]
+    assert [row[0] for row in rows] == ["1x", "4x", "16x"]
+    assert all(float(seconds) > 0 and float(peak_mb) > 1 for _, _, seconds, peak_mb in rows)

@@ -1,4 +1,4 @@
-"""`python timing.py generate` (benchmark.py): a tiny shape, its rows; no wall-clock assertions."""
+"""`python timing.py generate` and `hf` (benchmark.py): tiny shapes, their rows; no wall-clock assertions."""
 import math
 import sys
 
@@ -34,6 +34,15 @@ def test_generate_without_transformers(capsys):
     assert "gave the same 10 tokens: True" in out
     assert "2 layers, 32 wide, 2 heads, block 32, vocab 68" in out
     assert "ceiling: each step reads all 0.03M matrix weights" in out
+
+
+def test_other_parts_are_timed_beside_gpt2s(capsys):
+    # RESULTS.md's StableLM column: the same command with --positions rope --mlp swiglu added.
+    benchmark.main(["generate", *TINY, "--skip-transformers", "--positions", "rope", "--mlp", "swiglu"])
+    out = capsys.readouterr().out
+    assert "rope/layer/swiglu" in out.splitlines()[0]
+    assert [line.split()[:3] for line in out.splitlines() if line.startswith("GPT-2 parts")] == [
+        ["GPT-2", "parts,", "cache"]]
 
 
 def test_generate_ours_is_greedy():
@@ -80,7 +89,8 @@ def test_generate_against_transformers(capsys):
 def test_transformers_generates_every_token_asked_for():
     pytest.importorskip("transformers")
     torch.manual_seed(0)
-    model = benchmark.build_hf_gpt2(n_layer=1, n_embd=16, n_head=2, block_size=16, vocab_size=11)
+    model = benchmark.hf_gpt2("a test", n_layer=1, n_embd=16, n_head=2, n_positions=16, vocab_size=11,
+                              bos_token_id=None, eos_token_id=None)
     ids = benchmark.generate_hf(model, [3, 4], 12)
     assert len(ids) == 12 and all(0 <= i < 11 for i in ids)
 
@@ -94,9 +104,9 @@ def test_missing_transformers_is_a_user_error(monkeypatch):
 @pytest.mark.parametrize("flags, message", [
     (["--new-tokens", "32"], "--new-tokens 32"),
     (["--prompt-tokens", "32"], "--prompt-tokens 32"),
-    (["--repeats", "0"], "--repeats must be at least 1"),
-    (["--n-embd", "30", "--n-head", "4"], "multiple of --n-head"),
-    (["--threads", "0"], "--threads must be at least 1"),
+    (["--repeats", "0"], "--repeats must be >= 1"),
+    (["--n-embd", "30", "--n-head", "4"], "--n-head 4 does not divide --n-embd 30"),
+    (["--threads", "0"], "--threads must be >= 1"),
 ])
 def test_bad_generate_flags(flags, message):
     with pytest.raises(UserError, match=message):
@@ -122,3 +132,34 @@ def test_the_script():
     assert set(rows(result.stdout)) == {"ours, KV cache", "ours, no cache"}
     assert_clean_error(run_script(script, "generate", "--new-tokens", "many"), "--new-tokens")
     assert_clean_error(run_script(script, "generate", "--block-size", "8"), "--block-size 8")
+
+
+def test_the_hf_benchmarks_folder_converts_with_its_tokenizer(tmp_path):
+    """`timing.py hf`'s model, at a tiny shape: convert.py imports it in a process of its own, every id maps."""
+    pytest.importorskip("transformers")
+    from checkpoint import load_model
+    from hf import read_tokenizer
+    shape = dict(vocab_size=300, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    folder, ckpt = tmp_path / "gpt2", str(tmp_path / "gpt2.pth")
+    folder.mkdir()
+    theirs = benchmark.gpt2_shaped_folder(str(folder), seed=0, shape=shape)
+    seconds, peak_mb = benchmark.run_measured(benchmark.CONVERT, "from-hf", str(folder), ckpt)
+    assert seconds > 0 and peak_mb > 0
+    ours, tokenizer, _ = load_model(ckpt)
+    _, to_ours, _ = read_tokenizer(str(folder))
+    assert sorted(to_ours) == list(range(300)) and tokenizer.decode([to_ours[256]]) == "\x00\x00"
+    prompt = [5, 260, 7]
+    with torch.inference_mode():
+        ids = benchmark.generate_hf(theirs, prompt, 4)
+        assert benchmark.generate_ours(ours, [to_ours[i] for i in prompt], 4) == [to_ours[i] for i in ids]
+
+
+def test_the_hf_mode_end_to_end_at_a_tiny_shape(capsys, monkeypatch):
+    pytest.importorskip("transformers")
+    monkeypatch.setattr(benchmark, "GPT2_SMALL", dict(vocab_size=300, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    assert benchmark.main(["hf", "--new-tokens", "4", "--prompt-tokens", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("GPT-2-small shape (1 layers, 16 wide, block 16, vocab 300), 0 MB of weights")
+    assert lines[1].startswith("from-hf ") and "; to-hf " in lines[1] and "peak RSS" in lines[1]
+    assert lines[2].startswith("greedy, batch 1, 4 new tokens after 3,") and lines[2].endswith("the same tokens: True")
+    assert [line[:20].strip() for line in lines[3:]] == ["ours, KV cache", "transformers GPT-2"]
