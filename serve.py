@@ -22,8 +22,9 @@ import sys
 import torch
 
 from checkpoint import load_model
-from device import DEVICE_CHOICES, check_fits_in_memory, choose_device
+from device import check_fits_in_memory, choose_device
 from errors import ArgumentParser, UserError, run_main
+from flags import add_ckpt_flag, add_device_flag
 from sampling import supports_cache
 from serving import BatchedGenerator
 
@@ -31,26 +32,22 @@ from serving import BatchedGenerator
 def parse_args(argv=None):
     p = ArgumentParser(description="Serve a b_lm model: a chat page at / and the OpenAI API under /v1.")
     a = p.add_argument
-    a("--ckpt", "--checkpoint", dest="ckpt", default="chat.pth", help="checkpoint to serve (default: %(default)s)")
+    add_ckpt_flag(p, "chat.pth", "checkpoint to serve")
     a("--host", default="127.0.0.1",
       help="address to listen on; 0.0.0.0 opens the server to your network (default: %(default)s)")
     a("--port", type=int, default=8000, help="port, 0 to 65535; 0 picks a free one (default: %(default)s)")
     a("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every API request (default: none)")
-    a("--max-batch", type=int, default=16,
-      help="generations decoded together in one forward pass, in [1, 4096]; more wait their turn "
-           "(default: %(default)s)")
-    a("--threads", type=int, default=1,
-      help="CPU threads for the model, in [1, 256]: one suits small models, whose decoding steps are too small to "
-           "share out, and leaves the other cores to the HTTP side (default: %(default)s)")
+    a("--max-batch", type=int, default=16, help="generations decoded together in one forward pass, in [1, 4096]; "
+                                               "more wait their turn (default: %(default)s)")
+    a("--threads", type=int, default=1, help="CPU threads for the model, in [1, 256]: one suits small models, whose "
+      "decoding steps are too small to share out, and leaves the other cores to the HTTP side (default: %(default)s)")
     a("--name", default=None, help="the model's name in the API (default: the checkpoint's file name, no suffix)")
-    a("--device", default="auto", choices=DEVICE_CHOICES, help="auto: cuda, mps, dml, then cpu (default: %(default)s)")
+    add_device_flag(p)
     args = p.parse_args(argv)
-    if not 0 <= args.port <= 65535:
-        raise UserError(f"--port must be in [0, 65535], got {args.port}")
-    if not 1 <= args.threads <= 256:
-        raise UserError(f"--threads must be in [1, 256], got {args.threads}")
-    if not 1 <= args.max_batch <= 4096:
-        raise UserError(f"--max-batch must be in [1, 4096], got {args.max_batch}")
+    for flag, low, high in [("--port", 0, 65535), ("--threads", 1, 256), ("--max-batch", 1, 4096)]:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if not low <= value <= high:
+            raise UserError(f"{flag} must be in [{low}, {high}], got {value}")
     if args.api_key is not None and not args.api_key.strip():
         raise UserError("--api-key must not be empty")
     return args

@@ -24,13 +24,14 @@ import re
 import statistics
 import subprocess
 import sys
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
-from errors import ArgumentParser, UserError, run_main
+from api_schema import MAX_TOKENS_LIMIT
 from checkpoint import check_model, load_checkpoint
+from errors import ArgumentParser, UserError, run_main, short_reason
 from files import check_input_file
-from openai_api import MAX_TOKENS_LIMIT
+from flags import add_ckpt_flag
 from qa import load_qa
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -39,15 +40,15 @@ MAX_CLIENTS = 256  # a thread each, and the server's --max-batch
 
 def parse_args(argv=None):
     p = ArgumentParser(description="Benchmark serve.py: throughput and time to first token under load.")
-    p.add_argument("--ckpt", default="chat.pth", help="chat checkpoint to serve (default: %(default)s)")
-    p.add_argument("--qa", default=os.path.join(ROOT, "qa.jsonl"), help="questions: its test split (default: qa.jsonl)")
-    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16],
-                   help="concurrent clients, one run each, each in [1, 256] (default: 1 4 16)")
-    p.add_argument("--seconds", type=float, default=30.0, help="length of each run, > 0 (default: %(default)s)")
-    p.add_argument("--max-tokens", type=int, default=100, help="max_tokens of each answer, in [1, 100000] (default: %(default)s)")
-    p.add_argument("--text", action="store_true",
-                   help="stream text completions that run to --max-tokens (sampled continuations of the "
-                        "questions) instead of chat answers, which end where the model ends them")
+    a = p.add_argument
+    add_ckpt_flag(p, "chat.pth", "chat checkpoint to serve")
+    a("--qa", default=os.path.join(ROOT, "qa.jsonl"), help="questions: its test split (default: qa.jsonl)")
+    a("--clients", type=int, nargs="+", default=[1, 4, 16],
+      help="concurrent clients, one run each, each in [1, 256] (default: 1 4 16)")
+    a("--seconds", type=float, default=30.0, help="length of each run, > 0 (default: %(default)s)")
+    a("--max-tokens", type=int, default=100, help="max_tokens of each answer, in [1, 100000] (default: %(default)s)")
+    a("--text", action="store_true", help="stream text completions that run to --max-tokens (sampled continuations "
+      "of the questions) instead of chat answers, which end where the model ends them")
     args = p.parse_args(argv)
     if not all(1 <= n <= MAX_CLIENTS for n in args.clients):
         raise UserError(f"--clients must each be in [1, {MAX_CLIENTS}], got {args.clients}")
@@ -77,16 +78,14 @@ def stream_one(host, port, question, max_tokens, text_mode=False):
     conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
     response = conn.getresponse()
     if response.status != 200:
-        raise RuntimeError(f"the server answered {response.status}: {response.read()[:200]!r}")
+        raise UserError(f"the server answered {response.status}: {response.read()[:200]!r}")
     first, tokens = None, 0
     for line in response:
-        if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
-            continue
-        event = json.loads(line[6:])
+        event = json.loads(line[6:]) if line.startswith(b"data: {") else {}  # not a blank line, nor [DONE]
         if event.get("usage"):
             tokens = event["usage"]["completion_tokens"]
-        elif first is None and event["choices"] and (event["choices"][0].get("text")
-                                                     or event["choices"][0].get("delta", {}).get("content")):
+        elif first is None and event.get("choices") and (event["choices"][0].get("text")
+                                                         or event["choices"][0].get("delta", {}).get("content")):
             first = time.perf_counter() - start
     conn.close()
     total = time.perf_counter() - start
@@ -95,27 +94,23 @@ def stream_one(host, port, question, max_tokens, text_mode=False):
 
 def run_load(host, port, questions, clients, seconds, max_tokens, text_mode):
     """clients threads streaming back to back for seconds: (tokens/s over all, TTFT list, requests)."""
-    results, errors = [], []
     deadline = time.perf_counter() + seconds
 
-    def client(k):
-        i = k
-        try:
-            while time.perf_counter() < deadline:
-                results.append(stream_one(host, port, questions[i % len(questions)], max_tokens, text_mode))
-                i += clients
-        except Exception as e:  # reported once all threads are done
-            errors.append(e)
+    def client(k):  # asks questions k, k + clients, k + 2 * clients, ... until the time is up
+        results, i = [], k
+        while time.perf_counter() < deadline:
+            results.append(stream_one(host, port, questions[i % len(questions)], max_tokens, text_mode))
+            i += clients
+        return results
 
     start = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with ThreadPoolExecutor(clients) as pool:
+        runs = [pool.submit(client, k) for k in range(clients)]
     elapsed = time.perf_counter() - start
-    if errors:
-        raise UserError(f"a client failed: {errors[0]}")
+    try:
+        results = [r for run in runs for r in run.result()]
+    except Exception as e:  # reported once all clients are done
+        raise UserError(f"a client failed: {short_reason(e)}")
     return sum(r[2] for r in results) / elapsed, [r[0] for r in results], len(results)
 
 
@@ -144,7 +139,7 @@ def main(argv=None):
     del checkpoint
     proc, host, port = start_server(args.ckpt, max(args.clients))
     try:
-        stream_one(host, port, questions[0], 8)  # warm-up: the first pass pays for allocation
+        stream_one(host, port, questions[0], 8, args.text)  # warm-up: the first pass pays for allocation
         what = (f"text completions of {args.max_tokens} tokens" if args.text else
                 f"greedy chat answers of at most {args.max_tokens} tokens")
         print(f"{args.ckpt}: {args.seconds:g} s per load, {what}")

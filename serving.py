@@ -45,11 +45,12 @@ class SlotCache:
         positions are overwritten by its next tokens before anything reads them.
         """
         self.rows = ("prefill", slots)
-        self.prefill_lengths = lengths
+        self.cached_after = dict(zip(slots, lengths))  # slot: its length once the pass is through
 
     def decode(self, n, device):
         """Make the next forward pass add one token to each of slots 0..n-1."""
         self.rows = ("decode", n)
+        self.cached_after = {i: self.lengths[i] + 1 for i in range(n)}
         # Every layer writes and masks at the same places: work them out once per pass.
         self.next_position = torch.tensor(self.lengths[:n], device=device).view(n, 1)
         # Row i attends to its own lengths[i] cached keys and the new one; the rest of the
@@ -58,8 +59,7 @@ class SlotCache:
         self.mask = (torch.arange(self.end, device=device) <= self.next_position).view(n, 1, 1, self.end)
 
     def positions(self, T, device):
-        kind, arg = self.rows
-        return torch.arange(T, device=device) if kind == "prefill" else self.next_position  # (n, 1) when decoding
+        return torch.arange(T, device=device) if self.rows[0] == "prefill" else self.next_position  # (n, 1) decoding
 
     def append(self, layer, k, v):
         """Store the pass's new k, v (B, nh, T, hs); return the keys and values to attend to, and the mask."""
@@ -81,13 +81,9 @@ class SlotCache:
         return keys[:n, :, :self.end], values[:n, :, :self.end], self.mask
 
     def advance(self, T):
-        kind, arg = self.rows
-        if kind == "prefill":
-            for slot, length in zip(arg, self.prefill_lengths):
-                self.lengths[slot] = length
-        else:
-            for i in range(arg):
-                self.lengths[i] += 1
+        """The pass went through: its slots hold their new lengths."""
+        for slot, length in self.cached_after.items():
+            self.lengths[slot] = length
 
     def move(self, src, dst):
         """Move slot src's sequence into slot dst."""

@@ -553,6 +553,18 @@ def test_bad_command_lines_are_one_line(tmp_path, tiny_ckpt):
         assert_clean_error(run_script("serve.py", "--ckpt", tiny_ckpt, "--port", str(port)), str(port))
 
 
+def test_the_load_benchmark_runs_text_completions_on_a_base_model(tiny_ckpt, tmp_path, capsys):
+    """serve_benchmark.py --text on a base model: its warm-up, too, asks for text, which a base model serves."""
+    import serve_benchmark
+    record = {"id": "sing/0", "fact_id": "sing", "split": "test", "category": "parentage",
+              "question": "Sing, O goddess", "answer": "Achilles", "evidence": "Sing, O goddess"}
+    (tmp_path / "qa.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
+    serve_benchmark.main(["--ckpt", tiny_ckpt, "--qa", str(tmp_path / "qa.jsonl"), "--text", "--clients", "1",
+                          "--seconds", "0.5", "--max-tokens", "3"])
+    out = capsys.readouterr().out
+    assert "text completions of 3 tokens" in out and re.search(r"^ +1 +[1-9]\d* +[\d,]+ +1\.0x ", out, re.M), out
+
+
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 
