@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from flags import SEED_LIMIT
 from sampling import Sampling
 
 MAX_TOKENS_LIMIT = 100_000  # per request; a longer answer is a runaway, not a request
@@ -62,7 +63,7 @@ class Params(Strict):
     max_tokens: Optional[int] = Field(None, ge=0, le=MAX_TOKENS_LIMIT)
     temperature: Optional[float] = Field(None, ge=0, le=2)  # None: OpenAI's default, 1
     top_p: Optional[float] = Field(None, ge=0, le=1)
-    seed: Optional[int] = Field(None, ge=0, lt=2 ** 63)
+    seed: Optional[int] = Field(None, ge=0, lt=SEED_LIMIT)
     stop: Union[str, List[str], None] = Field(None)
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None

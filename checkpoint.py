@@ -200,8 +200,9 @@ def progress_of(checkpoint, path):
     return p
 
 
-def check_model(checkpoint, path="the checkpoint"):
-    """The tokenizer of a checkpoint whose weights are finite and fit its config and tokenizer; UserError if not.
+def checked_tokenizer(checkpoint, path="the checkpoint"):
+    """The tokenizer of a checkpoint, once its weights are known to be finite and to fit its config and its
+    tokenizer: the checks every checkpoint gets before it is used. UserError if they fail.
 
     The model is built on the meta device, which holds shapes and no memory:
     a damaged config could otherwise ask for terabytes before anything fails.
@@ -242,7 +243,7 @@ def check_model(checkpoint, path="the checkpoint"):
 
 def model_from_checkpoint(checkpoint, device="cpu", path="the checkpoint"):
     """Rebuild (model, tokenizer) from a loaded checkpoint, in eval mode, for `device`."""
-    tokenizer = check_model(checkpoint, path)
+    tokenizer = checked_tokenizer(checkpoint, path)
     config = dict(checkpoint["model_config"])
     if checkpoint["model_type"] == "transformer":
         # Both attention kinds compute the same function: pick the one the device runs natively.

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 
-from checkpoint import check_model, checkpoint_dict, load_checkpoint, save_checkpoint
+from checkpoint import checked_tokenizer, checkpoint_dict, load_checkpoint, save_checkpoint
 from errors import ArgumentParser, UserError, run_main
 from files import check_output_folder, check_output_path, claimed, refuse_existing, swap_in_folder, temporary_prefix
 from hf import from_hf, is_b_lm_export, to_hf
@@ -30,7 +30,7 @@ def export(args):
     check_output_folder(out, "OUT_DIR", [args.ckpt], args.overwrite, ours=is_b_lm_export)
     with claimed(out, "OUT_DIR"):  # and clear what an export killed halfway left beside it
         checkpoint = load_checkpoint(args.ckpt)
-        tokenizer = check_model(checkpoint, args.ckpt)
+        tokenizer = checked_tokenizer(checkpoint, args.ckpt)
         c, chat = checkpoint["model_config"], checkpoint.get("chat")
         # Write beside it, then swap it in: a failed export never leaves half a model where a whole one was.
         staging = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(out)), prefix=temporary_prefix(out),
@@ -55,7 +55,7 @@ def import_(args):
                                                                          "dropout", "bias")}, "data": None,
                       "imported_from": os.path.abspath(args.in_dir)}
         checkpoint = checkpoint_dict("transformer", config, weights, tokenizer, run_config=run_config, chat=chat)
-        check_model(checkpoint, args.in_dir)  # the checks every checkpoint gets before it is used
+        checked_tokenizer(checkpoint, args.in_dir)  # checked as every checkpoint is before it is used
         save_checkpoint(args.ckpt, checkpoint)
     print(f"wrote {args.ckpt}: {config['n_layer']} layers, {config['n_embd']} wide, context {config['block_size']}, "
           f"vocab {tokenizer.vocab_size} ({tokenizer.kind})" + (", a chat model" if chat else ""))

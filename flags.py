@@ -109,7 +109,7 @@ def resumed(settings, saved, given, where):
             values[name] = mine
             continue
         theirs = saved[name]
-        if theirs is not None and not _fits(theirs, _kind(f.type)):
+        if not (_fits(theirs, _kind(f.type)) or theirs is None and f.default is None):
             raise UserError(f"{where} is damaged: its {flag_name(name)} is {theirs!r}")
         if policy == FIXED and name in given and mine != theirs:
             raise UserError(f"{flag_name(name)} {mine} cannot change when resuming: {where} was trained with "

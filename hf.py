@@ -27,7 +27,7 @@ EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "t
 
 
 def to_hf(checkpoint, tokenizer, out_dir):
-    """Write a checkpoint (checked by checkpoint.check_model) as a Hugging Face folder.
+    """Write a checkpoint (checked by checkpoint.checked_tokenizer) as a Hugging Face folder.
 
     Its weights are handed over one by one and dropped from the checkpoint as
     they go, so converting takes little more memory than the model itself.

@@ -64,7 +64,7 @@ def to_hf_weights(kind, c, ours):
     out = {prefix + embedding: ours.pop("wte.weight")}
     for mine, theirs, transposed in weight_map(kind, c):
         tensor = ours.pop(mine, None)
-        if tensor is None:  # a bias our model lacks (check_model saw every weight)
+        if tensor is None:  # a bias our model lacks (checked_tokenizer saw every weight)
             tensor = torch.zeros(theirs[0][1])
         parts = [tensor.t()] if transposed else tensor.split([shape[0] for _, shape in theirs])
         out.update((prefix + name, part) for (name, _), part in zip(theirs, parts))

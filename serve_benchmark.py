@@ -28,7 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from api_schema import MAX_TOKENS_LIMIT
-from checkpoint import check_model, load_checkpoint
+from checkpoint import checked_tokenizer, load_checkpoint
 from errors import ArgumentParser, UserError, run_main, short_reason
 from files import check_input_file
 from flags import add_ckpt_flag
@@ -131,7 +131,7 @@ def main(argv=None):
     if not questions:
         raise UserError(f"{args.qa} has no test questions to ask")
     checkpoint = load_checkpoint(args.ckpt)  # its problems are one line here, not two behind serve.py's
-    check_model(checkpoint, args.ckpt)
+    checked_tokenizer(checkpoint, args.ckpt)
     if checkpoint["model_type"] != "transformer":
         raise UserError(f"{args.ckpt} is a CharRNN: serve.py serves Transformer models only")
     if not (checkpoint.get("chat") or args.text):
