@@ -1,8 +1,7 @@
 """From a text file to batches of token ids.
 
-The corpus is tokenized once, in blocks, into a flat uint16/uint32 file that
-training reads through a numpy memmap: re-runs skip tokenization, and a corpus
-larger than RAM never has to sit in memory as Python lists.
+The corpus is tokenized once, in blocks, into a flat uint16/uint32 file that training reads through a numpy memmap:
+re-runs skip tokenization, and a corpus larger than RAM never has to sit in memory as Python lists.
 """
 import hashlib
 import json
@@ -19,35 +18,24 @@ BLOCK_CHARS = 1 << 20  # read and tokenize the corpus a megabyte of text at a ti
 
 
 def iter_text_blocks(path):
-    """Yield the file's text in blocks of about BLOCK_CHARS that end at a line break.
-
-    Raises UserError for a missing, unreadable or non-UTF-8 file.
-    """
-    check_data_file(path)
+    """Yield the file's text in blocks of about BLOCK_CHARS that end at a line break; UserError for a missing,
+    unreadable or non-UTF-8 file."""
+    check_input_file(path, "data file")
     try:
         with open(path, encoding="utf-8", newline="") as f:
             carry = ""
-            while True:
-                block = f.read(BLOCK_CHARS)
-                if not block:
-                    break
+            for block in iter(lambda: f.read(BLOCK_CHARS), ""):
                 block = carry + block
                 cut = block.rfind("\n") + 1  # keep a partial last line for the next block
-                if cut == 0:
-                    carry = block
-                    continue
                 carry = block[cut:]
-                yield block[:cut]
+                if cut:
+                    yield block[:cut]
             if carry:
                 yield carry
     except UnicodeDecodeError as e:
         raise UserError(f"data file {path} is not UTF-8 text ({e.reason} in a block near byte {e.start})")
     except OSError as e:
         raise UserError(f"cannot read data file {path}: {e.strerror}")
-
-
-def check_data_file(path):
-    check_input_file(path, "data file")
 
 
 def corpus_chars(path):
@@ -67,23 +55,22 @@ def file_sha256(path):
     return h.hexdigest()
 
 
-def token_dtype(vocab_size):
-    return np.uint16 if vocab_size <= 1 << 16 else np.uint32
+# Hashed into every token cache's name: a cache stored any other way (an older b_lm's) is never read as this one.
+CACHE_LAYOUT = "token ids in native byte order; the JSON beside them holds n_tokens, their count"
 
 
 def tokenize_to_memmap(path, tokenizer):
     """Tokenize the file once into the cache and return its tokens, a read-only memmap.
 
-    The cache file is named by the hashes of the data and of the tokenizer, so
-    a change to either makes a new one. It is written under a temporary name
-    and renamed, and the token count beside it must match its size, so a
-    truncated or damaged cache is never read: it is made again.
+    The cache file is named by the hashes of the data, the tokenizer and CACHE_LAYOUT, so a change to any of them
+    makes a new one. It is written under a temporary name and renamed, and the token count beside it must match
+    its size, so a truncated or damaged cache is never read: it is made again.
     """
-    check_data_file(path)
-    tok_key = json.dumps(tokenizer.to_dict(), sort_keys=True).encode()
-    key = f"{file_sha256(path)[:16]}-{hashlib.sha256(tok_key).hexdigest()[:16]}"
-    dtype = token_dtype(tokenizer.vocab_size)
-    bin_path = os.path.join(cache_dir(), f"{key}.v2.{np.dtype(dtype).name}")  # v2: the count beside it is of tokens
+    check_input_file(path, "data file")
+    spec = json.dumps([CACHE_LAYOUT, tokenizer.to_dict()], sort_keys=True).encode()
+    key = f"{file_sha256(path)[:16]}-{hashlib.sha256(spec).hexdigest()[:16]}"
+    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+    bin_path = os.path.join(cache_dir(), f"{key}.{np.dtype(dtype).name}")
     meta_path = bin_path + ".json"
     tokens = _cached_tokens(bin_path, meta_path, dtype)
     if tokens is not None:
@@ -130,10 +117,9 @@ def corpus_batches(path, tokenizer, block_size, val_fraction, seed):
 class Batches:
     """Train/val split of a token stream, random training blocks, fixed val windows.
 
-    The last val_fraction of the stream is validation: this is the one place
-    the split is made, for training, fine-tuning and evaluation alike. Training blocks start at
-    random offsets drawn from a generator of our own, whose state goes into the
-    checkpoint so a resumed run draws the very same batches.
+    The last val_fraction of the stream is validation: this is the one place the split is made, for training,
+    fine-tuning and evaluation alike. Training blocks start at random offsets drawn from a generator of our own,
+    whose state goes into the checkpoint so a resumed run draws the very same batches.
     """
 
     def __init__(self, tokens, block_size, val_fraction, seed):
@@ -153,8 +139,7 @@ class Batches:
 
     def _stack(self, stream, starts):
         T = self.block_size
-        rows = np.stack([np.asarray(stream[s: s + T + 1], dtype=np.int64) for s in starts])
-        rows = torch.from_numpy(rows)
+        rows = torch.from_numpy(np.stack([np.asarray(stream[s: s + T + 1], dtype=np.int64) for s in starts]))
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()  # inputs and their next tokens, (B, T) each
 
     def train_batches(self, batch_size, n):

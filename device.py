@@ -4,10 +4,9 @@ import os
 
 import torch
 
-from errors import UserError
+from errors import UserError, short_reason
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps", "dml")
-DML_INSTALL_HINT = "install it with 'pip install torch-directml' (Windows, AMD/Intel GPUs)"
 
 
 def _directml():
@@ -19,43 +18,30 @@ def _directml():
     return torch_directml
 
 
-def _mps_available():
-    return hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+def _missing(name):
+    """Why this machine cannot run on the device `name` ('cuda', 'mps' or 'dml'), or None when it can."""
+    if name == "cuda":
+        return None if torch.cuda.is_available() else "no CUDA/ROCm GPU is available to this PyTorch build"
+    if name == "mps":
+        mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+        return None if mps else "Apple MPS is not available on this machine"
+    dml = _directml()
+    if dml is None:
+        return "torch_directml is not installed; install it with 'pip install torch-directml' (Windows, AMD/Intel GPUs)"
+    return None if dml.is_available() else "torch_directml found no DirectML device"
 
 
 def choose_device(name="auto"):
-    """Return the torch.device for a --device value.
-
-    'auto' tries cuda (which is also ROCm's name), then mps, then dml, then cpu.
-    Asking for a device this machine lacks is a UserError, not a silent fallback.
-    """
+    """The torch.device for a --device value: 'auto' tries cuda (ROCm's name too), mps, dml, then cpu; asking for a
+    device this machine lacks is a UserError, not a silent fallback."""
+    if name not in DEVICE_CHOICES:
+        raise UserError(f"unknown device {name!r}: choose one of {', '.join(DEVICE_CHOICES)}")
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if _mps_available():
-            return torch.device("mps")
-        dml = _directml()
-        if dml is not None and dml.is_available():
-            return dml.device()
-        return torch.device("cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA/ROCm GPU is available to this PyTorch build")
-        return torch.device("cuda")
-    if name == "mps":
-        if not _mps_available():
-            raise UserError("--device mps: Apple MPS is not available on this machine")
-        return torch.device("mps")
-    if name == "dml":
-        dml = _directml()
-        if dml is None:
-            raise UserError(f"--device dml: torch_directml is not installed; {DML_INSTALL_HINT}")
-        if not dml.is_available():
-            raise UserError("--device dml: torch_directml found no DirectML device")
-        return dml.device()
-    raise UserError(f"unknown device {name!r}: choose one of {', '.join(DEVICE_CHOICES)}")
+        name = next((n for n in ("cuda", "mps", "dml") if _missing(n) is None), "cpu")
+    reason = None if name == "cpu" else _missing(name)
+    if reason:
+        raise UserError(f"--device {name}: {reason}")
+    return _directml().device() if name == "dml" else torch.device(name)
 
 
 def is_directml(device):
@@ -66,9 +52,8 @@ def is_directml(device):
 def attention_for(device, requested="auto"):
     """The attention kind ('sdpa' or 'explicit') to build a Transformer with, for `device`.
 
-    DirectML has no scaled_dot_product_attention kernel: PyTorch would copy
-    q, k and v to the CPU and back in every layer. 'explicit' computes the
-    same function with plain matmuls, so on DirectML it is always the one;
+    DirectML has no scaled_dot_product_attention kernel: PyTorch would copy q, k and v to the CPU and back in
+    every layer. 'explicit' computes the same function with plain matmuls, so on DirectML it is always the one;
     elsewhere 'auto' means 'sdpa', the fused kernels.
     """
     if is_directml(device):
@@ -79,27 +64,22 @@ def attention_for(device, requested="auto"):
 def flush_denormals():
     """Compute with denormal floats (magnitudes below 1.2e-38) as zeros on the CPU.
 
-    x86 CPUs handle denormals in slow microcode. An SGD run here drifted into
-    them late in training and slowed from 0.13 to 0.66 s per step; flushing
-    restores the speed and costs training nothing it could notice.
+    x86 CPUs handle denormals in slow microcode. An SGD run here drifted into them late in training and slowed
+    from 0.13 to 0.66 s per step; flushing restores the speed and costs training nothing it could notice.
     """
     torch.set_flush_denormal(True)  # a no-op where the CPU lacks the mode
 
 
 def synchronize(device):
-    """Wait until the device has finished the work queued so far.
-
-    GPUs run asynchronously: without this a clock would measure how long it
-    took to queue the kernels, not to run them.
-    """
+    """Wait until the device has finished the work queued so far: GPUs run asynchronously, so without this a
+    clock would measure how long it took to queue the kernels, not to run them."""
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
     elif is_directml(device):
-        # DirectML has no synchronize; reading a value back to the host waits
-        # for its in-order queue to drain.
+        # DirectML has no synchronize; reading a value back to the host waits for its in-order queue to drain.
         torch.zeros(1, device=device).cpu()
 
 
@@ -109,39 +89,32 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 def autocast_dtype(device, name="auto"):
     """The dtype to autocast matmuls to, or None for plain float32.
 
-    auto: bfloat16 on CUDA GPUs that support it, float16 (with a GradScaler)
-    on older ones, float32 elsewhere: most CPUs run bfloat16 matmuls far
-    slower than float32, and MPS/DirectML support for it varies.
+    auto: bfloat16 on CUDA GPUs that support it, float16 (with a GradScaler) on older ones, float32 elsewhere:
+    most CPUs run bfloat16 matmuls far slower than float32, and MPS/DirectML support for it varies.
     """
     device = torch.device(device)
-    if name == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if name == "float32":
-        return None
-    if name == "float16" and device.type == "cpu":
-        raise UserError("--dtype float16 needs a GPU; on the CPU use float32 (fastest) or bfloat16")
     if name not in DTYPE_CHOICES:
         raise UserError(f"unknown dtype {name!r}: choose one of {', '.join(DTYPE_CHOICES)}")
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    if name == "float16" and device.type == "cpu":
+        raise UserError("--dtype float16 needs a GPU; on the CPU use float32 (fastest) or bfloat16")
+    if name == "auto" and device.type == "cuda":
+        name = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name)  # None: float32
 
 
 def autocast(device, dtype):
     """A context that runs the forward pass in `dtype` (no-op for None)."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def maybe_compile(model, example_input):
     """torch.compile the model where that works; say why not where it doesn't.
 
-    Compilation happens lazily, on the first call, so we make that call here
-    with an example batch: a failure falls back to the eager model at once.
+    Compilation happens lazily, on the first call, so we make that call here with an example batch: a failure
+    falls back to the eager model at once.
     """
     device = example_input.device
-    if device.type in ("mps",) or is_directml(device):
+    if device.type == "mps" or is_directml(device):
         print(f"note: --compile is not supported on {device.type}; running eagerly")
         return model
     try:
@@ -150,17 +123,15 @@ def maybe_compile(model, example_input):
             compiled(example_input)
         return compiled
     except Exception as e:  # a missing compiler, an unsupported platform, ...
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        print(f"note: torch.compile failed ({reason}); running eagerly")
+        print(f"note: torch.compile failed ({short_reason(e)}); running eagerly")
         return model
 
 
 def check_fits_in_memory(n_parameters, device, extra_bytes=0, what="the model"):
     """UserError if training that many parameters (and extra_bytes more) surely cannot fit in the device's memory.
 
-    Training holds each float32 parameter four times (weights, gradients and
-    Adam's two moments): 16 bytes. Refusing now beats an allocation that
-    fails (or swaps the machine to a halt) after minutes of start-up.
+    Training holds each float32 parameter four times (weights, gradients and Adam's two moments): 16 bytes.
+    Refusing now beats an allocation that fails (or swaps the machine to a halt) after minutes of start-up.
     """
     device = torch.device(device)
     if device.type == "cuda":

@@ -2,13 +2,13 @@
 
     torchrun --standalone --nproc_per_node=2 train.py --grad-accum 2
 
-torchrun starts one process per GPU (or CPU worker) and tells each its RANK,
-LOCAL_RANK and WORLD_SIZE through the environment. Every process holds a full
-copy of the model; after each backward pass DDP averages the gradients across
-processes, so every copy takes the same optimizer step and stays identical.
-Without torchrun there is one process and none of this is switched on.
+torchrun starts one process per GPU (or CPU worker) and tells each its RANK, LOCAL_RANK and WORLD_SIZE through the
+environment. Every process holds a full copy of the model; after each backward pass DDP averages the gradients
+across processes, so every copy takes the same optimizer step and stays identical. Without torchrun there is one
+process and none of this is switched on.
 """
 import os
+from contextlib import suppress
 from dataclasses import dataclass
 
 import torch
@@ -32,32 +32,23 @@ class Processes:
         return self.world_size > 1
 
 
-def launched_by_torchrun():
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
 def is_main_process():
     """Rank 0, or the only process: the one that owns the run's files. Known before init_processes."""
     return int(os.environ.get("RANK", "0")) == 0
 
 
 def init_processes(device):
-    """Join the process group when launched by torchrun; returns (Processes, device).
-
-    NCCL moves gradients between CUDA GPUs; gloo does it for CPU processes.
-    On CUDA each process takes the GPU of its local rank.
-    """
-    if not launched_by_torchrun():
+    """Join the process group when launched by torchrun; returns (Processes, device). NCCL moves gradients
+    between CUDA GPUs, each process on the GPU of its local rank; gloo moves them between CPU processes."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:  # not launched by torchrun
         return Processes(), device
     procs = Processes(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
+    backend = {"cuda": "nccl", "cpu": "gloo"}.get(device.type)
+    if backend is None:
+        raise UserError(f"torchrun training supports CUDA and CPU devices, not {device.type}")
     if device.type == "cuda":
         device = torch.device("cuda", procs.local_rank)
         torch.cuda.set_device(device)
-        backend = "nccl"
-    elif device.type == "cpu":
-        backend = "gloo"
-    else:
-        raise UserError(f"torchrun training supports CUDA and CPU devices, not {device.type}")
     # torchrun stops its workers with SIGTERM, which errors.run_main turns into
     # a KeyboardInterrupt: rank 0 saves, as on Ctrl-C, and all exit cleanly.
     dist.init_process_group(backend=backend)
@@ -67,15 +58,12 @@ def init_processes(device):
 def shutdown(procs):
     """Leave the process group, all processes together.
 
-    Rank 0 evaluates and saves after the others are done; a process that tore
-    down its end of the group meanwhile could abort ('terminate called without
-    an active exception'), so everyone waits for everyone first.
+    Rank 0 evaluates and saves after the others are done; a process that tore down its end of the group meanwhile
+    could abort ('terminate called without an active exception'), so everyone waits for everyone first.
     """
     if procs.enabled and dist.is_initialized():
-        try:
+        with suppress(Exception):  # a process already gone: nothing left to wait for
             dist.barrier()
-        except Exception:  # a process already gone: nothing left to wait for
-            pass
         dist.destroy_process_group()
 
 

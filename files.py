@@ -1,12 +1,10 @@
 """The files a run reads and writes, so that a crash, a Ctrl-C, a second run or a mistyped path never loses one.
 
-Every path is checked before the work starts. An input must be a regular
-file (a pipe would be read forever); a file output must be absent or a
-regular file (never a device, a pipe or a folder), and a folder output must
-be new, empty or an earlier output of ours. Two names are the same file when
-they resolve to the same inode, so symbolic and hard links cannot slip an
-input or a running run's checkpoint past the checks. Outputs are written
-atomically and claimed with an OS lock for the run.
+Every path is checked before the work starts. An input must be a regular file (a pipe would be read forever); a
+file output must be absent or a regular file (never a device, a pipe or a folder), and a folder output must be new,
+empty or an earlier output of ours. Two names are the same file when they resolve to the same inode, so symbolic and
+hard links cannot slip an input or a running run's checkpoint past the checks. Outputs are written atomically and
+claimed with an OS lock for the run.
 """
 import glob
 import os
@@ -38,9 +36,8 @@ def cache_dir():
 def atomic_write(path, mode="wb", **open_kwargs):
     """Open a temporary file beside `path`; on success rename it over `path`.
 
-    os.replace is atomic, so readers see either the old file or the complete
-    new one. If the block raises (or is interrupted), the temporary file is
-    removed and whatever was at `path` stays untouched. A symbolic link is
+    os.replace is atomic, so readers see either the old file or the complete new one. If the block raises (or is
+    interrupted), the temporary file is removed and whatever was at `path` stays untouched. A symbolic link is
     written through: its target gets the new file and the link stays.
     """
     path = os.path.realpath(path)
@@ -90,12 +87,9 @@ def same_or_inside(path, other):
 def exclusive(path, flag):
     """Hold an exclusive claim on `path` for the block: a second run that asks for it is refused.
 
-    The claim is an OS lock on a hidden file beside the path's target (so a
-    symbolic link names the same claim) and, where the OS allows it, on the
-    file itself (so a hard link does too). The OS drops both when the
-    process ends however it ends (kill -9 too), so a crashed run never
-    blocks the next. Holding it, we may also clear temporary files that a
-    killed run left beside `path`: no one else is writing them.
+    The claim is an OS lock on a hidden file beside the path's target (so a symbolic link names the same claim)
+    and, where the OS allows it, on the file itself (so a hard link does too). The OS drops both when the process
+    ends however it ends (kill -9 too), so a crashed run never blocks the next.
     """
     real = os.path.realpath(path)
     lock_path = os.path.join(os.path.dirname(real), "." + os.path.basename(real) + ".lock")
@@ -103,18 +97,17 @@ def exclusive(path, flag):
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
     except OSError as e:
         raise UserError(f"cannot write beside {path} ({lock_path}: {e.strerror})") from None
-    in_use = UserError(f"{path} is in use by another run: wait for it to finish, or choose another {flag}")
     try:
         if fcntl:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         else:
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        if real in _HELD_FILES:
+            raise BlockingIOError
+        _HELD_FILES[real] = _lock_file(real)
     except OSError:
         os.close(fd)
-        raise in_use from None
-    if real in _HELD_FILES or not _try_lock_file(real):
-        os.close(fd)
-        raise in_use
+        raise UserError(f"{path} is in use by another run: wait for it to finish, or choose another {flag}") from None
     try:
         yield
     finally:
@@ -126,21 +119,10 @@ def exclusive(path, flag):
             os.unlink(lock_path)
 
 
-def _try_lock_file(real):
-    """Lock the regular file at `real` (if any) for `exclusive`; False if another process holds it."""
-    try:
-        _HELD_FILES[real] = _lock_file(real)
-    except BlockingIOError:
-        return False
-    return True
-
-
 def _lock_file(real, previous=None):
-    """A descriptor holding a lock on the regular file now at `real` (None where there is none to lock).
-
-    Windows is left out: there an open file cannot be replaced, and the lock
-    beside the file already covers symbolic links.
-    """
+    """A descriptor holding a lock on the regular file now at `real` (None where there is none to lock); OSError
+    if another process holds it. Windows is left out: there an open file cannot be replaced, and the lock beside
+    the file already covers symbolic links."""
     if previous is not None:
         os.close(previous)
     try:
@@ -153,56 +135,51 @@ def _lock_file(real, previous=None):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise BlockingIOError from None
+        raise
     return fd
 
 
 @contextmanager
 def claimed(path, flag):
-    """exclusive(path) for the block, with the temporary files a killed run left beside path cleared first."""
+    """exclusive(path) for the block, with the temporary files or folders a killed run left beside path cleared
+    first: holding the claim, no one else is writing them."""
     with exclusive(path, flag):
-        remove_stale_temporaries(path)
+        real = os.path.realpath(path)
+        pattern = os.path.join(glob.escape(os.path.dirname(real)), glob.escape(temporary_prefix(real)))
+        for stale in glob.glob(pattern + "*.tmp"):
+            with suppress(OSError):  # gone already, or not ours to remove: it does no harm
+                if os.path.isdir(stale) and not os.path.islink(stale):
+                    shutil.rmtree(stale)
+                else:
+                    os.unlink(stale)
         yield
 
 
-def remove_stale_temporaries(path):
-    """Delete temporary files or folders a killed run left beside `path` (only while holding `exclusive`)."""
-    real = os.path.realpath(path)
-    pattern = os.path.join(glob.escape(os.path.dirname(real)), glob.escape(temporary_prefix(real)))
-    for stale in glob.glob(pattern + "*.tmp"):
-        with suppress(OSError):  # gone already, or not ours to remove: it does no harm
-            if os.path.isdir(stale) and not os.path.islink(stale):
-                shutil.rmtree(stale)
-            else:
-                os.unlink(stale)
+def _file_or_nothing(path, flag, purpose=""):
+    """'file', or None if nothing is there; UserError for an empty name, a folder, a device, a pipe or a socket."""
+    if not path:
+        raise UserError(f"{flag} is empty: name a file{purpose}")
+    kind = _kind_of(path, flag)
+    if kind == "folder":
+        raise UserError(f"{flag} {path} is a folder: name a file")
+    if kind == "other":
+        raise UserError(f"{flag} {path} is not a regular file (a device, pipe or socket): name a file{purpose}")
+    return kind
 
 
 def check_input_file(path, what):
     """UserError unless `path` is a regular file to read, saying what it is instead: missing, a broken or
     looping link, a folder, or a device, pipe or socket (reading a pipe would wait forever)."""
-    if not path:
-        raise UserError(f"{what} is empty: name a file")
-    kind = _kind_of(path, what)
-    if kind is None and os.path.islink(path):
-        raise UserError(f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not exist")
-    if kind is None:
+    if _file_or_nothing(path, what) is None:
+        if os.path.islink(path):
+            raise UserError(f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not exist")
         raise UserError(f"{what} {path} not found")
-    if kind == "folder":
-        raise UserError(f"{what} {path} is a folder: name a file")
-    if kind == "other":
-        raise UserError(f"{what} {path} is not a regular file (a device, pipe or socket): name a file")
 
 
 def check_output_path(path, flag, inputs=()):
     """UserError unless `path` can be written as a file: named, in a folder that exists, absent or a
     regular file, and neither one of the `inputs` (files or folders) nor inside one."""
-    if not path:
-        raise UserError(f"{flag} is empty: name a file to write")
-    kind = _kind_of(path, flag)
-    if kind == "folder":
-        raise UserError(f"{flag} {path} is a folder: name a file")
-    if kind == "other":
-        raise UserError(f"{flag} {path} is not a regular file (a device, pipe or socket): name a file to write")
+    _file_or_nothing(path, flag, " to write")
     folder = os.path.dirname(os.path.realpath(path))
     if not os.path.isdir(folder):
         raise UserError(f"{flag} {path}: folder {folder} does not exist")
@@ -219,10 +196,8 @@ def refuse_existing(path, flag, overwrite):
 
 def check_output_folder(path, flag, inputs=(), overwrite=False, ours=lambda folder: False):
     """UserError unless `path` can become the folder we write: new, empty, or (with overwrite) one that
-    `ours` recognises as an earlier output of ours holding nothing else.
-
-    Never a symbolic link, the current folder or one holding it, or a folder
-    holding one of the `inputs`: replacing those would lose what they hold.
+    `ours` recognises as an earlier output of ours holding nothing else. Never a symbolic link, the current
+    folder or one holding it, or a folder holding one of the `inputs`: replacing those would lose what they hold.
     """
     if not path:
         raise UserError(f"{flag} is empty: name a folder to write")

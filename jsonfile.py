@@ -1,49 +1,41 @@
 """Reading JSON that may be damaged or hostile: every way it can be wrong is one UserError line.
 
-Python's json module recurses once per level of nesting, so `[[[[...]]]]`
-100,000 deep raises RecursionError, and a value a few hundred levels deep
-that does parse can still overflow the stack of whatever walks it next.
-No file b_lm reads nests more than a handful of levels: anything deeper than
-MAX_DEPTH is refused here, once, for every reader.
+Python's json module recurses once per level of nesting, so `[[[[...]]]]` 100,000 deep raises RecursionError, and a
+value a few hundred levels deep that does parse can still overflow the stack of whatever walks it next. No file b_lm
+reads nests more than a handful of levels: anything deeper than MAX_DEPTH is refused here, once, for every reader.
 """
 import json
 import os
 
-from errors import UserError
+from errors import UserError, short_reason
 from files import check_input_file
 
 MAX_DEPTH = 100
 
 
 def parse_json(text, where=""):
-    """The value a JSON text holds; UserError "{where}: not valid JSON (...)" if it holds none.
-
-    where names the text for the message ("qa.jsonl line 3"); without it the
-    message is the problem alone ("not valid JSON (Expecting value at column 1)").
-    """
+    """The value a JSON text holds; UserError "{where}: not valid JSON (...)" if it holds none (where names the
+    text, "qa.jsonl line 3"; without it the message is the problem alone)."""
     value, problem = _parsed(text)
     if problem:
-        problem = f"not valid JSON ({problem})"
-        raise UserError(f"{where}: {problem}" if where else problem)
+        raise UserError(f"{where}: not valid JSON ({problem})" if where else f"not valid JSON ({problem})")
     return value
 
 
 def read_json(path, what="JSON", missing=None):
     """The value a JSON file holds; UserError if it is missing, unreadable, not UTF-8, not JSON or too deep.
 
-    what names the kind of file for the messages ("tokenizer JSON": "tok.json
-    is not a valid tokenizer JSON file (...)"); missing, if given, is the
-    message for a file that does not exist.
+    what names the kind of file for the messages ("tokenizer JSON": "tok.json is not a valid tokenizer JSON file
+    (...)"); missing, if given, is the message for a file that does not exist.
     """
     if not path or os.path.lexists(path):  # a pipe would be read forever; a folder or device is no JSON file
         check_input_file(path, f"the {what} file")
     try:
         with open(path, "rb") as f:
             data = f.read()
-    except FileNotFoundError as e:
-        raise UserError(missing or f"cannot read the {what} file {path}: {e.strerror}") from None
-    except OSError as e:
-        raise UserError(f"cannot read the {what} file {path}: {e.strerror or e}") from None
+    except OSError as e:  # a file that went missing gets the caller's message, if it gave one
+        gone = missing if isinstance(e, FileNotFoundError) else None
+        raise UserError(gone or f"cannot read the {what} file {path}: {e.strerror or e}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -63,9 +55,7 @@ def _parsed(text):
     except RecursionError:
         return None, f"nested more than {MAX_DEPTH} levels deep"
     except ValueError as e:  # Python refuses integers of more than 4300 digits
-        if "digits" in str(e):
-            return None, "a number with more than 4300 digits"
-        return None, str(e).strip().splitlines()[0][:120] if str(e).strip() else "ValueError"
+        return None, "a number with more than 4300 digits" if "digits" in str(e) else short_reason(e, 120)
     if _depth(value) > MAX_DEPTH:
         return None, f"nested more than {MAX_DEPTH} levels deep"
     return value, None

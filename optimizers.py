@@ -1,19 +1,12 @@
 """Optimizers written with plain per-tensor ops, plus Muon and build_optimizer.
 
-torch.optim's fast paths (torch._foreach_*, fused kernels, lerp) are not
-implemented on DirectML and silently fall back to the CPU there, so every
-update below is spelled out one tensor at a time with mul_/add_/addcmul_/
-addcdiv_/sqrt/maximum. SGD, Adam and AdamW match torch.optim's semantics
-exactly (tests/test_optimizers.py holds them against it).
+torch.optim's fast paths (torch._foreach_*, fused kernels, lerp) are not implemented on DirectML and silently fall
+back to the CPU there, so every update below is spelled out one tensor at a time with mul_/add_/addcmul_/addcdiv_/
+sqrt/maximum. SGD, Adam and AdamW match torch.optim's semantics exactly (tests/test_optimizers.py holds them to it).
 
-State lives in self.state[p] as tensors and plain ints, so the base class's
-state_dict()/load_state_dict() round trip through
-torch.load(..., weights_only=True).
-
-Learning-rate schedules: build_optimizer stores each group's base rate as
-group['initial_lr']; a schedule sets group['lr'] = group['initial_lr'] * mult
-for every group (set_lr_multiplier does exactly that). Muon groups and AdamW
-groups have very different base rates, and one multiplier scales both.
+State lives in self.state[p] as tensors and plain ints, so the base class's state_dict() loads with
+torch.load(..., weights_only=True). A schedule scales every group's base rate, group['initial_lr'], by one
+multiplier (set_lr_multiplier), so Muon's and AdamW's very different rates move together.
 """
 import math
 
@@ -24,8 +17,6 @@ from errors import UserError
 
 OPTIMIZER_NAMES = ("adamw", "adam", "sgd", "muon", "torch-adamw")
 
-
-# ---------------------------------------------------------------- SGD, Adam
 
 def sgd_update(p, state, group):
     """One torch.optim.SGD step for one tensor, with its param group's settings."""
@@ -49,10 +40,8 @@ def adam_update(p, state, group, decoupled):
     beta1, beta2 = group["betas"]
     if not state:
         state["step"] = 0  # a plain int: no device sync to read it, loads with weights_only
-        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        if amsgrad:
-            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        for name in ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ()):
+            state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
     state["step"] += 1
     step = state["step"]
 
@@ -70,21 +59,11 @@ def adam_update(p, state, group, decoupled):
     # a factor (1 - beta**step); dividing it out gives unbiased estimates.
     bias_correction1 = 1 - beta1 ** step
     bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
-    if amsgrad:
-        # keep the largest second moment seen, so the step size never grows back
-        torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
-        second = state["max_exp_avg_sq"]
-    else:
-        second = exp_avg_sq
+    second = exp_avg_sq
+    if amsgrad:  # keep the largest second moment seen, so the step size never grows back
+        second = torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
     denom = (second.sqrt() / bias_correction2_sqrt).add_(group["eps"])
     p.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
-
-
-def _evaluate(closure):
-    if closure is None:
-        return None
-    with torch.enable_grad():
-        return closure()
 
 
 class PerTensorOptimizer(torch.optim.Optimizer):
@@ -93,7 +72,10 @@ class PerTensorOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = _evaluate(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for g in self.param_groups:
             for p in g["params"]:
                 if p.grad is not None:
@@ -104,19 +86,15 @@ class PerTensorOptimizer(torch.optim.Optimizer):
 class SGD(PerTensorOptimizer):
     """torch.optim.SGD's update rule, one tensor at a time."""
 
-    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, nesterov=False,
-                 weight_decay=0.0):
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
         if lr < 0 or momentum < 0 or weight_decay < 0:
-            raise ValueError(f"lr, momentum and weight_decay must be >= 0, got "
-                             f"{lr}, {momentum}, {weight_decay}")
+            raise ValueError(f"lr, momentum and weight_decay must be >= 0, got {lr}, {momentum}, {weight_decay}")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov momentum needs momentum > 0 and dampening 0")
-        defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
-                        nesterov=nesterov, weight_decay=weight_decay)
-        super().__init__(params, defaults)
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                                      weight_decay=weight_decay))
 
-    def update(self, p, state, group):
-        sgd_update(p, state, group)
+    update = staticmethod(sgd_update)
 
 
 class Adam(PerTensorOptimizer):
@@ -124,16 +102,12 @@ class Adam(PerTensorOptimizer):
 
     decoupled = False
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False):
         if lr < 0 or eps < 0 or weight_decay < 0:
-            raise ValueError(f"lr, eps and weight_decay must be >= 0, got {lr}, {eps}, "
-                             f"{weight_decay}")
+            raise ValueError(f"lr, eps and weight_decay must be >= 0, got {lr}, {eps}, {weight_decay}")
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"betas must lie in [0, 1), got {betas}")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        amsgrad=amsgrad)
-        super().__init__(params, defaults)
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad))
 
     def update(self, p, state, group):
         adam_update(p, state, group, self.decoupled)
@@ -144,56 +118,46 @@ class AdamW(Adam):
 
     decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
 
 
 # --------------------------------------------------------------------- Muon
 #
-# A weight matrix W maps inputs to outputs. Its gradient (or the momentum of
-# its gradients) G = U S V^T usually has a few large singular values and many
-# tiny ones: a plain step moves W a lot along a few directions and hardly at
-# all along the rest. Muon replaces G by U V^T -- the same singular directions
-# with every singular value set to 1 -- so every direction moves at the same
-# rate. U V^T is also the semi-orthogonal matrix closest to G.
+# A weight matrix W maps inputs to outputs. Its gradient (or the momentum of its gradients) G = U S V^T usually has
+# a few large singular values and many tiny ones: a plain step moves W a lot along a few directions and hardly at all
+# along the rest. Muon replaces G by U V^T -- the same singular directions with every singular value set to 1 -- so
+# every direction moves at the same rate. U V^T is also the semi-orthogonal matrix closest to G.
 #
-# An SVD would give U V^T directly but is slow on accelerators (and missing
-# on some backends). Instead, note that for an odd polynomial
+# An SVD would give U V^T directly but is slow on accelerators (and missing on some backends). Instead, note that
+# for an odd polynomial
 #     phi(X) = a X + b (X X^T) X + c (X X^T)^2 X
-# we have phi(U S V^T) = U phi(S) V^T: the polynomial acts on each singular
-# value separately and leaves the directions alone. Iterating phi, starting
-# from X = G / ||G||_F (so every singular value lies in [0, 1]), pushes each
-# singular value toward 1 using only matrix multiplies -- cheap, and fine on
-# any GPU or DirectML. (a, b, c) = (3.4445, -4.7750, 2.0315) makes the slope
-# at zero large (a), so even tiny singular values grow fast; the price is that
-# they end up oscillating in roughly [0.7, 1.2] rather than exactly at 1,
-# which does not hurt training.
+# we have phi(U S V^T) = U phi(S) V^T: the polynomial acts on each singular value separately and leaves the
+# directions alone. Iterating phi, starting from X = G / ||G||_F (so every singular value lies in [0, 1]), pushes
+# each singular value toward 1 using only matrix multiplies -- cheap, and fine on any GPU or DirectML.
+# (a, b, c) = (3.4445, -4.7750, 2.0315) makes the slope at zero large (a), so even tiny singular values grow fast;
+# the price is that they end up oscillating in roughly [0.7, 1.2] rather than exactly at 1, which does not hurt
+# training.
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
 def newton_schulz(G, steps=5, dtype=None):
-    """Approximately orthogonalize the 2-D matrix G: U S V^T -> U S' V^T, S' ~ 1.
-
-    Runs in float32, or bfloat16 on CUDA (dtype=None picks); returns G's dtype.
-    """
+    """Approximately orthogonalize the 2-D matrix G: U S V^T -> U S' V^T, S' ~ 1, in float32 or, on CUDA,
+    bfloat16 (dtype=None picks); returns G's dtype."""
     if G.ndim != 2:
         raise ValueError(f"newton_schulz needs a 2-D matrix, got shape {tuple(G.shape)}")
     if dtype is None:
         dtype = torch.bfloat16 if G.device.type == "cuda" else torch.float32
+    if G.size(0) > G.size(1):
+        return newton_schulz(G.T, steps, dtype).T  # work on the wide side, so X X^T is the smaller square
     a, b, c = NS_COEFFICIENTS
     X = G.to(dtype)
-    tall = G.size(0) > G.size(1)
-    if tall:
-        X = X.T  # work on the wide side, so X X^T is the smaller square
     X = X / (X.norm() + 1e-7)  # spectral norm <= Frobenius norm, so now <= 1
     for _ in range(steps):
         A = X @ X.T
         B = b * A + c * (A @ A)
         X = a * X + B @ X
-    if tall:
-        X = X.T
     return X.to(G.dtype)
 
 
@@ -206,44 +170,35 @@ def muon_update(p, state, group):
     buf.mul_(momentum).add_(grad, alpha=1 - momentum)  # running average of gradients
     update = grad.mul(1 - momentum).add_(buf, alpha=momentum) if group["nesterov"] else buf
     update = newton_schulz(update, group["ns_steps"])
-    # Orthogonalized, the update has operator norm ~1. A layer's output RMS
-    # moves by at most ||dW||_op * sqrt(fan_in / fan_out) times the input's
-    # RMS, so matrices with more outputs than inputs (rows > cols) get their
-    # step scaled up by sqrt(rows / cols) to move their outputs as much.
+    # Orthogonalized, the update has operator norm ~1. A layer's output RMS moves by at most
+    # ||dW||_op * sqrt(fan_in / fan_out) times the input's RMS, so matrices with more outputs than inputs
+    # (rows > cols) get their step scaled up by sqrt(rows / cols) to move their outputs as much.
     scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
     if weight_decay != 0:
         p.mul_(1 - lr * weight_decay)
     p.add_(update, alpha=-lr * scale)
 
 
-def _check_muon_group(group):
-    for p in group["params"]:
-        if p.ndim != 2:
-            raise ValueError(f"Muon updates 2-D weight matrices only, got shape "
-                             f"{tuple(p.shape)}; give it to AdamW instead")
-
-
 class MuonAdamW(PerTensorOptimizer):
-    """One optimizer, two rules: groups with use_muon=True take Muon steps, the
-    rest take AdamW steps. Being a single Optimizer, it has one state_dict and
-    one param_groups list for a schedule to walk.
+    """One optimizer, two rules: groups with use_muon=True take Muon steps, the rest AdamW steps, under one
+    state_dict and one param_groups list for a schedule to walk.
 
-    Muon (MomentUm Orthogonalized by Newton-Schulz) is for 2-D hidden weight
-    matrices. Embeddings, the output head, norms and biases take AdamW (see
-    build_optimizer): an embedding is a lookup table whose rows move only when
-    their token appears, norms and biases are vectors, and the head trains
-    better with AdamW in practice (modded-nanogpt, nanochat)."""
+    Muon (MomentUm Orthogonalized by Newton-Schulz) is for 2-D hidden weight matrices. Embeddings, the output
+    head, norms and biases take AdamW (see build_optimizer): an embedding is a lookup table whose rows move only
+    when their token appears, norms and biases are vectors, and the head trains better with AdamW in practice
+    (modded-nanogpt, nanochat)."""
 
     def __init__(self, param_groups):
-        defaults = dict(use_muon=False, lr=1e-3, betas=(0.9, 0.95), eps=1e-8,
-                        weight_decay=0.0, amsgrad=False, momentum=0.95, nesterov=True,
-                        ns_steps=5)
-        super().__init__(param_groups, defaults)
+        super().__init__(param_groups, dict(use_muon=False, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0,
+                                            amsgrad=False, momentum=0.95, nesterov=True, ns_steps=5))
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
-        if self.param_groups[-1]["use_muon"]:
-            _check_muon_group(self.param_groups[-1])
+        group = self.param_groups[-1]
+        for p in group["params"] if group["use_muon"] else ():
+            if p.ndim != 2:
+                raise ValueError(f"Muon updates 2-D weight matrices only, got shape {tuple(p.shape)}; "
+                                 f"give it to AdamW instead")
 
     def update(self, p, state, group):
         if group["use_muon"]:
@@ -252,19 +207,10 @@ class MuonAdamW(PerTensorOptimizer):
             adam_update(p, state, group, decoupled=True)
 
 
-# ------------------------------------------------------------ build_optimizer
-
 def split_parameters(model):
-    """Sort a model's trainable parameters by role -> (matrices, head, other).
-
-    matrices: 2-D weights that are neither embeddings nor head (the attention
-              and MLP weights inside the blocks);
-    head:     2-D weights of model.lm_head, or named 'lm_head...';
-    other:    embeddings (parameters of nn.Embedding modules, including a head
-              tied to the token embedding), norms, biases.
-    """
-    embedding_ids = {id(p) for m in model.modules() if isinstance(m, nn.Embedding)
-                     for p in m.parameters()}
+    """A model's trainable parameters by role -> (matrices, head, other): the 2-D weights inside the blocks; the
+    2-D weights of model.lm_head (or named 'lm_head...'); embeddings (a head tied to one included), norms, biases."""
+    embedding_ids = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
     head = getattr(model, "lm_head", None)
     head_ids = {id(p) for p in head.parameters()} if isinstance(head, nn.Module) else set()
     matrices, head_params, other = [], [], []
@@ -280,51 +226,34 @@ def split_parameters(model):
     return matrices, head_params, other
 
 
-def build_optimizer(model, name, lr, weight_decay, *, betas=(0.9, 0.95), eps=1e-8,
-                    momentum=0.9, muon_lr=0.02, muon_momentum=0.95,
-                    muon_weight_decay=0.0):
-    """The optimizer called `name` for `model`, with weight-decay groups.
+def build_optimizer(model, name, lr, weight_decay, *, betas=(0.9, 0.95), eps=1e-8, momentum=0.9, muon_lr=0.02,
+                    muon_momentum=0.95, muon_weight_decay=0.0):
+    """The optimizer called `name` (one of OPTIMIZER_NAMES) for `model`; every group carries 'initial_lr'.
 
-    Weight decay applies only to 2-D weight matrices that are not embeddings
-    (hidden matrices and an untied lm_head); norms, biases and embeddings get
-    none. name is one of OPTIMIZER_NAMES:
-      adamw, adam, sgd   our optimizers (sgd uses `momentum`, betas unused);
-      torch-adamw        torch.optim.AdamW, the baseline;
-      muon               Muon (muon_lr, muon_momentum, muon_weight_decay) for
-                         the hidden matrices, AdamW (lr, betas, weight_decay)
-                         for the embeddings, norms, biases and lm_head.
-    Every group carries 'initial_lr'; schedule with set_lr_multiplier.
-    muon_weight_decay is off by default: decoupled decay shrinks weights by
-    lr * wd per step, and Muon's lr is ~30x AdamW's.
+    Weight decay applies only to 2-D weight matrices that are not embeddings (hidden matrices and an untied
+    lm_head). sgd uses `momentum` and no betas; torch-adamw is torch.optim.AdamW, the baseline; muon takes Muon
+    steps (muon_lr, muon_momentum, muon_weight_decay) for the hidden matrices and AdamW steps (lr, betas,
+    weight_decay) for the rest. muon_weight_decay is off by default: decoupled decay shrinks weights by lr * wd
+    per step, and Muon's lr is ~30x AdamW's.
     """
     if name not in OPTIMIZER_NAMES:
-        raise UserError(f"unknown optimizer {name!r}: choose one of "
-                        f"{', '.join(OPTIMIZER_NAMES)}")
+        raise UserError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZER_NAMES)}")
     matrices, head, other = split_parameters(model)
     if name == "muon":
-        groups = [
-            dict(params=matrices, use_muon=True, lr=muon_lr, momentum=muon_momentum,
-                 weight_decay=muon_weight_decay),
-            dict(params=head, use_muon=False, lr=lr, weight_decay=weight_decay),
-            dict(params=other, use_muon=False, lr=lr, weight_decay=0.0),
-        ]
-        groups = [g for g in groups if g["params"]]
-        for g in groups:
-            g["initial_lr"] = g["lr"]
-            if not g["use_muon"]:
-                g.update(betas=tuple(betas), eps=eps)
+        adamw = dict(use_muon=False, lr=lr, betas=tuple(betas), eps=eps)
+        groups = [dict(params=matrices, use_muon=True, lr=muon_lr, momentum=muon_momentum,
+                       weight_decay=muon_weight_decay),
+                  dict(params=head, weight_decay=weight_decay, **adamw),
+                  dict(params=other, weight_decay=0.0, **adamw)]
+    else:
+        groups = [dict(params=matrices + head, weight_decay=weight_decay), dict(params=other, weight_decay=0.0)]
+    groups = [dict(g, initial_lr=g.get("lr", lr)) for g in groups if g["params"]]
+    if name == "muon":
         return MuonAdamW(groups)
-
-    groups = [dict(params=matrices + head, weight_decay=weight_decay, initial_lr=lr),
-              dict(params=other, weight_decay=0.0, initial_lr=lr)]
-    groups = [g for g in groups if g["params"]]
-    if name == "adamw":
-        return AdamW(groups, lr=lr, betas=betas, eps=eps)
-    if name == "adam":
-        return Adam(groups, lr=lr, betas=betas, eps=eps)
     if name == "sgd":
         return SGD(groups, lr=lr, momentum=momentum)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)  # torch-adamw
+    adam = {"adamw": AdamW, "adam": Adam, "torch-adamw": torch.optim.AdamW}[name]
+    return adam(groups, lr=lr, betas=betas, eps=eps)
 
 
 def lr_multiplier(step, warmup, decay_iters, min_ratio):
@@ -338,9 +267,6 @@ def lr_multiplier(step, warmup, decay_iters, min_ratio):
 
 
 def set_lr_multiplier(optimizer, multiplier):
-    """Schedule step: every group's lr becomes its initial_lr times multiplier.
-
-    A group without 'initial_lr' takes its current lr as the base, first time.
-    """
+    """Every group's lr becomes its initial_lr (its lr the first time, if it has none) times multiplier."""
     for g in optimizer.param_groups:
         g["lr"] = g.setdefault("initial_lr", g["lr"]) * multiplier

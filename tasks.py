@@ -1,12 +1,11 @@
 """What a training run learns from: its batches, the loss of a batch, and what an evaluation measures.
 
 trainer.py runs one loop for every task. A task has
-    generator                  draws every batch; its state goes into the checkpoint
-    train_batches(n)           n micro-batches, each a list of CPU tensors
-    loss(model, batch)         the scalar loss of one micro-batch (on the device)
-    evaluate(model, max_tokens, dtype)   {'val_loss': ..., ...} scores
-TextTask is pretraining on a corpus; ChatTask is instruction tuning on
-question/answer pairs rendered in the chat format, with corpus text mixed in.
+    generator                           draws every batch; its state goes into the checkpoint
+    train_batches(n)                    n micro-batches, each a list of CPU tensors
+    loss(model, batch)                  the scalar loss of one micro-batch (on the device)
+    evaluate(model, max_tokens, dtype)  {'val_loss': ..., ...} scores
+TextTask pretrains on a corpus; ChatTask tunes on question/answer pairs in the chat format, with corpus text mixed in.
 """
 import torch
 import torch.nn.functional as F
@@ -28,33 +27,26 @@ class TextTask:
         return self.batches.train_batches(self.batch_size, n)
 
     def loss(self, model, batch):
-        x, y = batch
-        return model(x, y)[1]
+        return model(*batch)[1]  # batch is (inputs, targets)
 
     def evaluate(self, model, max_tokens, dtype=None):
         return evaluate_loss(model, self.batches, self.batch_size, self.token_chars, max_tokens, dtype)
 
 
 class ChatRows:
-    """Question/answer pairs as chat turns, packed into rows of the model's context.
+    """Question/answer pairs as chat turns, packed into rows of row_len = block_size + 1 tokens, padded with
+    <|endoftext|> (masked out). A turn longer than a row loses the start of its question (chat.fit_turn); pairs
+    whose answer alone does not fit (`too_long`) or with characters a char tokenizer lacks (`unencodable`) are
+    skipped and counted.
 
-    row_len is block_size + 1: a row gives block_size inputs and their next
-    tokens. A turn longer than a row loses the start of its question (chat.fit_turn).
-    Pairs the model cannot learn are skipped and counted: `too_long` whose
-    answer alone does not fit a row, `unencodable` with characters a char
-    tokenizer lacks. Rows are padded with <|endoftext|>, whose targets are masked out.
-
-    shuffle_words is the share of drawn training turns whose question has its
-    words put in a random order, drawn afresh each time. The two or three
-    phrasings a fact is trained on share their content words ("Name Achilles’
-    father." / "Who is the father of Achilles?") far more than their order, so
-    a model that must answer from the words alone answers new phrasings better
-    than one free to key the answer on a single wording.
+    shuffle_words is the share of drawn training turns whose question has its words put in a random order, drawn
+    afresh each time. The two or three phrasings a fact is trained on share their content words ("Name Achilles’
+    father." / "Who is the father of Achilles?") far more than their order, so a model that must answer from the
+    words alone answers new phrasings better than one free to key the answer on a single wording.
     """
 
     def __init__(self, tokenizer, records, row_len, generator, shuffle_words=0.0):
-        self.tokenizer, self.row_len, self.generator = tokenizer, row_len, generator
-        self.shuffle_words = shuffle_words
+        self.tokenizer, self.row_len, self.generator, self.shuffle_words = tokenizer, row_len, generator, shuffle_words
         self.pad = tokenizer.special_tokens[ENDOFTEXT]
         self.turns, self.texts, self.too_long, self.unencodable = [], [], 0, 0
         for r in records:
@@ -77,23 +69,9 @@ class ChatRows:
         return f" ({self.too_long + self.unencodable} skipped: {', '.join(reasons)})" if reasons else ""
 
     def _tensors(self, rows):
-        pairs = [targets_from_mask(ids + [self.pad] * (self.row_len - len(ids)),
-                                   mask + [0] * (self.row_len - len(mask))) for ids, mask in rows]
-        x = torch.tensor([p[0] for p in pairs], dtype=torch.long)
-        y = torch.tensor([p[1] for p in pairs], dtype=torch.long)
-        return x, y  # (B, row_len - 1) each
-
-    def _pack(self, turns):
-        """Greedily pack turns, in order, into rows: a turn that does not fit starts the next row."""
-        rows, ids, mask = [], [], []
-        for turn_ids, turn_mask in turns:
-            if len(ids) + len(turn_ids) > self.row_len:
-                rows.append((ids, mask))
-                ids, mask = [], []
-            ids, mask = ids + turn_ids, mask + turn_mask
-        if ids:
-            rows.append((ids, mask))
-        return rows
+        x, y = zip(*(targets_from_mask(ids + [self.pad] * (self.row_len - len(ids)),
+                                       mask + [0] * (self.row_len - len(mask))) for ids, mask in rows))
+        return torch.tensor(x, dtype=torch.long), torch.tensor(y, dtype=torch.long)  # (B, row_len - 1) each
 
     def draw_turn(self):
         """One random train turn as (ids, mask); its question's words shuffled in a shuffle_words share."""
@@ -125,8 +103,16 @@ class ChatRows:
         return self._tensors(rows)
 
     def val_batches(self, batch_size, max_tokens=None):
-        """Every turn once, in order, packed into rows: the interface validation.evaluate_loss reads."""
-        rows = self._pack(self.turns)
+        """Every turn once, in order, greedily packed into rows (a turn that does not fit starts the next row): the
+        interface validation.evaluate_loss reads."""
+        rows, ids, mask = [], [], []
+        for turn_ids, turn_mask in self.turns:
+            if len(ids) + len(turn_ids) > self.row_len:
+                rows.append((ids, mask))
+                ids, mask = [], []
+            ids, mask = ids + turn_ids, mask + turn_mask
+        if ids:
+            rows.append((ids, mask))
         for i in range(0, len(rows), batch_size):
             yield self._tensors(rows[i: i + batch_size])
 
@@ -134,8 +120,8 @@ class ChatRows:
 def sft_loss(logits, y, n_chat, text_weight):
     """(1 - text_weight) * answer loss of the first n_chat rows + text_weight * loss of the others.
 
-    Weighting the two means, rather than averaging all targets together, keeps
-    the text's 128 targets a row from drowning the few answer tokens of a chat row.
+    Weighting the two means, rather than averaging all targets together, keeps the text's 128 targets a row from
+    drowning the few answer tokens of a chat row.
     """
     V = logits.size(-1)
     chat_loss = F.cross_entropy(logits[:n_chat].reshape(-1, V), y[:n_chat].reshape(-1), ignore_index=-1)
@@ -146,11 +132,9 @@ def sft_loss(logits, y, n_chat, text_weight):
 
 
 class ChatTask:
-    """Answers to chat questions, with a share of corpus rows so the model keeps its prose.
-
-    Each micro-batch is n_chat chat rows then n_text corpus blocks; one
-    generator (the corpus's) draws both, so the checkpoint holds all of the data order.
-    """
+    """Answers to chat questions, with a share of corpus rows so the model keeps its prose: each micro-batch is
+    n_chat chat rows then n_text corpus blocks, both drawn by the corpus's generator, so the checkpoint holds all of
+    the data order."""
 
     def __init__(self, chat_rows, batches, n_chat, n_text, token_chars):
         self.chat_rows, self.batches, self.token_chars = chat_rows, batches, token_chars
