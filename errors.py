@@ -34,7 +34,8 @@ class UserError(Exception):
 
 
 class Stopped(Exception):
-    """A run stopped from outside after saving what it could; run_main prints the message and exits 130."""
+    """A run stopped from outside after saving what it could; run_main prints the message (if any) and exits
+    130."""
 
 
 # How this process answers Ctrl-C and SIGTERM: one handler, whose answer depends on what the process is doing.
@@ -119,7 +120,9 @@ def run_main(main, argv=None):
         sys.exit(2)
     except (KeyboardInterrupt, Stopped) as e:
         _close_progress_bars()
-        print(f"\n{e if isinstance(e, Stopped) else 'interrupted'}", file=sys.stderr)
+        message = str(e) if isinstance(e, Stopped) else "interrupted"
+        if message:  # a Stopped without one: another process (torchrun's rank 0) reports the stop
+            print(f"\n{message}", file=sys.stderr)
         sys.exit(130)
     finally:
         sys.stdout = stdout
@@ -175,8 +178,7 @@ class StdoutUntilClosed:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr (argparse prints the usage first)."""
+    """argparse, but a bad flag is a UserError, one line on stderr (argparse prints the usage first and exits)."""
 
     def error(self, message):
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
+        raise UserError(f"{message} (see --help)")

@@ -337,9 +337,10 @@ class Loop:
         raise UserError(f"{what} at step {self.progress.step}; stopped: {self.kept()}. Try a lower --lr or --muon-lr")
 
     def save_and_stop(self):
-        if self.procs.is_main:
-            self.log()
-            self.save()
+        if not self.procs.is_main:
+            raise Stopped()  # rank 0 saves and says so
+        self.log()
+        self.save()
         raise Stopped(f"interrupted at step {self.progress.step}: saved {self.s.ckpt}; continue with --resume")
 
     def finish(self, stop):
