@@ -35,8 +35,7 @@ from device import attention_for
 from errors import UserError, short_reason, shown
 from files import atomic_write, check_input_file
 from tokenizer_io import tokenizer_from_dict
-from transformer import (MAX_SIZE, MODELS, build_model, config_problem, estimate_parameters, model_type_of,
-                         rope_table_floats)
+from transformer import MODELS, build_model, config_problem, estimate_parameters, model_type_of, rope_table_floats
 
 FORMAT_VERSION = 2
 REQUIRED_KEYS = ("format_version", "model_type", "model_config", "model", "tokenizer")

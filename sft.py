@@ -40,10 +40,10 @@ from errors import UserError, run_main
 from files import check_output_path
 from flags import BELOW_ONE, FIXED, FRACTION, same_setting, setting
 from qa import load_qa
-from run_config import TrainConfig
 from tasks import ChatRows, ChatTask
-from trainer import (Run, check_input_files, claimed_outputs, parse_command_line, resumed_run, train,
-                     training_processes)
+from run_config import (TrainConfig, check_input_files, claimed_outputs, parse_command_line, resumed_run,
+                        training_processes)
+from trainer import Run, train
 
 
 def tuned(name, default):

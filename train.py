@@ -23,12 +23,12 @@ from checkpoint import load_checkpoint, model_from_checkpoint
 from data import corpus_batches
 from device import attention_for, check_fits_in_memory
 from errors import UserError, run_main
-from flags import BELOW_ONE, FIXED, LOCAL, Rule, between, at_least, flag_name, same_setting, setting
-from run_config import TrainConfig
+from flags import BELOW_ONE, FIXED, LOCAL, Rule, at_least, between, flag_name, setting
 from tasks import TextTask
 from tokenizer_io import load_tokenizer
-from trainer import (Run, check_input_files, claimed_outputs, parse_command_line, resumed_run, train,
-                     training_processes)
+from run_config import (TrainConfig, check_input_files, claimed_outputs, parse_command_line, resumed_run,
+                        training_processes)
+from trainer import Run, train
 from transformer import (CELL_KINDS, MAX_LAYERS, MLP_KINDS, MODELS, NORM_KINDS, POSITION_KINDS, GPTConfig,
                          build_model, config_problem, count_parameters, estimate_parameters, rope_table_floats)
 

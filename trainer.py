@@ -4,16 +4,15 @@ What differs between the two is a task (tasks.py): where the batches come
 from, the loss of a batch and what an evaluation measures. Everything else is
 here, the same for both: the learning-rate schedule, gradient accumulation
 across torchrun processes, autocast, clipping, the time limit, the NaN stop,
-the metrics CSV and loss curve, checkpoints and resuming.
+the metrics CSV and loss curve, checkpoints and resuming. (The command line
+and the files a run reads and writes are run_config.py's.)
 
 A stop from Ctrl-C or SIGTERM always lands between two steps: the signal only
 raises a flag, the step in flight finishes, and then the checkpoint is saved.
 So --resume continues exactly where the run stopped, wherever the signal came.
 """
 import contextlib
-import itertools
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,12 +21,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from checkpoint import Progress, build_checkpoint, load_checkpoint, progress_of, save_checkpoint
-from device import autocast, autocast_dtype, check_fits_in_memory, choose_device, flush_denormals, maybe_compile
-from distributed import init_processes, is_main_process, mean_across, replicas_identical, shutdown
-from errors import ArgumentParser, Stopped, UserError, deferred_stop, short_reason
-from files import check_input_file, check_output_path, claimed, same_or_inside
-from flags import add_flags, from_args, given_flags, resumed
+from checkpoint import Progress, build_checkpoint, progress_of, save_checkpoint
+from device import autocast, autocast_dtype, check_fits_in_memory, maybe_compile
+from distributed import mean_across, replicas_identical
+from errors import Stopped, UserError, deferred_stop, short_reason
 from optimizers import build_optimizer, lr_multiplier, set_lr_multiplier
 from plots import plot_history, write_metrics
 from timing import mfu, model_flops_per_token, peak_flops
@@ -36,89 +33,6 @@ from transformer import count_parameters
 # How evaluations print their scores, and with how many decimals the CSV keeps them.
 SCORE_LABELS = {"qa_loss": ("answer loss on the train questions", 4), "val_loss": ("val loss", 4),
                 "val_ppl": ("val ppl", 3), "val_bpc": ("val bits/char", 4)}
-
-
-@dataclass
-class Invocation:
-    """What a command line asks of the run beyond its settings."""
-    resume: bool  # finish the run saved in --ckpt
-    overwrite: bool  # start afresh even though its files exist
-    given: set  # the settings the command line named
-
-
-def parse_command_line(settings_class, description, argv):
-    """(settings, invocation) from a training script's command line; its flags come from settings_class."""
-    parser = ArgumentParser(description=description)
-    add_flags(parser, settings_class)
-    parser.add_argument("--resume", action="store_true",
-                        help="finish the run saved in --ckpt exactly as it would have gone on: its settings come "
-                             "from the checkpoint; flags you give override them (e.g. a larger --max-iters trains "
-                             "it further)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start afresh even though --ckpt (or --metrics, --plot) exists")
-    args = parser.parse_args(argv)
-    invocation = Invocation(args.resume, args.overwrite, given_flags(parser, argv, args))
-    return from_args(settings_class, args), invocation
-
-
-def check_input_files(settings, invocation, flags):
-    """UserError naming what it is for any input file that is not a readable file, before the outputs are
-    checked. A --resume run's inputs come from its checkpoint: only those given again are checked here."""
-    for flag in flags:
-        name = flag.lstrip("-").replace("-", "_")
-        path = getattr(settings, name)
-        if path == "" and name in invocation.given:
-            raise UserError(f"{flag} is empty: name a file, or leave the flag out")
-        if path and path != "char" and (not invocation.resume or name in invocation.given):
-            check_input_file(path, flag)
-
-
-@contextlib.contextmanager
-def claimed_outputs(settings, invocation, inputs):
-    """Check every output path before any work, and hold --ckpt for the run.
-
-    No output may be one of the run's input files; a fresh run never replaces
-    a checkpoint, metrics CSV or plot without --overwrite; and a second run on
-    the same --ckpt is refused while this one holds it.
-    """
-    named = settings.outputs()
-    for flag, path in named.items():
-        check_output_path(path, flag, inputs)
-    if any(same_or_inside(a, b) for a, b in itertools.combinations(named.values(), 2)):
-        raise UserError("--ckpt, --metrics and --plot must be three different files")
-    if not is_main_process():  # under torchrun, rank 0 holds the files for everyone
-        yield
-        return
-    with contextlib.ExitStack() as held:
-        for flag, path in named.items():
-            held.enter_context(claimed(path, flag))
-        if not (invocation.resume or invocation.overwrite):
-            for flag, path in named.items():
-                if os.path.lexists(path):
-                    raise UserError(f"{path} ({flag}) already exists: pass --resume to continue that run, "
-                                    f"--overwrite to replace it, or {flag} to write another file")
-        yield
-
-
-def resumed_run(settings, invocation):
-    """(settings, checkpoint) of the run --resume finishes: the saved settings, with the overrides the command line
-    gives (flags.resumed); (settings, None) for a fresh run."""
-    if not invocation.resume:
-        return settings, None
-    checkpoint = load_checkpoint(settings.ckpt)
-    return resumed(settings, checkpoint["run_config"], invocation.given, settings.ckpt), checkpoint
-
-
-@contextlib.contextmanager
-def training_processes(device_name):
-    """(processes, device) for a run: the device chosen, torchrun's processes joined, and left at the end."""
-    device = choose_device(device_name)
-    flush_denormals()
-    procs, device = init_processes(device)
-    try:
-        yield procs, device
-    finally:
-        shutdown(procs)
 
 
 @dataclass
