@@ -116,6 +116,7 @@ def load_checkpoint(path, map_location="cpu"):
     elif version != FORMAT_VERSION:
         raise UserError(f"{path} has checkpoint format {version}; this version of b_lm reads format "
                         f"1 and {FORMAT_VERSION} only")
+    checkpoint = {**checkpoint, "run_config": checkpoint.get("run_config") or {}}  # an import's may be empty
     problem = content_problem(checkpoint)
     if problem:
         raise UserError(f"{path} is damaged: {problem}")
@@ -154,10 +155,9 @@ def content_problem(c):
     problem = dtype_problem(c["model"])
     if problem:
         return problem
-    run = c.get("run_config", {}) or {}
-    if not isinstance(run, dict):
+    if not isinstance(c["run_config"], dict):
         return "run_config must be a dict"
-    return run_config_problem(run)
+    return run_config_problem(c["run_config"])
 
 
 def run_config_problem(run):
