@@ -23,7 +23,7 @@ from checkpoint import load_checkpoint, model_from_checkpoint
 from data import corpus_batches
 from device import attention_for, check_fits_in_memory
 from errors import UserError, run_main
-from flags import BELOW_ONE, FIXED, LOCAL, Rule, at_least, between, flag_name, setting
+from flags import FIXED, LOCAL, Rule, flag_name, setting
 from tasks import TextTask
 from tokenizer_io import load_tokenizer
 from run_config import (TrainConfig, check_input_files, claimed_outputs, parse_command_line, resumed_run,
@@ -48,11 +48,12 @@ class PretrainConfig(TrainConfig):
                                              "optimizer and schedule (default: a new model)", resume=LOCAL,
                                        metavar="CKPT")
     model: str = setting("transformer", "architecture", choices=list(MODELS), resume=FIXED)
-    n_layer: int = setting(4, "layers", between(1, MAX_LAYERS, f"from 1 to {MAX_LAYERS}"), resume=FIXED)
-    n_head: int = setting(4, "attention heads, dividing --n-embd", at_least(1), resume=FIXED)
-    n_embd: int = setting(128, "embedding width; RNN hidden size", at_least(1), resume=FIXED)
-    block_size: int = setting(128, "context length in tokens", at_least(1), resume=FIXED)
-    dropout: float = setting(0.0, "dropout rate", BELOW_ONE, resume=FIXED)
+    # The model's shape is checked by the model's own check (transformer.config_problem), in __post_init__.
+    n_layer: int = setting(4, f"layers, 1 to {MAX_LAYERS}", resume=FIXED)
+    n_head: int = setting(4, "attention heads, dividing --n-embd", resume=FIXED)
+    n_embd: int = setting(128, "embedding width; RNN hidden size", resume=FIXED)
+    block_size: int = setting(128, "context length in tokens", resume=FIXED)
+    dropout: float = setting(0.0, "dropout rate, in [0, 1)", resume=FIXED)
     bias: bool = setting(False, "use biases in Linear and LayerNorm layers", resume=FIXED)
     attention: str = setting("auto", "sdpa: F.scaled_dot_product_attention; explicit: matmul-softmax, which "
                                      "DirectML runs natively; auto: explicit on DirectML, else sdpa",

@@ -317,8 +317,8 @@ def test_the_tables_hold_every_case():
     (["--batch-size", "0"], "--batch-size"),
     (["--log-interval", "0"], "--log-interval"),
     (["--n-embd", "10000000", "--n-head", "1", "--max-iters", "1"], "parameters"),
-    (["--n-layer", "99999999999999999999999", "--max-iters", "1"], "from 1 to 1000"),
-    (["--n-layer", "100000", "--n-embd", "16", "--max-iters", "1"], "from 1 to 1000"),  # small, but slow to build
+    (["--n-layer", "99999999999999999999999", "--max-iters", "1"], "from 1 to 1,000"),
+    (["--n-layer", "100000", "--n-embd", "16", "--max-iters", "1"], "from 1 to 1,000"),  # small, but slow to build
     (["--batch-size", "99999999999999999999999", "--max-iters", "1"], "--batch-size"),
     (["--grad-accum", "99999999999999999999999", "--max-iters", "1"], "--grad-accum"),
     (["--positions", "rope", "--n-embd", "18", "--n-head", "2"], "even head size"),
