@@ -272,9 +272,9 @@ class CharRNN(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.n_embd)
-        self.rnn = {"gru": nn.GRU, "lstm": nn.LSTM}[config.cell](config.n_embd, config.n_embd, num_layers=config.n_layer,
-                                      dropout=config.dropout if config.n_layer > 1 else 0.0,
-                                      batch_first=True)
+        cell = {"gru": nn.GRU, "lstm": nn.LSTM}[config.cell]
+        self.rnn = cell(config.n_embd, config.n_embd, num_layers=config.n_layer,
+                        dropout=config.dropout if config.n_layer > 1 else 0.0, batch_first=True)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size)
 
     def forward(self, idx, targets=None, kv_cache=None):
