@@ -1,7 +1,5 @@
-"""The benchmarks behind `python timing.py MODE`, measured with timing.py's meter: step (the default),
-generate and hf, each in a section of its own with its settings (the mode's flags and their checks) and its run.
-
-transformers is a dev requirement, imported only by the modes that need it.
+"""The benchmarks behind `python timing.py MODE`: step (the default), generate and hf, each a settings dataclass
+(its flags and their checks) and a run. transformers, a dev requirement, is imported only by the modes that need it.
 """
 import dataclasses
 import json
@@ -67,11 +65,8 @@ def generate_ours(model, prompt_ids, new_tokens, use_cache=True):
 
 
 def hf_gpt2(who, **config):
-    """A randomly initialised GPT2LMHeadModel of Hugging Face transformers (a GPT2Config of config), in eval mode.
-
-    transformers is a dev requirement that only the benchmarks need: it is
-    imported here, and `who` is named if it is missing.
-    """
+    """A randomly initialised transformers GPT2LMHeadModel (a GPT2Config of config), in eval mode; UserError naming
+    `who` if transformers is missing."""
     try:
         import transformers
     except ImportError:
@@ -98,13 +93,8 @@ def matrix_weights(model):
 
 
 def weight_read_seconds(n_weights, repeats):
-    """Fastest seconds to read n_weights float32 numbers once, as one matrix-vector product.
-
-    At batch 1 a decoding step multiplies every weight matrix by a single
-    vector: it reads each weight once and does 2 FLOPs with it, so memory
-    bandwidth, not arithmetic, sets the pace. This is that read alone, with
-    no per-layer calls and nothing else to do: a ceiling no decoder beats.
-    """
+    """Fastest seconds to read n_weights float32 numbers once, as one matrix-vector product: a ceiling no decoder
+    beats. At batch 1 a decoding step reads each weight once for 2 FLOPs, so memory bandwidth sets the pace."""
     cols = 1024
     weights = torch.randn(math.ceil(n_weights / cols), cols)
     vector = torch.randn(cols)
@@ -140,12 +130,9 @@ class StepSettings(Shape):
 
 
 def time_training_steps(model, optimizer, x, y, steps, warmup=2):
-    """Seconds of each of `steps` training steps on the batch (x, y), after `warmup` untimed ones: the first
-    steps pay one-off costs (allocator growth, kernel selection, lazy init).
-
-    model(x, y) must return (logits, loss). Returns {phase: [seconds, one a step]} for 'forward', 'backward',
-    'optimizer' (step + zero_grad) and 'total'.
-    """
+    """{phase: [seconds, one a step]} for 'forward', 'backward', 'optimizer' (step + zero_grad) and 'total' of
+    `steps` training steps on (x, y); model(x, y) returns (logits, loss). The `warmup` untimed steps first pay
+    one-off costs (allocator growth, kernel selection, lazy init)."""
     def optimizer_step():
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -226,11 +213,8 @@ class GenerateSettings(Shape):
 
 
 def time_generation(generate, prompt_ids, new_tokens, long_prompt_ids, repeats):
-    """Best seconds for generate(prompt_ids, new_tokens), and for the first token after long_prompt_ids.
-
-    The first token costs a forward pass over the whole prompt (the prefill)
-    and one sampling step. Returns (seconds, first_token_seconds, ids).
-    """
+    """(best seconds of generate(prompt_ids, new_tokens), best seconds of the first token after long_prompt_ids
+    (the prefill and one sampling step), the ids)."""
     generate(prompt_ids, min(new_tokens, 4))  # warm-up: first calls pay for allocation
     seconds, ids = best_seconds(lambda: generate(prompt_ids, new_tokens), repeats)
     first, _ = best_seconds(lambda: generate(long_prompt_ids, 1), repeats)
@@ -318,8 +302,8 @@ class HFSettings:
 
 
 def gpt2_shaped_folder(folder, seed, shape):
-    """A Hugging Face GPT-2 folder of this shape with random weights built by transformers, and GPT-2's kind of
-    vocabulary (vocab.json, merges.txt): the 256 bytes, merges of byte pairs, then <|endoftext|>."""
+    """A Hugging Face GPT-2 folder of this shape, random weights, and GPT-2's kind of vocabulary: the 256 bytes,
+    merges of byte pairs, then <|endoftext|>."""
     from hf_tokenizer import byte_to_unicode
     vocab_size = shape["vocab_size"]
     torch.manual_seed(seed)

@@ -32,8 +32,8 @@ def _missing(name):
 
 
 def choose_device(name="auto"):
-    """The torch.device for a --device value: 'auto' tries cuda (ROCm's name too), mps, dml, then cpu; asking for a
-    device this machine lacks is a UserError, not a silent fallback."""
+    """The torch.device for a --device value: 'auto' tries cuda (ROCm's name too), mps, dml, then cpu; a device this
+    machine lacks is a UserError, not a silent fallback."""
     if name not in DEVICE_CHOICES:
         raise UserError(f"unknown device {name!r}: choose one of {', '.join(DEVICE_CHOICES)}")
     if name == "auto":
@@ -50,29 +50,22 @@ def is_directml(device):
 
 
 def attention_for(device, requested="auto"):
-    """The attention kind ('sdpa' or 'explicit') to build a Transformer with, for `device`.
-
-    DirectML has no scaled_dot_product_attention kernel: PyTorch would copy q, k and v to the CPU and back in
-    every layer. 'explicit' computes the same function with plain matmuls, so on DirectML it is always the one;
-    elsewhere 'auto' means 'sdpa', the fused kernels.
-    """
+    """The attention kind to build a Transformer with on `device`: 'explicit' (plain matmuls) on DirectML, which has
+    no scaled_dot_product_attention kernel (PyTorch would copy q, k and v to the CPU and back in every layer);
+    elsewhere 'auto' means 'sdpa', the fused kernels."""
     if is_directml(device):
         return "explicit"
     return "sdpa" if requested == "auto" else requested
 
 
 def flush_denormals():
-    """Compute with denormal floats (magnitudes below 1.2e-38) as zeros on the CPU.
-
-    x86 CPUs handle denormals in slow microcode. An SGD run here drifted into them late in training and slowed
-    from 0.13 to 0.66 s per step; flushing restores the speed and costs training nothing it could notice.
-    """
+    """Compute with denormal floats (below 1.2e-38) as zeros on the CPU: x86 CPUs handle them in slow microcode, and
+    an SGD run here that drifted into them late in training slowed from 0.13 to 0.66 s per step."""
     torch.set_flush_denormal(True)  # a no-op where the CPU lacks the mode
 
 
 def synchronize(device):
-    """Wait until the device has finished the work queued so far: GPUs run asynchronously, so without this a
-    clock would measure how long it took to queue the kernels, not to run them."""
+    """Wait until the device has finished the work queued so far (GPUs run asynchronously)."""
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -87,11 +80,9 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 
 
 def autocast_dtype(device, name="auto"):
-    """The dtype to autocast matmuls to, or None for plain float32.
-
-    auto: bfloat16 on CUDA GPUs that support it, float16 (with a GradScaler) on older ones, float32 elsewhere:
-    most CPUs run bfloat16 matmuls far slower than float32, and MPS/DirectML support for it varies.
-    """
+    """The dtype to autocast matmuls to, or None for plain float32. auto: bfloat16 on CUDA GPUs that support it,
+    float16 (with a GradScaler) on older ones, float32 elsewhere: most CPUs run bfloat16 matmuls far slower than
+    float32, and MPS/DirectML support for it varies."""
     device = torch.device(device)
     if name not in DTYPE_CHOICES:
         raise UserError(f"unknown dtype {name!r}: choose one of {', '.join(DTYPE_CHOICES)}")
@@ -108,11 +99,8 @@ def autocast(device, dtype):
 
 
 def maybe_compile(model, example_input):
-    """torch.compile the model where that works; say why not where it doesn't.
-
-    Compilation happens lazily, on the first call, so we make that call here with an example batch: a failure
-    falls back to the eager model at once.
-    """
+    """torch.compile the model where that works; say why not where it doesn't. Compilation is lazy, so the first call
+    is made here with an example batch, and a failure falls back to the eager model at once."""
     device = example_input.device
     if device.type == "mps" or is_directml(device):
         print(f"note: --compile is not supported on {device.type}; running eagerly")
@@ -128,11 +116,9 @@ def maybe_compile(model, example_input):
 
 
 def check_fits_in_memory(n_parameters, device, extra_bytes=0, what="the model"):
-    """UserError if training that many parameters (and extra_bytes more) surely cannot fit in the device's memory.
-
-    Training holds each float32 parameter four times (weights, gradients and Adam's two moments): 16 bytes.
-    Refusing now beats an allocation that fails (or swaps the machine to a halt) after minutes of start-up.
-    """
+    """UserError if training that many parameters (and extra_bytes more) surely cannot fit in the device's memory:
+    training holds each float32 parameter four times (weights, gradients and Adam's two moments), 16 bytes, and
+    refusing now beats an allocation that fails (or swaps the machine to a halt) after minutes of start-up."""
     device = torch.device(device)
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory

@@ -3,9 +3,8 @@
     torchrun --standalone --nproc_per_node=2 train.py --grad-accum 2
 
 torchrun starts one process per GPU (or CPU worker) and tells each its RANK, LOCAL_RANK and WORLD_SIZE through the
-environment. Every process holds a full copy of the model; after each backward pass DDP averages the gradients
-across processes, so every copy takes the same optimizer step and stays identical. Without torchrun there is one
-process and none of this is switched on.
+environment. Each holds a full copy of the model; DDP averages the gradients after each backward pass, so every copy
+takes the same step and stays identical. Without torchrun there is one process and none of this is switched on.
 """
 import os
 from contextlib import suppress
@@ -38,8 +37,8 @@ def is_main_process():
 
 
 def init_processes(device):
-    """Join the process group when launched by torchrun; returns (Processes, device). NCCL moves gradients
-    between CUDA GPUs, each process on the GPU of its local rank; gloo moves them between CPU processes."""
+    """Join the process group when launched by torchrun; returns (Processes, device), each process on the GPU of its
+    local rank."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:  # not launched by torchrun
         return Processes(), device
     procs = Processes(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
@@ -56,11 +55,8 @@ def init_processes(device):
 
 
 def shutdown(procs):
-    """Leave the process group, all processes together.
-
-    Rank 0 evaluates and saves after the others are done; a process that tore down its end of the group meanwhile
-    could abort ('terminate called without an active exception'), so everyone waits for everyone first.
-    """
+    """Leave the process group, all processes together: rank 0 evaluates and saves after the others are done, and a
+    process that tore down its end meanwhile could abort ('terminate called without an active exception')."""
     if procs.enabled and dist.is_initialized():
         with suppress(Exception):  # a process already gone: nothing left to wait for
             dist.barrier()

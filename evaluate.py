@@ -4,19 +4,11 @@
     python evaluate.py --ckpt checkpoint.pth --report base_report.json
 
 Three groups of numbers, printed as a table and written to --report as JSON:
-
-  text     loss, perplexity and bits per character on the corpus's validation
-           split, the same split train.py holds out (its last val_fraction).
-  qa       exact match and token F1 (as SQuAD scores them) of greedy answers
-           to the questions of one split of --qa. Every checkpoint is asked in
-           the chat format, so a base model and its fine-tuned chat model
-           answer the same prompts.
-  samples  --samples texts sampled from "Sing, " (the corpus's first words):
-           distinct-1/2 (unique word uni-/bigrams over all of them), the
-           repetition rate (share of word 4-grams that repeat one earlier in
-           the same sample) and the share of their words that occur in the
-           corpus. Passages of the corpus of the same lengths are scored the
-           same way, for reference.
+  text     loss, perplexity and bits per character on the validation split train.py holds out.
+  qa       exact match and token F1 (as SQuAD scores them) of greedy answers to one split of --qa, asked in the
+           chat format, so a base model and its fine-tuned chat model answer the same prompts.
+  samples  distinct-1/2, repeated word 4-grams and the share of words found in the corpus, of --samples texts
+           sampled from "Sing, " (the corpus's first words) and, for reference, of corpus passages as long.
 """
 
 from errors import stop_cleanly
@@ -44,18 +36,9 @@ EVAL_BATCH_SIZE = 32
 MAX_TOKENS = 100_000
 
 
-def text_scores(model, tokenizer, data_path, val_fraction):
-    """Validation loss, perplexity and bits per character on the split train.py holds out."""
-    batches = corpus_batches(data_path, tokenizer, model.config.block_size, val_fraction, seed=0)
-    return {**evaluate_loss(model, batches, EVAL_BATCH_SIZE, tokenizer.token_chars()), "val_tokens": len(batches.val)}
-
-
 def check_model_can_answer(model, tokenizer, args):
-    """UserError, before the slow parts, for a model that cannot take the questions or the samples' prompt.
-
-    qa_scores scores a question the model cannot read as unanswered, so a
-    context too short for any chat prompt would pass as a vocabulary problem.
-    """
+    """UserError, before the slow parts, for a model that cannot take the questions or the samples' prompt (qa_scores
+    scores a question it cannot read as unanswered, so a context too short would pass as a vocabulary problem)."""
     prompt_budget(model.config.block_size, args.max_answer_tokens)
     if args.samples:
         try:
@@ -103,8 +86,7 @@ def run_evaluation(args):
     records = load_qa(args.qa, args.split)  # bad files fail here, before the slow parts
     if not records:
         raise UserError(f"{args.qa} has no {args.split} questions")
-    device = choose_device(args.device)
-    model, tokenizer, checkpoint = load_model(args.ckpt, device)
+    model, tokenizer, checkpoint = load_model(args.ckpt, choose_device(args.device))
     check_model_can_answer(model, tokenizer, args)
     data = training_data_path(checkpoint, args.data)
     if args.report:
@@ -114,7 +96,9 @@ def run_evaluation(args):
               "qa_file": args.qa, "split": args.split, "elapsed_s": {}}
 
     t0 = time.time()
-    report["text"] = text_scores(model, tokenizer, data, val_fraction)
+    batches = corpus_batches(data, tokenizer, model.config.block_size, val_fraction, seed=0)  # train.py's val split
+    report["text"] = {**evaluate_loss(model, batches, EVAL_BATCH_SIZE, tokenizer.token_chars()),
+                      "val_tokens": len(batches.val)}
     t1 = time.time()
     report["qa"] = qa_scores(model, tokenizer, records, args.max_answer_tokens)
     t2 = time.time()

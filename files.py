@@ -1,10 +1,9 @@
 """The files a run reads and writes, so that a crash, a Ctrl-C, a second run or a mistyped path never loses one.
 
-Every path is checked before the work starts. An input must be a regular file (a pipe would be read forever); a
-file output must be absent or a regular file (never a device, a pipe or a folder), and a folder output must be new,
-empty or an earlier output of ours. Two names are the same file when they resolve to the same inode, so symbolic and
-hard links cannot slip an input or a running run's checkpoint past the checks. Outputs are written atomically and
-claimed with an OS lock for the run.
+Every path is checked before the work starts: an input must be a regular file (a pipe would be read forever), a
+file output absent or a regular file, a folder output new, empty or an earlier output of ours. Names are compared by
+inode, so links cannot slip an input or a running run's checkpoint past the checks. Outputs are written atomically
+and claimed with an OS lock for the run.
 """
 import glob
 import os
@@ -34,12 +33,8 @@ def cache_dir():
 
 @contextmanager
 def atomic_write(path, mode="wb", **open_kwargs):
-    """Open a temporary file beside `path`; on success rename it over `path`.
-
-    os.replace is atomic, so readers see either the old file or the complete new one. If the block raises (or is
-    interrupted), the temporary file is removed and whatever was at `path` stays untouched. A symbolic link is
-    written through: its target gets the new file and the link stays.
-    """
+    """Open a temporary file beside `path`; on success rename it over `path` (os.replace is atomic: readers see the
+    old file or the whole new one). If the block raises, `path` stays untouched. A symbolic link is written through."""
     path = os.path.realpath(path)
     if _kind_of(path, "output") not in (None, "file"):
         raise UserError(f"{path} is not a regular file: b_lm writes only files it can replace")
@@ -85,12 +80,9 @@ def same_or_inside(path, other):
 
 @contextmanager
 def exclusive(path, flag):
-    """Hold an exclusive claim on `path` for the block: a second run that asks for it is refused.
-
-    The claim is an OS lock on a hidden file beside the path's target (so a symbolic link names the same claim)
-    and, where the OS allows it, on the file itself (so a hard link does too). The OS drops both when the process
-    ends however it ends (kill -9 too), so a crashed run never blocks the next.
-    """
+    """Hold an exclusive claim on `path` for the block: a second run that asks for it is refused. The claim is an OS
+    lock on a hidden file beside the path's target (so a symbolic link names the same claim) and, where the OS allows
+    it, on the file itself (so a hard link does too); the OS drops both however the process ends (kill -9 too)."""
     real = os.path.realpath(path)
     lock_path = os.path.join(os.path.dirname(real), "." + os.path.basename(real) + ".lock")
     try:
@@ -120,9 +112,8 @@ def exclusive(path, flag):
 
 
 def _lock_file(real, previous=None):
-    """A descriptor holding a lock on the regular file now at `real` (None where there is none to lock); OSError
-    if another process holds it. Windows is left out: there an open file cannot be replaced, and the lock beside
-    the file already covers symbolic links."""
+    """A descriptor holding a lock on the regular file now at `real` (None where there is none to lock); OSError if
+    another process holds it. Not on Windows, where an open file cannot be replaced."""
     if previous is not None:
         os.close(previous)
     try:
@@ -141,8 +132,8 @@ def _lock_file(real, previous=None):
 
 @contextmanager
 def claimed(path, flag):
-    """exclusive(path) for the block, with the temporary files or folders a killed run left beside path cleared
-    first: holding the claim, no one else is writing them."""
+    """exclusive(path) for the block, with the temporary files a killed run left beside path cleared first: holding
+    the claim, no one else is writing them."""
     with exclusive(path, flag):
         real = os.path.realpath(path)
         pattern = os.path.join(glob.escape(os.path.dirname(real)), glob.escape(temporary_prefix(real)))
@@ -168,8 +159,8 @@ def _file_or_nothing(path, flag, purpose=""):
 
 
 def check_input_file(path, what):
-    """UserError unless `path` is a regular file to read, saying what it is instead: missing, a broken or
-    looping link, a folder, or a device, pipe or socket (reading a pipe would wait forever)."""
+    """UserError unless `path` is a regular file to read, saying what it is instead (reading a pipe would wait
+    forever)."""
     if _file_or_nothing(path, what) is None:
         if os.path.islink(path):
             raise UserError(f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not exist")
@@ -177,8 +168,8 @@ def check_input_file(path, what):
 
 
 def check_output_path(path, flag, inputs=()):
-    """UserError unless `path` can be written as a file: named, in a folder that exists, absent or a
-    regular file, and neither one of the `inputs` (files or folders) nor inside one."""
+    """UserError unless `path` can be written as a file: named, in a folder that exists, absent or a regular file,
+    and neither one of the `inputs` (files or folders) nor inside one."""
     _file_or_nothing(path, flag, " to write")
     folder = os.path.dirname(os.path.realpath(path))
     if not os.path.isdir(folder):
@@ -195,10 +186,9 @@ def refuse_existing(path, flag, overwrite):
 
 
 def check_output_folder(path, flag, inputs=(), overwrite=False, ours=lambda folder: False):
-    """UserError unless `path` can become the folder we write: new, empty, or (with overwrite) one that
-    `ours` recognises as an earlier output of ours holding nothing else. Never a symbolic link, the current
-    folder or one holding it, or a folder holding one of the `inputs`: replacing those would lose what they hold.
-    """
+    """UserError unless `path` can become the folder we write: new, empty, or (with overwrite) one that `ours`
+    recognises as an earlier output of ours. Never a symbolic link, the current folder or one holding it, or a folder
+    holding one of the `inputs`: replacing those would lose what they hold."""
     if not path:
         raise UserError(f"{flag} is empty: name a folder to write")
     if os.path.islink(path):

@@ -5,22 +5,13 @@
 
 The formats and the train/test split are described in qa.py, which does the work.
 
-Writing facts. Each fact's `evidence` is a span copied verbatim from data.txt
-(Butler's translation), curly quotes, em dashes and line breaks ("\\n")
-included, and its `answer` occurs in that evidence (case and whitespace
-aside), so every fact is checked by machine rather than taken on trust. Names
-are spelled as Butler spells them (Jove, Juno, Minerva, Ulysses, Diomed,
-Aeneas, ...), because that is what a model trained on data.txt saw; for the
-same reason questions use only characters the corpus has, so an apostrophe is
-Butler's ’ (a straight ' would not even encode with the character tokenizer).
-
-To add a fact: find the passage (grep data.txt), copy the shortest span that
-holds the answer, add a line to qa_facts.jsonl with at least three phrasings
-of the same question, and run `python make_qa.py`, which refuses facts whose
-evidence or answer does not check out.
-
-Categories: parentage, kills (and wounds), places, catalogue (ship counts),
-gods, objects, people, games (the funeral games), books (what each book holds).
+Each fact's `evidence` is a span copied verbatim from data.txt (Butler's translation), curly quotes, em dashes and
+line breaks ("\\n") included, and its `answer` occurs in that evidence, so every fact is checked by machine rather
+than taken on trust. Names are spelled as Butler spells them (Jove, Minerva, Ulysses, Diomed, ...) and questions use
+only the corpus's characters (an apostrophe is Butler's ’), because that is what a model trained on data.txt saw.
+To add a fact: copy the shortest span of data.txt that holds the answer, add a line to qa_facts.jsonl with at least
+three phrasings of the question, and run `python make_qa.py`. Categories: parentage, kills (and wounds), places,
+catalogue (ship counts), gods, objects, people, games (the funeral games), books (what each book holds).
 """
 
 from errors import stop_cleanly

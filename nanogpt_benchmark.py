@@ -3,18 +3,13 @@
     python nanogpt_benchmark.py --nanogpt ~/src/nanoGPT                 # runs both (about 2 x 5 minutes)
     python nanogpt_benchmark.py --nanogpt ~/src/nanoGPT --ours checkpoint.pth --ours-seconds 479
 
-It clones nothing: give it a checkout of github.com/karpathy/nanoGPT.
-1. b_lm: `python train.py` as the quick start runs it (or a checkpoint of
-   that run and its training seconds), timed.
-2. nanoGPT gets the corpus and the split b_lm uses (the last 10% of
-   data.txt's characters are validation) as its char dataset, a short run to
-   time its iterations with their evals, then the README's CPU recipe (4
-   layers, 128 wide, block 64, batch 12, no dropout) with --max_iters (and
-   --lr_decay_iters) set so that its training takes b_lm's training time.
-3. Both are scored the same way: the mean nats per character over the whole
-   validation split, in non-overlapping windows of each model's context,
-   nanoGPT from its best checkpoint (it saves when its val loss improves).
-Run it with nothing else busy: both runs are timed.
+It clones nothing: give it a checkout of github.com/karpathy/nanoGPT. b_lm runs `python train.py` as the quick
+start does (or --ours gives a checkpoint of that run and its training seconds). nanoGPT gets b_lm's corpus and split
+(the last 10% of the characters are validation) as its char dataset, a short run to time its iterations with their
+evals, then the README's CPU recipe (4 layers, 128 wide, block 64, batch 12, no dropout) with --max_iters (and
+--lr_decay_iters) set so that its training takes b_lm's training time. Both are scored alike: the mean nats per
+character over the whole validation split, in non-overlapping windows of each model's context, nanoGPT from its
+best checkpoint (it saves when its val loss improves). Run it with nothing else busy: both runs are timed.
 """
 
 from errors import stop_cleanly

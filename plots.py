@@ -17,11 +17,8 @@ from files import atomic_write, check_input_file, check_output_path, claimed, re
 
 
 def write_metrics(path, rows):
-    """Rewrite the whole CSV atomically, so it always matches the checkpoint's history.
-
-    Rows hold different columns (only evaluations have val scores): a row
-    lacking a column leaves its cell empty.
-    """
+    """Rewrite the whole CSV atomically, so it always matches the checkpoint's history; a row lacking a column (only
+    evaluations have val scores) leaves its cell empty."""
     if not path or not rows:
         return
     columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -84,11 +81,8 @@ def _points(rows, column):
 
 
 def plot_history(path, rows):
-    """One run: the train loss as logged (every few steps) and the val loss of each evaluation, against step.
-
-    The loss falls fastest at the start, so the y-axis is logarithmic: the
-    early drop and the late gains both stay visible.
-    """
+    """One run's train loss as logged and val loss at each evaluation, against step, on a log y-axis: the loss falls
+    fastest at the start, and so the early drop and the late gains both stay visible."""
     if not path or not rows:
         return
     plt, fig, ax = _figure()

@@ -6,22 +6,16 @@ qa_facts.jsonl holds the hand-written facts, one JSON object a line:
      "evidence": "sends his mother Thetis to ask Jove",
      "questions": ["Who is the mother of Achilles?", "Name Achilles’ mother.", "Which goddess bore Achilles?"]}
 
-qa.jsonl, built from it by make_qa.py, holds one record per phrasing:
+qa.jsonl, built from it by make_qa.py, holds one record per phrasing; its id is the fact id + "/" + the phrasing's
+index (0-based), its split "train" or "test", and its evidence a verbatim span of data.txt:
 
-    {"id": "parent-achilles-mother/2",   # fact id + "/" + phrasing index (0-based)
-     "fact_id": "parent-achilles-mother",
-     "split": "test",                    # "train" or "test"
-     "category": "parentage",
-     "question": "Which goddess bore Achilles?",
-     "answer": "Thetis",
-     "evidence": "sends his mother Thetis to ask Jove"}   # verbatim span of data.txt
+    {"id": "parent-achilles-mother/2", "fact_id": "parent-achilles-mother", "split": "test", "category": "parentage",
+     "question": "Which goddess bore Achilles?", "answer": "Thetis", "evidence": "sends his mother Thetis to ask Jove"}
 
-Each fact has at least three phrasings of one and the same question; one is
-held out for the test split, so a model scored on it must have learned the
-fact, not memorised the question's wording. Which one is fixed by a hash of
-the fact id (see `held_out_phrasing`), not by its position, so writing the oddest
-phrasing last does not skew the test set. (Adding or removing a phrasing of a
-fact may move its held-out phrasing; the other facts keep theirs.)
+Each fact has at least three phrasings of one and the same question; one is held out for the test split, so a model
+scored on it must have learned the fact, not memorised the question's wording. A hash of the fact id picks it, not
+its position, so writing the oddest phrasing last does not skew the test set (adding or removing a phrasing of a fact
+may move its held-out phrasing; the other facts keep theirs).
 """
 import hashlib
 import json
@@ -40,8 +34,7 @@ DEFAULT_CORPUS = os.path.join(HERE, "data.txt")
 
 # Field -> type, in the order the fields are written.
 FACT_FIELDS = {"id": str, "category": str, "answer": str, "evidence": str, "questions": list}
-FIELDS = {"id": str, "fact_id": str, "split": str, "category": str,
-          "question": str, "answer": str, "evidence": str}
+FIELDS = {"id": str, "fact_id": str, "split": str, "category": str, "question": str, "answer": str, "evidence": str}
 SPLITS = ("train", "test")
 MIN_PHRASINGS = 3
 MAX_SHOWN = 50  # problems listed on the command line; a wrong corpus would otherwise flood it
@@ -54,9 +47,7 @@ def fold_case_and_quotes(s):
 
 
 def held_out_phrasing(fact_id, n):
-    """Index of the phrasing held out for the test split: a stable hash of the id, mod n.
-
-    sha256 rather than hash(), which Python salts per process."""
+    """Index of the phrasing held out for the test split: a stable hash of the id (sha256: hash() is salted), mod n."""
     return int(hashlib.sha256(fact_id.encode("utf-8")).hexdigest(), 16) % n
 
 
@@ -80,13 +71,9 @@ def read_corpus(path):
 
 
 def quote_problems(answer, evidence, texts, corpus_text, corpus_chars):
-    """What is wrong with an answer, its evidence and its texts [(label, text), ...] against the corpus.
-
-    The evidence must be a verbatim span of the corpus that holds the answer
-    (case, quotes and whitespace aside). The texts (answer and questions) must
-    use only characters the corpus has: a character-level model trained on
-    data.txt cannot even encode the others (it has no straight apostrophe, only ’).
-    """
+    """What is wrong with an answer, its evidence and its texts [(label, text), ...] against the corpus: the evidence
+    must be a verbatim span of the corpus holding the answer (case, quotes and whitespace aside), and the texts must
+    use only the corpus's characters, since a character model of data.txt cannot encode the others (it has only ’)."""
     problems = []
     if evidence not in corpus_text:
         problems.append(f"evidence not found verbatim in the corpus: {evidence!r}")
@@ -101,12 +88,9 @@ def quote_problems(answer, evidence, texts, corpus_text, corpus_chars):
 
 
 def _json_lines(path, fields, more_problem):
-    """(line number, problem, object) for each non-blank line of a JSONL file.
-
-    problem is None for a sound line, else the first thing wrong with it: not
-    JSON, not an object, a field missing or of the wrong type (a str field must
-    be a non-empty string, a list field a list of them), or more_problem(object).
-    """
+    """(line number, problem, object) for each non-blank line of a JSONL file; problem is None for a sound line,
+    else the first thing wrong with it: not JSON, not an object, a field missing or of the wrong type, or
+    more_problem(object)."""
     for n, line in enumerate(read_text(path, "the file" if path else "the file name").split("\n"), 1):
         if line.strip():
             try:
@@ -156,11 +140,8 @@ def _load(path, fields, more_problem, empty):
 # ---- the facts ----------------------------------------------------------------
 
 def load_facts(path=DEFAULT_FACTS):
-    """The facts of a qa_facts.jsonl file, in file order; blank lines are skipped.
-
-    Checks only their shape, raising UserError at the first bad line
-    ("qa_facts.jsonl line 7: missing field 'evidence'"); `check_facts` checks
-    them against the corpus."""
+    """The facts of a qa_facts.jsonl file, in file order, checked only for their shape (UserError at the first bad
+    line); `check_facts` checks them against the corpus."""
     return _load(path, FACT_FIELDS, _unknown_field, f"{path} holds no facts")
 
 
@@ -194,19 +175,15 @@ def build_records(facts):
     for f in facts:
         held_out = held_out_phrasing(f["id"], len(f["questions"]))
         for j, q in enumerate(f["questions"]):
-            records.append({"id": f"{f['id']}/{j}", "fact_id": f["id"],
-                            "split": "test" if j == held_out else "train",
-                            "category": f["category"], "question": q,
-                            "answer": f["answer"], "evidence": f["evidence"]})
+            records.append({"id": f"{f['id']}/{j}", "fact_id": f["id"], "split": "test" if j == held_out else "train",
+                            "category": f["category"], "question": q, "answer": f["answer"],
+                            "evidence": f["evidence"]})
     return records
 
 
 def build(out=DEFAULT_OUT, facts=DEFAULT_FACTS, corpus=DEFAULT_CORPUS, overwrite=False):
-    """Check the facts file against the corpus and write its records to `out`; returns the records.
-
-    Writes nothing unless every check passes. An existing `out` that already
-    holds exactly these records is left as it is; one that holds anything
-    else is replaced only with overwrite."""
+    """Check the facts file against the corpus and write its records to `out`; returns the records. Writes nothing
+    unless every check passes; an `out` that holds exactly these records already is left as it is."""
     check_input_file(facts, "--facts")
     check_input_file(corpus, "--corpus")
     check_output_path(out, "--out", [facts, corpus])
@@ -236,24 +213,16 @@ def _read_bytes(path):
 # ---- the built dataset ----------------------------------------------------------
 
 def load_qa(path, split=None):
-    """Records of a qa.jsonl file, optionally only one split ("train" or "test").
-
-    Raises UserError naming the first bad line: "qa.jsonl line 12: not valid JSON (...)".
-    Blank lines are skipped."""
+    """Records of a qa.jsonl file, optionally only one split ("train" or "test"); UserError at its first bad line."""
     if split is not None and split not in SPLITS:
         raise UserError(f"split must be 'train' or 'test', got {split!r}")
     records = _load(path, FIELDS, _unknown_split, f"{path} holds no records: build it with `python make_qa.py`")
     return [r for r in records if split is None or r["split"] == split]
 
 
-def validate_qa(path, corpus_text=None):
-    """Every problem in a qa.jsonl file, one string each, with its line number; [] when clean.
-
-    Checks the schema, unique ids, one test phrasing per fact, no question
-    asked twice with different answers, and each record against the corpus
-    (data.txt beside this module unless corpus_text is given) as `quote_problems` does."""
-    if corpus_text is None:
-        corpus_text = read_corpus(DEFAULT_CORPUS)
+def validate_qa(path, corpus_text):
+    """Every problem in a qa.jsonl file, one string each, with its line number; [] when clean: the schema, unique ids,
+    one test phrasing per fact, no question asked twice with different answers, each record against the corpus."""
     problems, ids, asked, corpus_chars = [], {}, {}, set(corpus_text)
     first_line, tests = {}, Counter()  # by fact id
     for n, problem, r in _json_lines(path, FIELDS, _unknown_split):
@@ -279,8 +248,7 @@ def validate_qa(path, corpus_text=None):
 
 
 class Problems(UserError):
-    """A file with problems: the message counts them in one line; `report` lists them, one a line,
-    at most MAX_SHOWN of them."""
+    """A file with problems: the message counts them in one line; `report` lists at most MAX_SHOWN, one a line."""
 
     def __init__(self, path, problems):
         super().__init__(f"{path} has {len(problems)} problem(s), listed above")

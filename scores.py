@@ -1,9 +1,5 @@
-"""Scores for evaluate.py: answers against gold answers, and the quality of sampled text.
-
-Answers are scored as SQuAD scores them (exact match and token F1 after
-normalizing); sampled text by distinct-n, repetition and the share of its
-words found in the corpus.
-"""
+"""Scores for evaluate.py: answers as SQuAD scores them (exact match and token F1 after normalizing), and sampled
+text by distinct-n, repetition and the share of its words found in the corpus."""
 import re
 import sys
 import unicodedata
@@ -26,11 +22,8 @@ def mean(values):
 
 
 def squad_normalize(s):
-    """SQuAD's answer normalization: lower case, no punctuation, no articles, single spaces.
-
-    'The Shield of Achilles!' -> 'shield of achilles'. Punctuation is any
-    Unicode punctuation, so Butler's curly quotes and dashes go too.
-    """
+    """SQuAD's answer normalization: 'The Shield of Achilles!' -> 'shield of achilles'. Punctuation is any Unicode
+    punctuation, so Butler's curly quotes and dashes go too."""
     s = "".join(ch for ch in s.lower() if not unicodedata.category(ch).startswith("P"))
     s = re.sub(r"\b(a|an|the)\b", " ", s)
     return " ".join(s.split())
@@ -42,10 +35,7 @@ def exact_match(prediction, gold):
 
 
 def token_f1(prediction, gold):
-    """F1 of the normalized words the two share, counted with multiplicity (SQuAD's F1).
-
-    ('son of Peleus', 'Peleus') -> precision 1/3, recall 1 -> 0.5.
-    """
+    """SQuAD's F1 of the normalized words the two share: ('son of Peleus', 'Peleus') -> P 1/3, R 1 -> 0.5."""
     pred, ref = squad_normalize(prediction).split(), squad_normalize(gold).split()
     if not pred or not ref:
         return float(pred == ref)  # both empty is a match; one empty scores nothing
@@ -57,11 +47,8 @@ def token_f1(prediction, gold):
 
 
 def qa_scores(model, tokenizer, records, max_new_tokens):
-    """Greedy answers to every record's question, scored against its answer.
-
-    A question with characters the model's vocabulary lacks is scored as
-    unanswered and counted in 'unencodable'.
-    """
+    """Greedy answers to every record's question, scored against its answer; a question with characters the model's
+    vocabulary lacks is scored as unanswered and counted in 'unencodable'."""
     predictions, unencodable = [], 0
     settings = Sampling(max_new_tokens=max_new_tokens, temperature=0.0)
     for r in tqdm(records, desc="answering", dynamic_ncols=True, file=sys.stderr):
@@ -87,10 +74,7 @@ def _means(predictions):
 # ---------------------------------------------------------- text and samples
 
 def words(text):
-    """Lower-case words, apostrophes inside kept.
-
-    'Achilles’ son—Thetis’s' -> ['achilles', 'son', 'thetis’s']
-    """
+    """Lower-case words, inner apostrophes kept: 'Achilles’ son—Thetis’s' -> ['achilles', 'son', 'thetis’s']."""
     return re.findall(r"[^\W\d_]+(?:['’][^\W\d_]+)*", text.lower())
 
 
@@ -111,10 +95,7 @@ def distinct_n(texts, n):
 
 
 def repetition_rate(texts, n=4):
-    """Share of word n-grams that repeat an n-gram seen earlier in the same text.
-
-    0 for text that never repeats itself; a model stuck in a loop nears 1.
-    """
+    """Share of word n-grams that repeat one earlier in the same text: a model stuck in a loop nears 1."""
     grams = [ngrams(complete_words(t), n) for t in texts]
     total = sum(map(len, grams))
     return sum(len(g) - len(set(g)) for g in grams) / total if total else float("nan")
@@ -146,5 +127,4 @@ def sample_scores(model, tokenizer, corpus, n, settings):
                 "repetition_4gram": repetition_rate(ts, 4), "vocab_share": vocab_share(ts, vocabulary)}
 
     return {"prompt": SAMPLE_PROMPT, "n": n, "length": settings.max_new_tokens, "temp": settings.temperature,
-            "seed": settings.seed, **scores(texts),
-            "reference": scores(reference), "texts": texts}
+            "seed": settings.seed, **scores(texts), "reference": scores(reference), "texts": texts}

@@ -1,22 +1,13 @@
 """The meter: timed calls, tokens per second, FLOPs per token, MFU, and a script's time and peak memory.
 
-Training imports this module, so it holds no benchmarks and no Hugging Face
-code. `python timing.py ...` runs the benchmarks, whose code is in
-benchmark.py and is loaded only then.
+Training imports this module, so it holds no benchmarks and no Hugging Face code: `python timing.py ...` runs
+the benchmarks of benchmark.py, loaded only then.
 
-Conventions:
-- A training step costs flops_per_token = 6N + 12*L*C*T per token (the PaLM
-  appendix B / nanoGPT estimate). N counts every parameter except the
-  position embedding: a position lookup does no multiply-adds, while a token
-  embedding tied to lm_head is the head's matmul. Each weight does 2 FLOPs
-  per token forward (multiply, add) and 4 backward (gradients for its input
-  and for itself): 6N. Attention's scores QK^T and weighted sum AV add
-  2*2*T*C per layer per token forward, times 3 with backward: 12*L*C*T.
-  (For an untied token embedding 6N overcounts a little: it is a lookup.)
-- The peak is measured, not a datasheet figure: the best FLOP/s of a large
-  float32 matmul on this device, cached in ~/.cache/b_lm/peak_flops.json
-  ($B_LM_CACHE/peak_flops.json when that is set).
-  MFU is therefore "fraction of what this device reaches on a big matmul".
+A training step costs 6N + 12*L*C*T FLOPs per token (PaLM appendix B, nanoGPT): each weight does 2 FLOPs per token
+forward and 4 backward (6N); attention's QK^T and AV add 2*2*T*C per layer forward, times 3 with backward. N leaves
+out the position embedding, a lookup with no multiply-adds (a token embedding tied to lm_head is the head's matmul;
+an untied one is a lookup too, so 6N overcounts a little). The peak is measured, not a datasheet figure: the best
+FLOP/s of a large float32 matmul on this device, cached in ~/.cache/b_lm/peak_flops.json (or $B_LM_CACHE's).
 """
 
 from errors import stop_cleanly
@@ -41,11 +32,8 @@ from jsonfile import read_json
 # ------------------------------------------------------------------- timers
 
 def timed(fn, device="cpu", clock=time.perf_counter):
-    """(fn(), its seconds), waiting for the device's queued work before the clock starts and before it stops.
-
-    A GPU only queues kernels: without the wait a step would be charged for
-    the work queued before it, or only for queueing its own.
-    """
+    """(fn(), its seconds), waiting for the device's queued work before the clock starts and before it stops: a GPU
+    only queues kernels, so without the wait a step would be charged for the work before it, or only for queueing."""
     synchronize(device)
     t0 = clock()
     result = fn()
@@ -54,11 +42,7 @@ def timed(fn, device="cpu", clock=time.perf_counter):
 
 
 def best_seconds(fn, repeats, clock=time.perf_counter):
-    """(fastest seconds, last result) over `repeats` calls of fn().
-
-    Other work on the machine only ever adds time, so the fastest run is the
-    cleanest measure of the code's own speed.
-    """
+    """(fastest seconds, last result) over `repeats` calls of fn(): other work on the machine only ever adds time."""
     best, result = math.inf, None
     for _ in range(repeats):
         t0 = clock()
@@ -85,13 +69,12 @@ def count_flop_params(model):
 
 
 def model_flops_per_token(model):
-    """flops_per_token for a model with .config.{n_layer, n_embd, block_size}."""
     c = model.config
     return flops_per_token(count_flop_params(model), c.n_layer, c.n_embd, c.block_size)
 
 
 def mfu(tokens_per_s, flops_per_tok, peak):
-    """Model FLOPs utilization: achieved model FLOP/s over the peak FLOP/s."""
+    """Model FLOPs utilization: achieved model FLOP/s over the peak."""
     return tokens_per_s * flops_per_tok / peak
 
 
@@ -122,10 +105,9 @@ def peak_flops(device, n=None, reps=3, cache_path=None):
     try:
         cache = read_json(cache_path, "FLOP/s cache")
     except UserError:
-        cache = {}  # missing or damaged: measure again
-    if not isinstance(cache, dict):
-        cache = {}
-    if type(cache.get(key)) in (int, float) and 0 < cache[key] < math.inf:  # else damaged: measure again
+        cache = None
+    cache = cache if isinstance(cache, dict) else {}  # missing or damaged: measure again
+    if type(cache.get(key)) in (int, float) and 0 < cache[key] < math.inf:
         return float(cache[key])
     cache[key] = measure_matmul_flops(device, n, reps)
     try:
@@ -140,8 +122,8 @@ def peak_flops(device, n=None, reps=3, cache_path=None):
 # ------------------------------------------------------- other processes
 
 def run_timed(command, what, cwd=None):
-    """(wall seconds, the finished process) of command, its output captured; UserError if it fails, naming
-    `what` and the last line of its stderr (a traceback's last line is the error itself)."""
+    """(wall seconds, the finished process) of command, output captured; UserError naming `what` and the last line of
+    its stderr (a traceback's last line is the error itself) if it fails."""
     t0 = time.perf_counter()
     done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0

@@ -40,10 +40,6 @@ def parse_args(argv=None):
     return args
 
 
-def train_ours(path, vocab_size):
-    return bpe.train_bpe(bpe.count_file_chunks(path), vocab_size)
-
-
 def train_hf(path, vocab_size):
     """HF's BpeTrainer set up like ours: the same regex split, then bytes."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
@@ -57,13 +53,6 @@ def train_hf(path, vocab_size):
                                   special_tokens=list(SPECIAL_TOKENS))
     tok.train([path], trainer)
     return tok
-
-
-def to_tiktoken(tok):
-    import tiktoken
-    return tiktoken.Encoding(name="b_lm_bpe", pat_str=tok.pattern,
-                             mergeable_ranks=tok.mergeable_ranks(),
-                             special_tokens=tok.special_tokens)
 
 
 def scale_table(path, vocab_size):
@@ -92,14 +81,16 @@ def main(argv=None):
     print(f"{args.data}: {mb:.2f} MB, vocab {args.vocab_size}, best of {args.repeat}, "
           f"{os.cpu_count()} CPUs")
 
-    ours_s, tok = best_seconds(lambda: train_ours(args.data, args.vocab_size), args.repeat)
+    ours_s, tok = best_seconds(lambda: bpe.train_bpe(bpe.count_file_chunks(args.data), args.vocab_size), args.repeat)
     hf_s, _ = best_seconds(lambda: train_hf(args.data, args.vocab_size), args.repeat)
     print("\ntraining (read file, split, count, merge)")
     print(f"{'':18} {'seconds':>8} {'vs HF':>7}")
     print(f"{'ours (bpe.py)':18} {ours_s:8.3f} {ours_s / hf_s:6.2f}x")
     print(f"{'HF tokenizers':18} {hf_s:8.3f} {1:6.2f}x")
 
-    enc = to_tiktoken(tok)
+    import tiktoken
+    enc = tiktoken.Encoding(name="b_lm_bpe", pat_str=tok.pattern, mergeable_ranks=tok.mergeable_ranks(),
+                            special_tokens=tok.special_tokens)
     # cold: a fresh tokenizer whose chunk cache is empty; warm: a second pass
     fresh = lambda: bpe.BPETokenizer(tok.merges, tok.pattern)  # noqa: E731
     cold_s, ids = best_seconds(lambda: fresh().encode(text), args.repeat)
