@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from device import DEVICE_CHOICES
-from errors import UserError
+from errors import UserError, shown
 
 KEPT, FIXED, LOCAL = "kept", "fixed", "local"
 
@@ -89,11 +89,14 @@ def from_args(settings_class, args):
 
 
 def check_rules(settings):
-    """UserError for the first setting that breaks its rule (NaN and infinity break every numeric rule)."""
+    """UserError for the first setting that breaks its rule or is not one of its choices (a value --resume read
+    from a checkpoint met no parser). NaN and infinity break every numeric rule."""
     for f in dataclasses.fields(settings):
-        value, rule = getattr(settings, f.name), f.metadata.get("rule")
+        value, rule, choices = getattr(settings, f.name), f.metadata.get("rule"), f.metadata.get("choices")
         if rule and value is not None and not (value == value and rule.holds(value)):
             raise UserError(f"{flag_name(f.name)} must be {rule.text}, got {value}")
+        if choices and value not in choices:
+            raise UserError(f"{flag_name(f.name)} must be one of {', '.join(choices)}, got {shown(value)}")
 
 
 def resumed(settings, saved, given, where):

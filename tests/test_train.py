@@ -93,6 +93,19 @@ def test_flags_given_with_resume_override_the_run_except_the_model_and_optimizer
     assert torch.load(tmp_path / "run.pth", weights_only=True)["step"] == 6
 
 
+@pytest.mark.parametrize("name, value, fragment", [
+    ("optimizer", "adagrad", "--optimizer must be one of adamw, adam, sgd, muon, torch-adamw, got 'adagrad'"),
+    ("dtype", "float8", "--dtype must be one of"), ("eval_interval", 0, "--eval-interval must be >= 1"),
+    ("lr", "fast", "is damaged: its --lr is 'fast'")])
+def test_a_resumed_setting_is_checked_like_a_flag(tmp_path, small_corpus, name, value, fragment):
+    _, ckpt = run(tmp_path, small_corpus, "--max-iters", "2")
+    saved = torch.load(ckpt, weights_only=True)
+    saved["run_config"][name] = value
+    torch.save(saved, ckpt)
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        train.main(["--ckpt", ckpt, "--resume", "--max-iters", "4", "--plot", ""])
+
+
 def test_resume_keeps_the_checkpoint_optimizer(tmp_path, small_corpus):
     # Its saved state fits only itself: sgd's momenta would not load into muon (the default).
     run(tmp_path, small_corpus, "--max-iters", "3", "--optimizer", "sgd", "--lr", "0.1")
