@@ -16,8 +16,7 @@ MAX_TOKENS_LIMIT = 100_000  # per request; a longer answer is a runaway, not a r
 class APIError(HTTPException):
     """A request the API refuses: status code, message, the parameter at fault and OpenAI's code for it.
 
-    An HTTPException, so that FastAPI passes on one raised while it reads the body (openai_api.Guard's 413).
-    """
+    An HTTPException, so that FastAPI passes on one raised while it reads the body (openai_api.Guard's 413)."""
 
     def __init__(self, status, message, param=None, code=None):
         super().__init__(status, message)
@@ -41,12 +40,10 @@ async def refused(request, e):
 ERROR_HANDLERS = dict.fromkeys([HTTPException, RequestValidationError], refused)
 
 
-# The request bodies. Fields OpenAI has but b_lm does not use are accepted
-# (clients send them with their defaults) and checked for type; a field
-# OpenAI does not have is refused, as OpenAI refuses it. Types are strict,
-# as OpenAI's are: "5", true and 5.0 are no integers, "1" and true are no
-# numbers, "yes" and 0 are no booleans, 5 is no string; an integer is a
-# number, as in JSON.
+# The request bodies. Fields OpenAI has but b_lm does not use are accepted (clients send them with their defaults)
+# and checked for type; a field OpenAI does not have is refused, as OpenAI refuses it. Types are strict, as OpenAI's
+# are: "5", true and 5.0 are no integers, "1" and true no numbers, "yes" and 0 no booleans, 5 no string; an integer
+# is a number, as in JSON.
 class Strict(BaseModel):
     model_config = ConfigDict(strict=True)
 
@@ -93,9 +90,8 @@ class Params(Strict):
         return [s for s in stops if s]
 
 
-# Messages and their parts ignore keys they do not know: a client that sends
-# back the assistant's message as it got it also sends its refusal, tool
-# calls and the like.
+# Messages and their parts ignore keys they do not know: a client that sends back the assistant's message as it got
+# it also sends its refusal, tool calls and the like.
 class ContentPart(Strict):
     type: Literal["text"]
     text: str
@@ -132,7 +128,6 @@ class CompletionParams(Params):
     echo: bool = False
 
     def prompt_text(self):
-        """The one prompt to continue."""
         prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
         if len(prompts) != 1:
             raise APIError(400, "prompt must be one string", "prompt")
@@ -155,11 +150,9 @@ FIELDS = {name for body in (ChatParams, CompletionParams, StreamOptions, Message
 
 
 def param_path(loc):
-    """The parameter a validation error's location names, as OpenAI writes it.
+    """The parameter a validation error's location names, as OpenAI writes it, leaving out a union's branch labels.
 
-    ('body', 'messages', 0, 'content', 'list[ContentPart]', 1, 'text') -> 'messages[0].content[1].text':
-    the union's branch labels are no parameters.
-    """
+    ('body', 'messages', 0, 'content', 'list[ContentPart]', 1, 'text') -> 'messages[0].content[1].text'"""
     path = ""
     for part in loc:
         if isinstance(part, int):

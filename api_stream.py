@@ -30,18 +30,12 @@ class StopText:
         ready, self.pending = self.pending[:len(self.pending) - keep], self.pending[len(self.pending) - keep:]
         return ready, False
 
-    def flush(self):
-        ready, self.pending = self.pending, ""
-        return ready
-
 
 class Mailbox:
     """Hands items from the generator's thread to queues on the event loop, waking the loop once per batch.
 
-    The generator emits a token for every active request at each step; one
-    wake-up for all of them instead of one each keeps the loop's overhead
-    from growing with the batch.
-    """
+    The generator emits a token for every active request at each step: one wake-up for all of them keeps the loop's
+    overhead from growing with the batch."""
     of_loop = {}  # one per event loop: the server runs one
 
     def __init__(self, loop):
@@ -87,11 +81,8 @@ class Completion:
         return {"prompt_tokens": n, "completion_tokens": m, "total_tokens": n + m}
 
     async def pieces(self):
-        """The text as it is generated. Tokens that arrived together come out as one piece.
-
-        Under load the generator runs ahead of the event loop, and sending
-        each token on its own would cost more than generating it.
-        """
+        """The text as it is generated. Tokens that arrived together come out as one piece: under load the generator
+        runs ahead of the event loop, and sending each token on its own would cost more than generating it."""
         queue, mailbox = asyncio.Queue(), Mailbox.running()
         generation = self.generator.submit(self.prompt_ids, self.settings, lambda item: mailbox.post(queue, item))
         try:
@@ -116,7 +107,7 @@ class Completion:
         if item is None:  # the generation is over: out with what the decoder and the stop check hold back
             tail, stopped = self.stop_text.push(self.decoder.flush())
             self.finish_reason = "stop" if stopped or self.stop_token else "length"
-            return tail if stopped else tail + self.stop_text.flush()
+            return tail if stopped else tail + self.stop_text.pending
         self.completion_tokens += 1
         if item in self.settings.stop_ids:
             self.stop_token = True
@@ -140,7 +131,6 @@ def choice(chat, text, finish_reason=None, streamed=False, role=None):
 
 
 def sse(data):
-    """One server-sent event."""
     return f"data: {json.dumps(data)}\n\n"
 
 

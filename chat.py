@@ -1,17 +1,9 @@
 """The chat format: conversations as token ids, for fine-tuning and for answering.
 
-A conversation is a list of turns (question, answer). Each turn renders as
-
-    <|user|>{question}<|end|><|assistant|>{answer}<|end|>
-
-with the special tokens every tokenizer reserves (tokenizer.py), so the format
-works with characters and with BPE alike. The user's text is encoded with no
-special tokens allowed: typing "<|end|>" cannot forge a turn boundary.
-
-Fine-tuning learns from the assistant's side only: the loss mask marks the
-answer tokens and the <|end|> that closes them, since the model is to learn to
-answer, not to predict the user's questions. Answering feeds the history plus
-`<|user|>{question}<|end|><|assistant|>` and samples until <|end|>.
+A turn (question, answer) renders as `<|user|>{question}<|end|><|assistant|>{answer}<|end|>` with the special tokens
+every tokenizer reserves (tokenizer.py). The user's text is encoded with no special tokens allowed: typing "<|end|>"
+cannot forge a turn boundary. Fine-tuning learns from the answer tokens and their <|end|> only: the model is to learn
+to answer, not to predict the user's questions. Answering samples after `<|assistant|>` until <|end|>.
 """
 from collections import namedtuple
 from dataclasses import replace
@@ -20,9 +12,8 @@ from errors import UserError
 from sampling import stream_text
 from tokenizer import ASSISTANT, END_OF_TURN, ENDOFTEXT, USER, fit_typed_text
 
-# A prompt for generation. dropped_turns: how many of the oldest history turns
-# did not fit; trimmed_tokens: how many tokens were cut from the start of the
-# question because it alone did not fit (0 when it fit whole).
+# dropped_turns: how many of the oldest history turns did not fit; trimmed_tokens: how many tokens were cut from the
+# start of the question because it alone did not fit (0 when it fit whole).
 Prompt = namedtuple("Prompt", "ids dropped_turns trimmed_tokens")
 
 
@@ -35,9 +26,7 @@ def turn_token_ids(tokenizer):
 def encode_turn(tokenizer, question, answer):
     """One turn as (ids, mask): mask[i] is 1 where ids[i] is an answer token or its closing <|end|>.
 
-    With the char tokenizer, ("Hi", "Yo") -> ids <|user|> H i <|end|> <|assistant|> Y o <|end|>,
-    mask 0 0 0 0 0 1 1 1.
-    """
+    With the char tokenizer, ("Hi", "Yo") -> <|user|> H i <|end|> <|assistant|> Y o <|end|>, mask 0 0 0 0 0 1 1 1."""
     user, assistant, end = turn_token_ids(tokenizer)
     q, a = tokenizer.encode(question), tokenizer.encode(answer)
     ids = [user, *q, end, assistant, *a, end]
@@ -46,22 +35,18 @@ def encode_turn(tokenizer, question, answer):
 
 
 def targets_from_mask(ids, mask):
-    """The (inputs, targets) pair of a rendered row: predict ids[t + 1] where it is masked in, -1 elsewhere.
-
-    The model's loss ignores targets of -1, so only the answers teach it.
-    """
+    """(inputs, targets) of a rendered row: ids[t + 1] where it is masked in, -1 (the loss ignores it) elsewhere."""
     inputs = ids[:-1]
     targets = [i if m else -1 for i, m in zip(ids[1:], mask[1:])]
     return inputs, targets
 
 
 def fit_turn(ids, mask, max_len):
-    """Shorten one rendered turn to at most max_len tokens by cutting the start of its question.
+    """Shorten one rendered turn to at most max_len tokens by cutting the start of its question; None when even a
+    one-token question leaves no room for the answer.
 
-    The end of a question ("... father of Hector?") carries more of what is
-    asked than its start, and the answer must stay whole to be learned.
-    Returns None when even a one-token question leaves no room for the answer.
-    """
+    The end of a question ("... father of Hector?") carries more of what is asked than its start, and the answer
+    must stay whole to be learned."""
     excess = len(ids) - max_len
     if excess <= 0:
         return ids, mask
@@ -74,10 +59,8 @@ def fit_turn(ids, mask, max_len):
 def answer_room(block_size, max_new_tokens):
     """Context tokens kept free for the answer: max_new_tokens, but at most a quarter of the context.
 
-    The cap stops a long --length from crowding out the question. An answer
-    that outgrows its room still goes on (generation slides its window); it
-    just loses sight of the start of the conversation.
-    """
+    The cap stops a long --length from crowding out the question. An answer that outgrows its room still goes on
+    (generation slides its window); it just loses sight of the start of the conversation."""
     return max(1, min(max_new_tokens, block_size // 4))
 
 
@@ -86,11 +69,7 @@ MIN_PROMPT_TOKENS = 4
 
 
 def prompt_budget(block_size, max_new_tokens):
-    """Prompt tokens a context of block_size leaves once the answer has its room (answer_room).
-
-    A UserError when that is too few for the shortest prompt: a model with a
-    context under MIN_PROMPT_TOKENS + 1 tokens cannot chat, whatever it is asked.
-    """
+    """Prompt tokens a context of block_size leaves once the answer has its room; a UserError if too few to chat."""
     budget = block_size - answer_room(block_size, max_new_tokens)
     if budget < MIN_PROMPT_TOKENS:
         raise UserError(f"the model's context of {block_size} tokens is too short for a chat prompt: a question "
@@ -101,14 +80,10 @@ def prompt_budget(block_size, max_new_tokens):
 
 
 def build_prompt(tokenizer, history, question, max_tokens):
-    """The ids to generate an answer from: as much history as fits, then the question.
+    """The ids to generate an answer from: as much of history [(question, answer), ...] as fits, then the question.
 
-    history is [(question, answer), ...], oldest first. The newest turns matter
-    most, so the oldest are dropped first until the prompt fits in max_tokens.
-    If the question alone does not fit, its end is kept (see fit_turn) and the
-    Prompt says how many tokens were cut, so the interface can say so. A
-    budget under MIN_PROMPT_TOKENS is a UserError: no question fits in it.
-    """
+    The newest turns matter most, so the oldest are dropped first until the prompt fits in max_tokens. If the
+    question alone does not fit, its end is kept (see fit_turn) and the Prompt says how many tokens were cut."""
     user, assistant, end = turn_token_ids(tokenizer)
     q = tokenizer.encode(fit_typed_text(tokenizer, question))
     if max_tokens < MIN_PROMPT_TOKENS:
@@ -130,8 +105,7 @@ def build_prompt(tokenizer, history, question, max_tokens):
 
 
 def answer_settings(tokenizer, settings):
-    """settings for sampling an answer: it ends at <|end|>, the one special token it may produce, and never
-    opens a new turn or a new document."""
+    """settings for an answer: it ends at <|end|>, the one special token it may produce, and never opens a turn."""
     s = tokenizer.special_tokens
     return replace(settings, stop_ids=(s[END_OF_TURN],), banned_ids=(s[USER], s[ASSISTANT], s[ENDOFTEXT]))
 
@@ -152,7 +126,6 @@ def trim_notice(prompt, block_size):
 
 
 def require_chat(checkpoint, path):
-    """A UserError unless the checkpoint is an instruction-tuned chat model."""
     if not checkpoint.get("chat", False):
         raise UserError(f"{path} is not a chat model: fine-tune it first with "
                         f"'python sft.py --init-from {path}', or leave out --chat")

@@ -14,7 +14,7 @@ from chat import answer_settings, build_prompt, prompt_budget, require_chat, tri
 from checkpoint import load_model
 from device import choose_device
 from errors import ArgumentParser, UserError, run_main
-from sampling import add_sampling_flags, sampling_from_args, stream_text, text_prompt
+from sampling import add_sampling_flags, sampling_from_args, stream_out, text_prompt
 
 
 def main(argv=None):
@@ -42,12 +42,8 @@ def main(argv=None):
     else:
         ids, settings = text_prompt(tokenizer, args.start, settings)  # unknown characters fail before any output
         sys.stdout.write(args.start)
-    for piece in stream_text(model, tokenizer, ids, settings):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-        if getattr(sys.stdout, "closed_by_reader", False):  # `| head` has what it wanted
-            return
-    sys.stdout.write("\n")
+    if stream_out(model, tokenizer, ids, settings, sys.stdout.write) is not None:
+        sys.stdout.write("\n")
 
 
 if __name__ == "__main__":

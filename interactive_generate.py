@@ -3,16 +3,9 @@
     python interactive_generate.py --ckpt checkpoint.pth --length 200   # completion
     python interactive_generate.py --ckpt chat.pth                      # chat (from sft.py)
 
-Completion mode: each prompt starts a new text; an empty line continues the
-previous text (or starts from a newline).
-
-Chat mode (a checkpoint made by sft.py, or --chat): each line is a question;
-the model sees the conversation so far, oldest turns dropped first when it
-outgrows the model's context. /reset forgets the conversation, /help lists the
-commands. quit, exit, q, :q or Ctrl-D end either session; Ctrl-C stops it
-with status 130, as it stops every script.
+Completion mode: each prompt starts a new text, an empty line continues the previous one. Chat mode (a checkpoint made
+by sft.py, or --chat) keeps the conversation, oldest turns dropped first when it outgrows the model's context.
 """
-
 from errors import stop_cleanly
 
 stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load is one line too
@@ -23,7 +16,7 @@ from chat import answer_settings, build_prompt, prompt_budget, require_chat, tri
 from checkpoint import load_model
 from device import choose_device
 from errors import ArgumentParser, UserError, run_main
-from sampling import add_sampling_flags, sampling_from_args, stream_text, text_prompt
+from sampling import add_sampling_flags, sampling_from_args, stream_out, text_prompt
 
 QUIT_WORDS = {"quit", "exit", "q", ":q"}
 CHAT_HELP = """commands:
@@ -37,11 +30,6 @@ outgrows the model's context, the oldest turns are forgotten first."""
 def write_out(text):
     """Write to sys.stdout as it is when called: run_main's, which goes quiet when its reader goes away."""
     sys.stdout.write(text)
-
-
-def reader_gone():
-    """Whether the reader of our output has gone (`interactive_generate.py | head`): then the session ends."""
-    return getattr(sys.stdout, "closed_by_reader", False)
 
 
 def completion_loop(model, tokenizer, settings, read=input, write=write_out):
@@ -58,18 +46,14 @@ def completion_loop(model, tokenizer, settings, read=input, write=write_out):
         prompt = line if line else text
         try:
             ids, text_settings = text_prompt(tokenizer, prompt, settings)
-            out = []
-            for piece in stream_text(model, tokenizer, ids, text_settings):
-                out.append(piece)
-                write(piece)
-                sys.stdout.flush()
-                if reader_gone():
-                    return
+            out = stream_out(model, tokenizer, ids, text_settings, write)
         except UserError as e:  # e.g. characters the model never saw: say so, keep going
             write(f"error: {e}\n")
             continue
+        if out is None:
+            return
         write("\n")
-        text = prompt + "".join(out)
+        text = prompt + out
 
 
 def chat_loop(model, tokenizer, settings, read=input, write=write_out):
@@ -103,21 +87,16 @@ def chat_loop(model, tokenizer, settings, read=input, write=write_out):
         except UserError as e:  # e.g. characters the model never saw: say so, keep going
             write(f"error: {e}\n")
             continue
-        # Forget what no longer fits for good, so an old turn does not flicker back
-        # into view when a shorter question happens to leave room for it.
+        # Forget what no longer fits for good, so an old turn does not flicker back when a shorter question leaves room.
         del history[:prompt.dropped_turns]
         if prompt.trimmed_tokens:
             write(trim_notice(prompt, block) + "\n")
         write("model> ")
-        pieces = []
-        for piece in stream_text(model, tokenizer, prompt.ids, settings):
-            pieces.append(piece)
-            write(piece)
-            sys.stdout.flush()
-            if reader_gone():
-                return
+        reply = stream_out(model, tokenizer, prompt.ids, settings, write)
+        if reply is None:
+            return
         write("\n")
-        history.append((line, "".join(pieces)))
+        history.append((line, reply))
 
 
 def main(argv=None):

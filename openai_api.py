@@ -1,19 +1,9 @@
-"""The OpenAI-compatible HTTP API (and the chat page) over a BatchedGenerator.
+"""The OpenAI-compatible HTTP API (and the chat page at /) over a BatchedGenerator.
 
-    GET  /                     the chat page (chat.html)
-    GET  /health               how many generations run and wait
-    GET  /v1/models            the one loaded model
-    POST /v1/chat/completions  chat models: answer the last user message
-    POST /v1/completions       any model: continue a text
-
-Requests follow OpenAI's schema, so the official `openai` client and the
-tools built on it work unchanged. Where b_lm differs, it says so plainly:
-system messages are ignored (our chat format has no system turn), only
-n=1 is served, any model name is accepted (there is one model), and a
-conversation longer than the context drops its oldest turns first, then
-trims the start of the question, as the REPL does. A completion prompt
-keeps its last block_size tokens. Every bad request gets an OpenAI-style
-JSON error with a 4xx status.
+Requests follow OpenAI's schema, so the official `openai` client and the tools built on it work unchanged. Where b_lm
+differs: system messages are ignored (our chat format has no system turn), only n=1 is served, any model name is
+accepted (there is one model), and a conversation longer than the context drops its oldest turns first, then trims
+the start of the question, as the REPL does. A completion prompt keeps its last block_size tokens.
 """
 import os
 import secrets
@@ -38,9 +28,7 @@ PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat.html")
 class Guard:
     """What every request passes before it reaches a route: the API key, and a cap on the body's size.
 
-    Plain ASGI rather than an @app.middleware function: that kind wraps
-    streaming responses in a way that hides a client's disconnect.
-    """
+    Plain ASGI rather than an @app.middleware function, which wraps streaming responses so as to hide a disconnect."""
 
     def __init__(self, app, api_key=None):
         self.app, self.api_key = app, api_key

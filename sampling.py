@@ -1,11 +1,10 @@
 """Inference: sampling tokens from a trained model, with a key/value cache.
 
-Kept out of the model's training path. Without a cache every new token costs a
-forward pass over the whole context; with one, the prompt is prefilled in a
-single pass and each later step feeds just the newest token, attending to the
-keys and values the cache kept from earlier positions.
+With the cache, the prompt is prefilled in a single pass and each later step feeds just the newest token, attending to
+the keys and values kept from earlier positions, instead of a forward pass over the whole context per token.
 """
 import math
+import sys
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -27,7 +26,6 @@ class KVCache:
         self.length = 0  # positions already cached; the model advances it after each forward
 
     def positions(self, T, device):
-        """The positions of T new tokens, after the cached ones."""
         if self.length + T > self.max_len:
             raise ValueError(f"sequence of {self.length + T} tokens exceeds the cache's {self.max_len}")
         return torch.arange(self.length, self.length + T, device=device)
@@ -36,17 +34,13 @@ class KVCache:
         self.length += T
 
     def append(self, layer, k, v):
-        """Store new k, v (B, nh, T, hs) after the cached ones; return all of them, and no mask.
-
-        Every row is at the same position, so attend's causal rule is the mask.
-        """
+        """Store new k, v (B, nh, T, hs) after the cached ones; return them all, no mask: every row is at one place."""
         if self.keys[layer] is None:
             B, nh, _, hs = k.shape
             self.keys[layer] = k.new_empty(B, nh, self.max_len, hs)
             self.values[layer] = v.new_empty(B, nh, self.max_len, hs)
-        # narrow() rather than [:, :, a:b]: the same views, but a decoding step
-        # calls this twice per layer per token, and indexing with slices costs
-        # several times more Python and dispatch overhead.
+        # narrow() rather than [:, :, a:b]: the same views, but a decoding step calls this twice per layer per token,
+        # and indexing with slices costs several times more Python and dispatch overhead.
         T, end = k.size(2), self.length + k.size(2)
         self.keys[layer].narrow(2, self.length, T).copy_(k)
         self.values[layer].narrow(2, self.length, T).copy_(v)
@@ -69,11 +63,9 @@ class Sampling:
 def sample_next(logits, settings, generator=None):
     """Pick the next token id from a (vocab,) row of logits, as settings say.
 
-    Sampling runs on the CPU with our own generator, so a seed gives the same
-    tokens on every device. Any temperature >= 0 and top_p in (0, 1] work: a
-    vanishing temperature or top_p leaves the likeliest token, a huge
-    temperature spreads the choice evenly.
-    """
+    Sampling runs on the CPU with our own generator, so a seed gives the same tokens on every device. Any temperature
+    >= 0 and top_p in (0, 1] work: a vanishing temperature or top_p leaves the likeliest token, a huge temperature
+    spreads the choice evenly."""
     temperature, top_k, top_p = settings.temperature, settings.top_k, settings.top_p
     logits = logits.detach().to("cpu", torch.float32, copy=True)  # ours to modify: the caller's stays intact
     if settings.banned_ids:
@@ -104,25 +96,17 @@ def supports_cache(model):
 def gradients_off(device):
     """A context for forward passes that need no gradients.
 
-    inference_mode rather than no_grad: it also skips autograd's version
-    counters, ~8% of a one-token decoding step on the CPU. torch-directml
-    fails under it ("Cannot set version_counter for inference tensor",
-    microsoft/DirectML#602), so DirectML keeps no_grad.
-    """
+    inference_mode rather than no_grad: it also skips autograd's version counters, ~8% of a one-token decoding step
+    on the CPU. torch-directml fails under it ("Cannot set version_counter for inference tensor",
+    microsoft/DirectML#602), so DirectML keeps no_grad."""
     return torch.no_grad() if is_directml(device) else torch.inference_mode()
 
 
 def generate_ids(model, prompt_ids, settings):
-    """Yield up to settings.max_new_tokens sampled ids, one at a time, after prompt_ids.
+    """Yield up to settings.max_new_tokens sampled ids after prompt_ids; stop after a stop id, never yield a banned one.
 
-    The context is a window of at most block_size tokens. When it is full we
-    slide it, keeping the newest half, and (with the cache) prefill that half
-    again. The window rule is the same with and without the cache, so both
-    paths see the same context and, for a seed, produce the same tokens.
-    Stops early after yielding a stop id; never yields a banned one.
-    """
-    if not prompt_ids:
-        raise ValueError("generation needs at least one prompt token")
+    The context is a window of at most block_size tokens; when it is full we slide it, keeping the newest half, and
+    (with the cache) prefill that half again. Both paths see the same context, so a seed gives the same tokens."""
     device = next(model.parameters()).device
     block = model.config.block_size
     generator = torch.Generator().manual_seed(settings.seed) if settings.seed is not None else None
@@ -152,11 +136,7 @@ def generate_ids(model, prompt_ids, settings):
 
 
 def stream_text(model, tokenizer, prompt_ids, settings):
-    """Yield the text sampled after prompt_ids, piece by piece, as it comes: the one way every front end samples.
-
-    A stop id ends the text and is not shown: it marks the end, it is not part
-    of what the model said.
-    """
+    """Yield the text sampled after prompt_ids as it comes, without the stop id: the one way every front end samples."""
     decoder = StreamDecoder(tokenizer)
     for token in generate_ids(model, prompt_ids, settings):
         if token in settings.stop_ids:
@@ -169,11 +149,21 @@ def stream_text(model, tokenizer, prompt_ids, settings):
         yield tail
 
 
+def stream_out(model, tokenizer, prompt_ids, settings, write):
+    """Write the sampled text as it comes; return it whole, or None once our reader has gone (`... | head`)."""
+    pieces = []
+    for piece in stream_text(model, tokenizer, prompt_ids, settings):
+        pieces.append(piece)
+        write(piece)
+        sys.stdout.flush()
+        if getattr(sys.stdout, "closed_by_reader", False):
+            return None
+    return "".join(pieces)
+
+
 def text_prompt(tokenizer, text, settings):
     """(prompt ids, settings) to continue plain text; an empty prompt starts from a newline (or <|endoftext|>).
-
-    Plain text never contains special tokens, so none may be sampled.
-    """
+    Plain text never contains special tokens, so none may be sampled."""
     try:
         ids = tokenizer.encode(fit_typed_text(tokenizer, text) or "\n")
     except UserError:

@@ -2,12 +2,6 @@
 
     python serve.py --ckpt chat.pth                 # then open http://127.0.0.1:8000
     python serve.py --ckpt chat.pth --port 9000 --api-key secret
-
-From Python, the official client works unchanged:
-
-    from openai import OpenAI
-    client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="secret")
-    client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Who is Hector?"}])
 """
 
 from errors import stop_cleanly

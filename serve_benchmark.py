@@ -3,16 +3,12 @@
     python serve_benchmark.py --ckpt chat.pth                  # 1, 4 and 16 clients, 30 s each
     python serve_benchmark.py --ckpt chat.pth --clients 1 8 --seconds 10
 
-Starts serve.py on a free local port, then for each load runs that many
-clients at once, each streaming chat completions back to back (the test
-questions of qa.jsonl, greedy, as the chat page would ask them) until the
-time is up. The model's answers are short, so that load is mostly requests
-and prompts; --text streams completions that run to --max-tokens instead,
-which is mostly decoding. Tokens are the server's own usage counts; time to first token
-runs from sending the request to the first text arriving. Run it with
-nothing else busy: the clients share the machine with the server.
+Starts serve.py on a free local port, then for each load runs that many clients at once, each streaming greedy chat
+answers to qa.jsonl's test questions back to back until the time is up. The answers are short, so that load is mostly
+requests and prompts; --text streams completions that run to --max-tokens instead, which is mostly decoding. Tokens
+are the server's own usage counts; time to first token runs from sending the request to the first text arriving. Run
+it with nothing else busy: the clients share the machine with the server.
 """
-
 from errors import stop_cleanly
 
 stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load is one line too
@@ -62,11 +58,7 @@ def parse_args(argv=None):
 
 
 def stream_one(host, port, question, max_tokens, text_mode=False):
-    """One streamed completion: (seconds to the first text, seconds in all, completion tokens).
-
-    A chat answer (greedy, ending where the model ends it), or in text mode a
-    sampled continuation of the question that runs to max_tokens.
-    """
+    """One streamed chat answer (greedy) or text (sampled): (seconds to the first text, in all, completion tokens)."""
     body = {"max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}
     if text_mode:
         path, body = "/v1/completions", {**body, "prompt": question, "temperature": 0.8, "seed": len(question)}

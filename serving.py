@@ -1,18 +1,10 @@
 """Serving many generations at once: continuous batching over one model.
 
-A server that decoded each request on its own would spend most of a CPU's
-time on per-call overhead: a one-token forward pass of a small model costs
-about the same for one sequence as for sixteen. So every active generation
-sits in a slot of one shared key/value cache, each at its own length, and
-one forward pass advances them all by a token (each row at its own position,
-masked to its own keys). A new request joins between two steps: its prompt
-is prefilled into a free slot, and from the next step on it decodes with the
-others. A finished or abandoned request frees its slot at once.
-
-Every sequence follows generate_ids' rules (sampling.py): the same context
-window, slid the same way when it fills, and sample_next with the request's
-own settings and seeded generator. So a request gets the tokens generate.py
-would give it, whatever else is running.
+A one-token forward pass of a small model costs about the same for one sequence as for sixteen, so every active
+generation sits in a slot of one shared key/value cache, each at its own length, and one forward pass advances them
+all by a token. A new request is prefilled into a free slot between two steps; a finished or abandoned one frees its
+slot at once. Every sequence follows generate_ids' rules (sampling.py): the same window, slid the same way, and
+sample_next with its own seeded generator, so a request gets the tokens generate.py would give it, whatever else runs.
 """
 import threading
 from collections import deque
@@ -25,9 +17,8 @@ from sampling import gradients_off, sample_next
 class SlotCache:
     """Keys and values of up to max_batch sequences, one slot each, every slot at its own length.
 
-    The active sequences occupy slots 0..n-1, so a decoding step works on a
-    view of the buffers rather than a gathered copy; when a sequence leaves,
-    the last one moves into its slot.
+    The active sequences occupy slots 0..n-1, so a decoding step works on a view of the buffers rather than a
+    gathered copy; when a sequence leaves, the last one moves into its slot.
     """
 
     def __init__(self, n_layer, max_batch, max_len):
@@ -40,10 +31,8 @@ class SlotCache:
     def prefill(self, slots, lengths):
         """Make the next forward pass fill these slots from position 0 with contexts of these lengths.
 
-        The contexts come padded at the end to one length; causal attention
-        keeps each real token from seeing the padding, and a slot's padded
-        positions are overwritten by its next tokens before anything reads them.
-        """
+        The contexts come padded at the end to one length: causal attention hides the padding from real tokens,
+        and a slot's next tokens overwrite it before anything reads it."""
         self.rows = ("prefill", slots)
         self.cached_after = dict(zip(slots, lengths))  # slot: its length once the pass is through
 
@@ -51,10 +40,9 @@ class SlotCache:
         """Make the next forward pass add one token to each of slots 0..n-1."""
         self.rows = ("decode", n)
         self.cached_after = {i: self.lengths[i] + 1 for i in range(n)}
-        # Every layer writes and masks at the same places: work them out once per pass.
+        # Worked out once for every layer. Row i attends to its own lengths[i] cached keys and the new one; the rest
+        # of the window is other sequences' padding.
         self.next_position = torch.tensor(self.lengths[:n], device=device).view(n, 1)
-        # Row i attends to its own lengths[i] cached keys and the new one; the rest of the
-        # window is other sequences' padding.
         self.end = max(self.lengths[:n]) + 1
         self.mask = (torch.arange(self.end, device=device) <= self.next_position).view(n, 1, 1, self.end)
 
@@ -86,7 +74,6 @@ class SlotCache:
             self.lengths[slot] = length
 
     def move(self, src, dst):
-        """Move slot src's sequence into slot dst."""
         for buffers in (self.keys, self.values):
             for b in buffers:
                 if b is not None:
@@ -97,14 +84,10 @@ class SlotCache:
 class Generation:
     """One request: its tokens so far, its settings, and where its tokens go.
 
-    emit(token) is called from the generator's thread with each new token id,
-    then emit(None) once when the generation is over (stopped, at its length
-    limit, or cancelled); emit(exception) if the model failed.
-    """
+    emit(token) is called from the generator's thread with each new token id, then emit(None) once when the
+    generation is over (stopped, at its length limit, or cancelled); emit(exception) if the model failed."""
 
     def __init__(self, prompt_ids, settings, emit):
-        if not prompt_ids:
-            raise ValueError("generation needs at least one prompt token")
         self.tokens = list(prompt_ids)
         self.settings = settings
         self.emit = emit
@@ -143,8 +126,7 @@ class BatchedGenerator:
         self.active = []  # the Generation in each slot, slots 0..n-1
         self.waiting = deque()
         self.wakeup = threading.Condition()
-        self.thread = threading.Thread(target=self._run, name="batched-generator", daemon=True)
-        self.thread.start()
+        threading.Thread(target=self._run, name="batched-generator", daemon=True).start()
 
     def submit(self, prompt_ids, settings, emit):
         """Queue a generation; returns its Generation (to cancel it)."""
@@ -171,8 +153,7 @@ class BatchedGenerator:
     def step(self):
         """Advance every active generation by a token (one that just joined, by two)."""
         self._drop_finished()
-        # Generations new to their slots, or whose windows are full, first run
-        # their contexts through the model, as generate_ids does: together, in one pass.
+        # Generations new to their slots, or whose windows are full, first run their contexts through the model at once.
         while any(self._needs_prefill(g) for g in self.active):
             slots = [slot for slot, g in enumerate(self.active) if self._needs_prefill(g)]
             for slot, logits in zip(slots, self._prefill(slots)):
@@ -190,11 +171,7 @@ class BatchedGenerator:
         self._drop_finished()
 
     def _next_tokens(self, logits):
-        """Each active generation's next token from its row of logits (n, vocab), as sample_next picks it.
-
-        The greedy rows share one masked argmax, which costs what one row's
-        sampling costs; sampled rows go one by one, each with its own generator.
-        """
+        """Each generation's next token from its row of logits (n, vocab); the greedy rows share one masked argmax."""
         picks = [None] * len(self.active)
         greedy = [i for i, g in enumerate(self.active) if g.settings.temperature == 0]
         if greedy:
@@ -231,7 +208,6 @@ class BatchedGenerator:
         g.emit(token)
 
     def _drop_finished(self):
-        """Free the slots of generations that are over, telling each."""
         slot = 0
         while slot < len(self.active):
             g = self.active[slot]

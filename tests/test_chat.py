@@ -8,6 +8,7 @@ import torch.nn as nn
 import chat
 import generate
 import interactive_generate
+import sampling
 from bpe import BPETokenizer
 from conftest import assert_clean_error, run_script
 from sampling import Sampling, stream_text
@@ -135,7 +136,7 @@ def test_chat_loop_keeps_the_history_and_forgets_it_on_reset(monkeypatch):
         prompts.append(tokenizer.decode(ids))
         yield "answer " + "abc"[len(prompts) - 1]
 
-    monkeypatch.setattr(interactive_generate, "stream_text", fake_answer)
+    monkeypatch.setattr(sampling, "stream_text", fake_answer)  # what stream_out streams
     lines = iter(["/help", "Who?", "", "And then?", "/reset", "Why?", "/bogus", "quit", "never read"])
     out = []
     model = types.SimpleNamespace(config=types.SimpleNamespace(block_size=128))
