@@ -1,24 +1,15 @@
 """Byte-level BPE: learn merges from a corpus, encode text to ids and back.
 
-Vocabulary layout (ids):
-    0..255                  the 256 single bytes
-    256..256+n_merges-1     one token per learned merge, in the order learned
-    then                    tokenizer.SPECIAL_TOKENS, in that order
-so vocab_size = 256 + n_merges + len(SPECIAL_TOKENS), and a requested vocab
-size counts the special tokens too (4096 means 4092 byte and merge tokens).
+Ids: the 256 single bytes, then one token per learned merge in the order learned, then tokenizer.SPECIAL_TOKENS;
+a requested vocab size counts the special tokens too (4096 means 4092 byte and merge tokens). Text is first cut into
+chunks by a regex (GPT-4's pattern by default), and merges never cross a chunk boundary. A merge's id doubles as its
+rank: encoding merges the lowest id first, so it replays training on each chunk.
 
-Text is first cut into chunks by a regex (GPT-4's pattern by default), and
-merges never cross a chunk boundary. A merge's id doubles as its rank: when
-encoding, the pair with the lowest id merges first, which is the order they
-were learned in, so encoding replays training on each chunk.
-
-Our vocabulary is also a valid tiktoken `mergeable_ranks` {bytes: rank}, and
-the tests hold our ids against tiktoken's. Why: in this replay, whenever a
-stretch of bytes ends up covered exactly by some tokens, those tokens are the
-ones the stretch would get on its own (a merge reaching across its edge would
-have made a token that crosses it). So every token's bytes come from one
-merge only, and "merge the pair whose joined bytes rank lowest" (tiktoken)
-picks the same pair as "merge the pair with the lowest rank" (us).
+Our vocabulary is also a valid tiktoken `mergeable_ranks`, and the tests hold our ids against tiktoken's. Why: in
+this replay, whenever a stretch of bytes ends up covered exactly by some tokens, those tokens are the ones the
+stretch would get on its own (a merge reaching across its edge would have made a token that crosses it). So every
+token's bytes come from one merge only, and "merge the pair whose joined bytes rank lowest" (tiktoken) picks the
+same pair as "merge the pair with the lowest rank" (us).
 """
 import heapq
 import json
@@ -29,23 +20,20 @@ from itertools import repeat
 import regex
 
 from errors import UserError
-from files import atomic_write, check_input_file
+from files import atomic_write
 from jsonfile import read_json
 from tokenizer import SPECIAL_TOKENS, Tokenizer, check_special_tokens
 
-# The split pattern of tiktoken's cl100k_base (GPT-4): contractions, words with
-# one leading non-letter, numbers of up to 3 digits, punctuation runs,
-# newlines, and whitespace that leaves one space for the following word.
-GPT4_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
-    r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
-)
+# The split pattern of tiktoken's cl100k_base (GPT-4): contractions, words with one leading non-letter, numbers of up
+# to 3 digits, punctuation runs, newlines, and whitespace that leaves one space for the following word.
+GPT4_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+                r"""|\s*[\r\n]|\s+(?!\S)|\s+""")
 FORMAT_VERSION = 1
 N_SPECIAL = len(SPECIAL_TOKENS)
 NO_MERGE = 1 << 62  # rank of a pair that has no merge
+# Larger than any tokenizer in use (GPT-4's has 100,277 tokens), and within what every trainer's ids hold.
+MAX_VOCAB_SIZE = 1_000_000
 
-
-# ---- small pure helpers
 
 def compile_pattern(pattern):
     """regex.compile, with a user-facing error for a broken --pattern."""
@@ -65,10 +53,8 @@ def count_chunks(text, pattern=GPT4_PATTERN):
 
 
 def merge(ids, pair, idx):
-    """Replace each occurrence of pair by idx, left to right, without overlaps.
-
-    ([1, 2, 3, 1, 2], (1, 2), 4) -> [4, 3, 4];  ([7, 7, 7], (7, 7), 8) -> [8, 7]
-    """
+    """Replace each occurrence of pair by idx, left to right, without overlaps:
+    ([1, 2, 3, 1, 2], (1, 2), 4) -> [4, 3, 4];  ([7, 7, 7], (7, 7), 8) -> [8, 7]"""
     out, i, n = [], 0, len(ids)
     while i < n:
         if i < n - 1 and ids[i] == pair[0] and ids[i + 1] == pair[1]:
@@ -80,22 +66,16 @@ def merge(ids, pair, idx):
     return out
 
 
-# ---- reading a corpus in blocks
-
-# A cut right after a newline is a chunk boundary of GPT4_PATTERN when the
-# whitespace that follows holds no other newline and ends in a visible
-# character: the chunk holding the newline ends at the last newline of its
-# whitespace run, and no alternative carries a newline into the next word. So
-# counting block by block gives exactly the counts of the whole text. (Another
-# --pattern may count a few chunks differently at the cuts.)
+# A cut right after a newline is a chunk boundary of GPT4_PATTERN when the whitespace that follows holds no other
+# newline and ends in a visible character: the chunk holding the newline ends at the last newline of its whitespace
+# run, and no alternative carries a newline into the next word. So counting block by block gives exactly the counts
+# of the whole text. (Another --pattern may count a few chunks differently at the cuts.)
 _SAFE_AFTER_NEWLINE = regex.compile(r"[^\S\r\n]*\S")
 
 
 def find_cut(buf):
-    """Index just past the last newline in buf that is safe to cut at, or 0.
-
-    b'one\\ntwo\\n  three' -> 8;  b'one\\n\\n' -> 0 (what follows is not known yet)
-    """
+    """Index just past the last newline in buf that is safe to cut at, or 0:
+    b'one\\ntwo\\n  three' -> 8;  b'one\\n\\n' -> 0 (what follows is not known yet)"""
     end = len(buf)
     while True:
         i = buf.rfind(b"\n", 0, end)
@@ -108,15 +88,10 @@ def find_cut(buf):
 
 
 def count_file_chunks(path, pattern=GPT4_PATTERN, block_size=1 << 20, progress=None):
-    """Count the chunks of a UTF-8 file, reading it block by block.
-
-    Memory grows with the number of distinct chunks, not with the file size
-    (a single line longer than memory is the one thing it cannot handle).
-    progress(bytes_read, total_bytes) is called after each block.
-    """
+    """Count the chunks of a UTF-8 file, reading it block by block. Memory grows with the number of distinct
+    chunks, not with the file size (a single line longer than memory is the one thing it cannot handle)."""
     split = compile_pattern(pattern).findall
     counts = Counter()
-    check_input_file(path, "the corpus")
     try:
         total = os.path.getsize(path)
         f = open(path, "rb")
@@ -146,20 +121,13 @@ def count_file_chunks(path, pattern=GPT4_PATTERN, block_size=1 << 20, progress=N
                 return counts
 
 
-# ---- training
-
 def learn_merges(counts, n_merges, progress=None):
-    """Learn up to n_merges merges from {chunk: count}; returns [(a, b), ...].
+    """Learn up to n_merges merges from {chunk: count}: [(a, b), ...], fewer if no pair is left.
 
-    Each step merges the most frequent adjacent pair; ties go to the smallest
-    pair (a, b) of token ids, so the order is deterministic. Stops early when
-    no pair is left.
-
-    Rather than recount every pair after every merge, we keep the pair counts
-    up to date: only the words (distinct chunks) that contain the merged pair
-    change, and only the pairs next to each merge site. A max-heap of
-    (-count, pair) finds the best pair; entries go stale as counts drop, and a
-    stale one is re-pushed with its current count when it surfaces.
+    Each step merges the most frequent adjacent pair, ties going to the smallest pair of ids. Rather than recount
+    every pair after every merge, we keep the pair counts up to date: only the words (distinct chunks) that hold the
+    merged pair change, and only the pairs next to each merge site. A max-heap of (-count, pair) finds the best pair;
+    a stale entry (its count dropped) is re-pushed with its current count when it surfaces.
     """
     words = [list(chunk.encode("utf-8")) for chunk in counts]
     freqs = list(counts.values())
@@ -171,7 +139,6 @@ def learn_merges(counts, n_merges, progress=None):
             where[pair].add(wi)
     heap = [(-c, pair) for pair, c in stats.items()]
     heapq.heapify(heap)
-
     merges = []
     while len(merges) < n_merges and heap:
         neg, pair = heapq.heappop(heap)
@@ -191,14 +158,10 @@ def learn_merges(counts, n_merges, progress=None):
 
 
 def _merge_words(words, freqs, word_ids, pair, idx, stats, where):
-    """Merge pair -> idx in the given words, updating stats and where in place.
-
-    At each merge site x a b y, the pairs (x, a), (a, b), (b, y) lose the
-    word's count and (x, idx), (idx, y) gain it. When sites are adjacent
-    (a b a b), the second site's x is the idx just made, which books the
-    middle pair correctly as (idx, idx). Returns the pairs that gained count:
-    they all contain idx, so they are new to the heap.
-    """
+    """Merge pair -> idx in the given words, updating stats and where in place; the pairs that gained count (they
+    all contain idx, so they are new to the heap). At each merge site x a b y, the pairs (x, a), (a, b), (b, y) lose
+    the word's count and (x, idx), (idx, y) gain it. When sites are adjacent (a b a b), the second site's x is the
+    idx just made, which books the middle pair correctly as (idx, idx)."""
     a, b = pair
     new_pairs = set()
     for wi in word_ids:
@@ -233,10 +196,6 @@ def _merge_words(words, freqs, word_ids, pair, idx, stats, where):
     return new_pairs
 
 
-# Larger than any tokenizer in use (GPT-4's has 100,277 tokens), and within what every trainer's ids hold.
-MAX_VOCAB_SIZE = 1_000_000
-
-
 def merges_for_vocab_size(vocab_size):
     """How many merges make a vocabulary of vocab_size (specials included): 4096 -> 3836."""
     if vocab_size < 256 + N_SPECIAL:
@@ -248,19 +207,13 @@ def merges_for_vocab_size(vocab_size):
 
 
 def train_bpe(corpus, vocab_size, pattern=GPT4_PATTERN, progress=None):
-    """Train a BPETokenizer on text or on {chunk: count} from count_file_chunks.
-
-    vocab_size counts everything: 256 bytes + merges + the special tokens.
-    progress(merges_done, merges_total) is called after each merge.
-    """
+    """Train a BPETokenizer on text or on {chunk: count} from count_file_chunks."""
     n_merges = merges_for_vocab_size(vocab_size)
     counts = count_chunks(corpus, pattern) if isinstance(corpus, str) else corpus
     if not counts:
         raise UserError("the corpus is empty: give at least a few words of text")
     return BPETokenizer(learn_merges(counts, n_merges, progress), pattern)
 
-
-# ---- the tokenizer
 
 class BPETokenizer(Tokenizer):
     """Byte-level BPE with regex pre-splitting and the shared special tokens."""
@@ -280,8 +233,6 @@ class BPETokenizer(Tokenizer):
         self._set_vocab(token_bytes)
         self._cache = {}  # chunk -> ids; text repeats its chunks a lot
 
-    # encoding
-
     def encode_ordinary(self, text):
         """Text -> ids, ignoring special tokens."""
         cache, ids = self._cache, []
@@ -290,12 +241,16 @@ class BPETokenizer(Tokenizer):
         for chunk in self._split(text):
             chunk_ids = cache.get(chunk)
             if chunk_ids is None:
-                chunk_ids = cache[chunk] = self._encode_chunk(_utf8(chunk))
+                chunk_ids = cache[chunk] = self._encode_chunk(chunk)
             ids += chunk_ids
         return ids
 
-    def _encode_chunk(self, chunk_bytes):
+    def _encode_chunk(self, chunk):
         """Apply merges to one chunk, lowest rank first, until none applies."""
+        try:
+            chunk_bytes = chunk.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: encode them as U+FFFD, as tiktoken does
+            chunk_bytes = chunk.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
         whole = self._token_ids.get(chunk_bytes)
         if whole is not None:  # a chunk that is a token encodes as it (see the top)
             return [whole]
@@ -312,16 +267,9 @@ class BPETokenizer(Tokenizer):
         """{token bytes: id} for the byte and merge tokens, as tiktoken takes it."""
         return dict(self._token_ids)
 
-    # storage
-
     def to_dict(self):
-        return {
-            "kind": self.kind,
-            "format_version": FORMAT_VERSION,
-            "pattern": self.pattern,
-            "special_tokens": list(SPECIAL_TOKENS),
-            "merges": [list(pair) for pair in self.merges],
-        }
+        return {"kind": self.kind, "format_version": FORMAT_VERSION, "pattern": self.pattern,
+                "special_tokens": list(SPECIAL_TOKENS), "merges": [list(pair) for pair in self.merges]}
 
     @classmethod
     def from_dict(cls, d):
@@ -336,9 +284,8 @@ class BPETokenizer(Tokenizer):
         if not isinstance(pattern, str) or not isinstance(merges, list):
             raise UserError("the tokenizer lacks its 'pattern' or 'merges'")
         for i, pair in enumerate(merges):
-            # a merge may only combine tokens that exist before it
-            if not (isinstance(pair, list) and len(pair) == 2
-                    and all(type(t) is int and 0 <= t < 256 + i for t in pair)):
+            known = isinstance(pair, list) and len(pair) == 2 and all(type(t) is int and 0 <= t < 256 + i for t in pair)
+            if not known:  # a merge may only combine tokens that exist before it
                 raise UserError(f"the tokenizer's merge #{i} is invalid: {pair!r}")
         return cls(merges, pattern)
 
@@ -362,10 +309,3 @@ class BPETokenizer(Tokenizer):
             return cls.from_dict(d)
         except UserError as e:
             raise UserError(f"{path}: {e}") from None
-
-
-def _utf8(chunk):
-    try:
-        return chunk.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates: encode them as U+FFFD, as tiktoken does
-        return chunk.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")

@@ -3,12 +3,8 @@
     python convert.py to-hf checkpoint.pth hf_model/     # then transformers loads hf_model/
     python convert.py from-hf gpt2/ gpt2.pth             # a GPT-2 directory you downloaded
 
-to-hf writes config.json, model.safetensors, tokenizer.json,
-tokenizer_config.json (with the chat template, for chat models) and
-generation_config.json, which `AutoModelForCausalLM.from_pretrained` and
-`AutoTokenizer.from_pretrained` load without b_lm. from-hf makes a checkpoint
-that generate.py, the REPL, sft.py and `train.py --init-from` use like their
-own. See hf.py for how weights and tokenizers map.
+to-hf writes a folder (a chat model's with its chat template) that transformers' `AutoModelForCausalLM` and
+`AutoTokenizer` load without b_lm; from-hf a checkpoint that every b_lm script uses like its own.
 """
 
 from errors import stop_cleanly
@@ -51,9 +47,8 @@ def import_(args):
     with claimed(args.ckpt, "CKPT"):
         refuse_existing(args.ckpt, "CKPT", args.overwrite)
         config, weights, tokenizer, chat = from_hf(args.in_dir)
-        run_config = {"model": "transformer", **{k: config[k] for k in ("n_layer", "n_head", "n_embd", "block_size",
-                                                                         "dropout", "bias")}, "data": None,
-                      "imported_from": os.path.abspath(args.in_dir)}
+        shape = {k: config[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias")}
+        run_config = {"model": "transformer", **shape, "data": None, "imported_from": os.path.abspath(args.in_dir)}
         checkpoint = checkpoint_dict("transformer", config, weights, tokenizer, run_config=run_config, chat=chat)
         checked_tokenizer(checkpoint, args.in_dir)  # checked as every checkpoint is before it is used
         save_checkpoint(args.ckpt, checkpoint)
@@ -65,10 +60,9 @@ def main(argv=None):
     parser = ArgumentParser(description="Convert between b_lm checkpoints and Hugging Face model folders "
                                         "(GPT-2, StableLM, Llama).")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    to = commands.add_parser("to-hf", help="b_lm checkpoint -> Hugging Face folder",
-                             description="Write a b_lm checkpoint as a Hugging Face folder: GPT-2 for the default "
-                                         "parts (learned/layer/gelu), StableLM for rope/layer/swiglu, Llama for "
-                                         "rope/rms/swiglu.")
+    to = commands.add_parser("to-hf", help="b_lm checkpoint -> Hugging Face folder", description=(
+        "Write a b_lm checkpoint as a Hugging Face folder: GPT-2 for the default parts (learned/layer/gelu), "
+        "StableLM for rope/layer/swiglu, Llama for rope/rms/swiglu."))
     to.add_argument("ckpt", help="the b_lm checkpoint")
     to.add_argument("out_dir", help="the folder to write: new, empty, or with --overwrite an earlier export")
     to.add_argument("--overwrite", action="store_true",

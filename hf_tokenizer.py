@@ -1,20 +1,14 @@
 """Tokenizers in the Hugging Face format: b_lm's tokenizers as tokenizer.json (a chat model's template in
-tokenizer_config.json), and back.
+tokenizer_config.json), which Hugging Face's `tokenizers` runs with no b_lm code and the same ids, and back.
 
-The tokenizer.json runs in Hugging Face's `tokenizers` with no b_lm code:
-  - BPE: our split regex, then GPT-2's byte-to-unicode alphabet (each byte
-    stands as a printable character, a space as 'Ġ'), our vocabulary and
-    merges, our special tokens. It encodes exactly as bpe.py does.
-  - characters: one token per character, the same ids.
-A GPT-2 vocabulary read in is laid out as bpe.py lays out its own (bytes in
-byte order, then a token per merge, then the special tokens): text is
-unchanged, only the byte tokens' numbering can differ.
+A GPT-2 vocabulary read in is laid out as bpe.py lays out its own: text is unchanged, only the byte tokens'
+numbering can differ.
 """
 import os
 
 from bpe import BPETokenizer
 from errors import UserError
-from hf_config import as_json, read_object
+from jsonfile import as_json, read_object
 from tokenizer import ASSISTANT, END_OF_TURN, ENDOFTEXT, SPECIAL_TOKENS, USER, CharTokenizer
 
 # The pre-tokenizer regex of GPT-2 (and of Hugging Face's ByteLevel pre-tokenizer).
@@ -31,51 +25,40 @@ CHAT_TEMPLATE = (
 
 
 def byte_to_unicode():
-    """GPT-2's printable stand-in for each byte: {byte: character}.
-
-    Bytes that print as themselves keep their character; the others (space,
-    control bytes, ...) take the characters from U+0100 on, in byte order,
-    so that a vocabulary of byte strings can be written as plain text.
-    """
+    """GPT-2's printable stand-in for each byte, so that a vocabulary of byte strings can be written as text:
+    {byte: character}. Bytes that print as themselves keep their character; the others take U+0100 on, in order."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     stand_ins = iter(range(256, 512))
     return {b: chr(b) if b in printable else chr(next(stand_ins)) for b in range(256)}
 
-
-# ------------------------------------------------------------------- b_lm -> Hugging Face
 
 def tokenizer_json(tokenizer):
     """The tokenizer as Hugging Face tokenizers' tokenizer.json (a dict)."""
     added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
               "special": True} for s, i in tokenizer.special_tokens.items()]
     if tokenizer.kind == "char":
-        chars = [tokenizer.idx_to_char[i] for i in range(len(tokenizer.idx_to_char))]
         pre_tokenizer, decoder = CHAR_PRE_TOKENIZER, {"type": "Fuse"}
-        model = {"type": "WordLevel", "vocab": {ch: i for i, ch in enumerate(chars)}, "unk_token": ENDOFTEXT}
+        model = {"type": "WordLevel", "vocab": dict(tokenizer.char_to_idx), "unk_token": ENDOFTEXT}
     else:
-        alphabet = byte_to_unicode()
-        text = ["".join(alphabet[b] for b in tokenizer.token_bytes(i)) for i in range(256 + len(tokenizer.merges))]
+        alphabet, merges = byte_to_unicode(), tokenizer.merges
+        text = ["".join(alphabet[b] for b in tokenizer.token_bytes(i)) for i in range(256 + len(merges))]
         pre_tokenizer = {"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": tokenizer.pattern}, "behavior": "Isolated", "invert": False},
             BYTE_LEVEL]}
         decoder = BYTE_LEVEL
         model = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                 "vocab": {t: i for i, t in enumerate(text)},
-                 "merges": [[text[a], text[b]] for a, b in tokenizer.merges]}
+                 "vocab": {t: i for i, t in enumerate(text)}, "merges": [[text[a], text[b]] for a, b in merges]}
     return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
             "pre_tokenizer": pre_tokenizer, "post_processor": None, "decoder": decoder, "model": model}
 
 
 def tokenizer_config(context, eos, chat):
-    """tokenizer_config.json (a dict): the tokenizer class transformers loads, and the chat template of a chat
-    model."""
+    """tokenizer_config.json (a dict): the tokenizer class transformers loads, and a chat model's template."""
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": context, "bos_token": ENDOFTEXT,
               "eos_token": eos, "pad_token": ENDOFTEXT, "clean_up_tokenization_spaces": False}
     return {**config, "chat_template": CHAT_TEMPLATE} if chat else config
 
-
-# ------------------------------------------------------------------- Hugging Face -> b_lm
 
 def read_tokenizer(in_dir):
     """(our tokenizer, {Hugging Face id: our id}, chat) from tokenizer.json, or vocab.json + merges.txt."""
@@ -181,11 +164,8 @@ def _pattern(pre_tokenizer, path):
 
 
 def _bpe_tokenizer(vocab, merges, pattern, specials, path):
-    """Our BPETokenizer for a byte-level vocabulary, and {their id: our id}.
-
-    Every token must be a byte or made by a merge of two earlier tokens, and
-    every special token one of ours (SPECIAL_TOKENS).
-    """
+    """Our BPETokenizer for a byte-level vocabulary, and {their id: our id}; every token must be a byte or made by
+    a merge of two earlier tokens, and every special token one of ours."""
     unknown = sorted(set(specials) - set(SPECIAL_TOKENS))
     if unknown:
         raise UserError(f"{path}: special tokens {as_json(unknown)} are not b_lm's ({', '.join(SPECIAL_TOKENS)})")
@@ -233,9 +213,9 @@ def _bpe_tokenizer(vocab, merges, pattern, specials, path):
 
 def _char_tokenizer(vocab, specials, path):
     """Our CharTokenizer from a tokenizer.json that to_hf wrote for one."""
-    chars = sorted(vocab, key=vocab.get)
-    if not chars or any(len(ch) != 1 for ch in chars) or chars != sorted(chars) or [vocab[ch] for ch in chars] != \
-            list(range(len(chars))) or specials != {s: len(chars) + i for i, s in enumerate(SPECIAL_TOKENS)}:
+    chars = sorted(vocab)
+    if not chars or any(len(ch) != 1 for ch in chars) or vocab != {ch: i for i, ch in enumerate(chars)} \
+            or specials != {s: len(chars) + i for i, s in enumerate(SPECIAL_TOKENS)}:
         raise UserError(f"{path}: a word-level vocabulary that is not a b_lm character tokenizer")
     tokenizer = CharTokenizer(chars)
     return tokenizer, {i: i for i in range(tokenizer.vocab_size)}

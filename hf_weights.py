@@ -1,16 +1,14 @@
 """The weight maps between b_lm's Transformer and GPT-2, Llama and StableLM, one table each, read both ways.
 
-A map is a list of links: (our parameter, [(their tensor, its shape)],
-transposed). GPT-2 stores its linear layers as `Conv1D`, whose weight is the
-transpose of `nn.Linear`'s; our fused qkv and gate-up matrices are their
-q/k/v and gate/up projections stacked. Export splits and transposes along a
-link, import checks every tensor's shape against it and joins them back.
-Biases b_lm's model lacks are written as zeros, and zeros read back as none.
+A map is a list of links: (our parameter, [(their tensor, its shape)], transposed). GPT-2 stores its linear layers
+as `Conv1D`, whose weight is the transpose of `nn.Linear`'s; our fused qkv and gate-up matrices are their q/k/v and
+gate/up projections stacked. Biases b_lm's model lacks are written as zeros, and zeros read back as none.
 """
 import os
 import re
 
 import torch
+from safetensors.torch import load_file
 
 from checkpoint import dtype_problem, read_pickled
 from errors import UserError, short_reason
@@ -58,8 +56,7 @@ def _links(ours, theirs, shape, transposed, bias):
 
 
 def to_hf_weights(kind, c, ours):
-    """{their name: tensor} from our state dict, which it empties as it goes, so that converting takes little
-    more memory than the model itself."""
+    """{their name: tensor} from our state dict, which it empties as it goes: converting needs little extra memory."""
     embedding, prefix = EMBEDDING[kind]
     out = {prefix + embedding: ours.pop("wte.weight")}
     for mine, theirs, transposed in weight_map(kind, c):
@@ -98,22 +95,14 @@ def from_hf_weights(kind, c, weights, where):
 
 def read_weights(in_dir, kind):
     """({name: tensor}, {name: name in the file} where they differ) from model.safetensors, or pytorch_model.bin
-    read with weights_only (it can run no code).
-
-    The buffers transformers skips on load are dropped; every other tensor
-    must be a float of checkpoint.WEIGHT_DTYPES. GPT-2's names lose the
-    "transformer." that GPT2LMHeadModel's files have and GPT2Model's lack.
-    """
-    path, bin_path = os.path.join(in_dir, "model.safetensors"), os.path.join(in_dir, "pytorch_model.bin")
-    if not os.path.isfile(path) and not os.path.isfile(bin_path):
+    read with weights_only (it can run no code). GPT-2's names lose the "transformer." that GPT2LMHeadModel's files
+    have and GPT2Model's lack."""
+    safetensors = os.path.join(in_dir, "model.safetensors")
+    path = safetensors if os.path.isfile(safetensors) else os.path.join(in_dir, "pytorch_model.bin")
+    if not os.path.isfile(path):
         raise UserError(f"{in_dir} has neither model.safetensors nor pytorch_model.bin")
     try:
-        if not os.path.isfile(path):
-            path = bin_path
-            weights = read_pickled(path)
-        else:
-            from safetensors.torch import load_file
-            weights = load_file(path)
+        weights = load_file(path) if path == safetensors else read_pickled(path)
     except Exception as e:  # damaged or foreign files fail their reader in many ways
         raise UserError(f"{path}: cannot read its weights safely ({short_reason(e)})") from None
     if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(t, torch.Tensor)
@@ -130,14 +119,9 @@ def read_weights(in_dir, kind):
     return {names[k]: t for k, t in weights.items()}, {v: k for k, v in names.items() if k != v}
 
 
-def embedding_and_head(kind, c, weights, file_names, vocab, tokenizer, hf_to_ours, in_dir):
-    """Our (embedding, head) from the weights left once the blocks are taken, which must be all of them.
-
-    A tied model's head is its embedding; a file that holds a head for it as
-    well must hold the same matrix. Rows move to our token order (hf_to_ours),
-    and tokens the model lacks get the mean row. file_names: as read_weights
-    gives them; vocab: config.json's vocab_size, or None.
-    """
+def embedding_and_head(kind, c, weights, file_names, vocab, hf_to_ours, in_dir):
+    """Our (embedding, head), rows in our token order (hf_to_ours), from the weights left once the blocks are taken,
+    which must be all of them; tokens the model lacks get the mean row. vocab: config.json's vocab_size, or None."""
     embedding = EMBEDDING[kind][0]
     wte, head = weights.pop(embedding, None), weights.pop("lm_head.weight", None)
     if weights:  # a tensor the model does not use belongs to a model b_lm would not build
@@ -156,9 +140,8 @@ def embedding_and_head(kind, c, weights, file_names, vocab, tokenizer, hf_to_our
             raise UserError(f"{in_dir}: {name} is {shape}; the tokenizer and config need ({need}+, {c.n_embd})")
         if vocab is not None and matrix.shape[0] != vocab:
             raise UserError(f"{in_dir}: {name} has {matrix.shape[0]} rows, but config.json's vocab_size is {vocab}")
-        hf_ids = list(hf_to_ours)
-        ordered = matrix.float().mean(0, keepdim=True).repeat(tokenizer.vocab_size, 1)
-        ordered[[hf_to_ours[i] for i in hf_ids]] = matrix.float()[hf_ids]
+        ordered = matrix.float().mean(0, keepdim=True).repeat(c.vocab_size, 1)
+        ordered[list(hf_to_ours.values())] = matrix.float()[list(hf_to_ours)]
         return ordered
 
     # The old matrices are dropped as soon as the new ones exist.
@@ -166,7 +149,7 @@ def embedding_and_head(kind, c, weights, file_names, vocab, tokenizer, hf_to_our
     return wte, wte if c.tie_embeddings else rows(head, "lm_head.weight")
 
 
-def _names(names, shown=3):
+def _names(names):
     """A few names from a list, printable, for a message: 'a, b, c and 4 more'."""
-    listed = ", ".join(n[:80] if n.isprintable() else repr(n)[:80] for n in names[:shown])
-    return listed + (f" and {len(names) - shown} more" if len(names) > shown else "")
+    listed = ", ".join(n[:80] if n.isprintable() else repr(n)[:80] for n in names[:3])
+    return listed + (f" and {len(names) - 3} more" if len(names) > 3 else "")

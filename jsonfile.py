@@ -13,21 +13,17 @@ from files import check_input_file
 MAX_DEPTH = 100
 
 
-def parse_json(text, where=""):
-    """The value a JSON text holds; UserError "{where}: not valid JSON (...)" if it holds none (where names the
-    text, "qa.jsonl line 3"; without it the message is the problem alone)."""
+def parse_json(text):
+    """The value a JSON text holds; UserError "not valid JSON (...)" if it holds none."""
     value, problem = _parsed(text)
     if problem:
-        raise UserError(f"{where}: not valid JSON ({problem})" if where else f"not valid JSON ({problem})")
+        raise UserError(f"not valid JSON ({problem})")
     return value
 
 
 def read_json(path, what="JSON", missing=None):
     """The value a JSON file holds; UserError if it is missing, unreadable, not UTF-8, not JSON or too deep.
-
-    what names the kind of file for the messages ("tokenizer JSON": "tok.json is not a valid tokenizer JSON file
-    (...)"); missing, if given, is the message for a file that does not exist.
-    """
+    `what` names the kind of file ("tokenizer JSON"); `missing`, if given, is the message for a file not there."""
     if not path or os.path.lexists(path):  # a pipe would be read forever; a folder or device is no JSON file
         check_input_file(path, f"the {what} file")
     try:
@@ -64,13 +60,28 @@ def _parsed(text):
 def _depth(value):
     """How deep lists and objects nest in a parsed value (a scalar is 0), without recursing; stops past MAX_DEPTH."""
     deepest, stack = 0, [(value, 1)]
-    while stack:
+    while stack and deepest <= MAX_DEPTH:
         value, depth = stack.pop()
-        if not isinstance(value, (dict, list)):
-            continue
-        deepest = max(deepest, depth)
-        if deepest > MAX_DEPTH:
-            break
-        items = value.values() if isinstance(value, dict) else value
-        stack.extend((item, depth + 1) for item in items if isinstance(item, (dict, list)))
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, depth)
+            items = value.values() if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items if isinstance(item, (dict, list)))
     return deepest
+
+
+def read_object(path, missing=None):
+    """A JSON object (a dict) from path; UserError if it is anything else, or read_json refuses the file."""
+    obj = read_json(path, missing=missing)
+    if not isinstance(obj, dict):
+        kinds = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+        raise UserError(f"{path} holds a JSON {kinds.get(type(obj), 'value')}, not an object")
+    return obj
+
+
+def as_json(value, limit=60):
+    """A JSON value as a message shows it: as JSON, on one line, cut short if long."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

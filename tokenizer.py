@@ -1,13 +1,5 @@
-"""What every tokenizer is: the interface, the special tokens, and the character tokenizer.
-
-Both kinds, characters here and byte-level BPE in bpe.py, are a Tokenizer:
-    encode(text, allowed_special=()) -> list[int]
-    decode(ids) -> str                 (never raises)
-    token_bytes(id) -> bytes           (for streaming output, see StreamDecoder)
-    vocab_size, special_tokens {name: id}
-    to_dict()                          (plain Python values, stored in checkpoints)
-tokenizer_io.py rebuilds either kind from a dict or a file.
-"""
+"""What every tokenizer is: the interface, the special tokens, and the character tokenizer. Byte-level BPE is in
+bpe.py; tokenizer_io.py rebuilds either kind from a dict or a file."""
 import codecs
 import re
 
@@ -23,11 +15,7 @@ REPLACEMENT = "\ufffd".encode("utf-8")  # what decode shows for an unknown id
 
 
 def split_on_specials(text, allowed):
-    """Split text around the allowed special tokens.
-
-    'a<|end|>b' with allowed={'<|end|>'} -> ['a', '<|end|>', 'b'];
-    the special pieces come back as themselves, ordinary text in between.
-    """
+    """Split text around the allowed special tokens: 'a<|end|>b' with {'<|end|>'} -> ['a', '<|end|>', 'b']."""
     if not allowed:
         return [text]
     alternatives = "|".join(map(re.escape, sorted(allowed, key=len, reverse=True)))  # the longest match wins
@@ -41,13 +29,8 @@ def check_special_tokens(stored):
 
 
 class Tokenizer:
-    """The shared part: the vocabulary's bytes, special tokens, decoding and character counts.
-
-    A subclass sets kind, calls _set_vocab with the bytes of its ordinary
-    tokens, and implements encode_ordinary(text) and to_dict().
-    """
-
-    kind = None
+    """The shared part: the vocabulary's bytes, special tokens, decoding and character counts. A subclass sets
+    kind, calls _set_vocab with the bytes of its ordinary tokens, and implements encode_ordinary and to_dict."""
 
     def _set_vocab(self, ordinary_bytes):
         """Ids 0.. for the ordinary tokens' bytes, then one each for the SPECIAL_TOKENS."""
@@ -57,8 +40,7 @@ class Tokenizer:
         self.vocab_size = len(self._bytes)
 
     def encode(self, text, allowed_special=()):
-        """Text -> ids. A special token's text becomes its id only where allowed
-        ('all' or a collection of names); elsewhere it is encoded as plain text."""
+        """Text -> ids; a special token's text becomes its id only where allowed ('all' or names), else plain text."""
         allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
         if allowed - set(self.special_tokens):
             raise ValueError(f"not special tokens of this tokenizer: {sorted(allowed - set(self.special_tokens))}")
@@ -80,13 +62,10 @@ class Tokenizer:
         return b"".join(map(self.token_bytes, ids)).decode("utf-8", errors="replace")
 
     def token_chars(self):
-        """How many characters each id's text adds to a text: a list over the vocabulary.
-
-        A character starts at every UTF-8 byte that is not a continuation byte
-        (0b10xxxxxx), so summing this over any run of ids that begins at a
-        character boundary counts its characters exactly, even where a BPE
-        token ends halfway through one. Special tokens are markup, not text: 0.
-        """
+        """How many characters each id's text adds to a text, a list over the vocabulary: a character starts at every
+        UTF-8 byte that is not a continuation byte (0b10xxxxxx), so summing over any run of ids that begins at a
+        character boundary counts its characters exactly, even where a BPE token ends halfway through one. Special
+        tokens are markup, not text: 0."""
         specials = set(self.special_tokens.values())
         return [0 if i in specials else sum(b & 0xC0 != 0x80 for b in self.token_bytes(i))
                 for i in range(self.vocab_size)]
@@ -99,7 +78,6 @@ class CharTokenizer(Tokenizer):
 
     def __init__(self, chars):
         chars = sorted(set(chars))
-        self.idx_to_char = dict(enumerate(chars))
         self.char_to_idx = {ch: i for i, ch in enumerate(chars)}
         self._set_vocab([ch.encode("utf-8", "surrogatepass") for ch in chars])
 
@@ -111,7 +89,7 @@ class CharTokenizer(Tokenizer):
         return [self.char_to_idx[c] for c in text]
 
     def to_dict(self):
-        return {"kind": self.kind, "chars": list(self.idx_to_char.values()), "special_tokens": list(SPECIAL_TOKENS)}
+        return {"kind": self.kind, "chars": list(self.char_to_idx), "special_tokens": list(SPECIAL_TOKENS)}
 
     @classmethod
     def from_dict(cls, d):
@@ -124,23 +102,17 @@ class CharTokenizer(Tokenizer):
         return cls(chars)
 
 
-# What people type and what books print differ: a straight ' where Butler has ’, a
-# hyphen for a dash, three dots for an ellipsis, a no-break space. Each group's
-# characters stand in for one another when a vocabulary lacks the one typed.
+# What people type and what books print differ: a straight ' where Butler has ’, a hyphen for a dash, three dots for
+# an ellipsis, a no-break space. Each group's characters stand in for one another when a vocabulary lacks the one typed.
 OPENING_QUOTES = {"'": "‘", '"': "“"}
 CLOSING_QUOTES = {"'": "’", '"': "”"}
-VARIANTS = ["'’‘ʼ′`", '"”“„″', "-‐‑‒–—―",
-            "       ", "…"]
+VARIANTS = ["'’‘ʼ′`", '"”“„″', "-‐‑‒–—―", "       ", "…"]
 
 
 def fit_typed_text(tokenizer, text):
-    """text with each character the vocabulary lacks replaced by a typographic variant it has.
-
-    A straight quote becomes an opening quote after a space or at the start,
-    a closing one (the apostrophe too) elsewhere: "Hector's" -> "Hector’s".
-    Characters with no variant in the vocabulary stay, for encode to name.
-    Byte-level BPE knows every character, so its text is never changed.
-    """
+    """text with each character the vocabulary lacks replaced by a typographic variant it has. A straight quote
+    becomes an opening quote after a space or at the start, a closing one (the apostrophe too) elsewhere: "Hector's"
+    -> "Hector’s". Characters with no variant stay, for encode to name. Byte-level BPE knows every character."""
     known = getattr(tokenizer, "char_to_idx", None)
     if known is None:
         return text
@@ -159,11 +131,8 @@ def fit_typed_text(tokenizer, text):
 
 
 class StreamDecoder:
-    """Turns token ids into text as they arrive, never printing half a character.
-
-    A BPE token can end in the middle of a multi-byte UTF-8 character; the
-    incremental decoder holds those bytes back until the character completes.
-    """
+    """Turns token ids into text as they arrive, never printing half a character: a BPE token can end in the middle
+    of a multi-byte UTF-8 character, whose bytes the incremental decoder holds back until it completes."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer

@@ -1,7 +1,5 @@
-"""Getting a tokenizer: from a checkpoint's dict, a tokenizer.json, or the characters of a corpus.
-
-Here, and not in tokenizer.py or bpe.py, because it needs both kinds.
-"""
+"""Getting a tokenizer: from a checkpoint's dict, a tokenizer.json, or the characters of a corpus (here, and not
+in tokenizer.py or bpe.py, because it needs both kinds)."""
 from bpe import BPETokenizer
 from data import corpus_chars
 from errors import UserError
@@ -22,7 +20,7 @@ def load_tokenizer(spec, data_path):
     """'char' builds one from the characters of data_path; anything else is a tokenizer.json."""
     if spec == "char":
         chars, n_chars = corpus_chars(data_path)
-        if n_chars == 0:
+        if n_chars == 0:  # before a model is built or a token cache written
             raise UserError(f"data file {data_path} is empty: give it some text to learn from")
         return CharTokenizer(chars)
     return BPETokenizer.load(spec)

@@ -87,6 +87,19 @@ class PretrainConfig(TrainConfig):
                     mlp=self.mlp)
 
 
+def check_model_flags(settings, given):
+    """UserError for a model flag the run would ignore: a shape flag with --init-from (the checkpoint's shape is
+    trained), a Transformer's flag with --model rnn, --rnn-cell with a Transformer."""
+    ignored = {"init_from": INIT_FROM_SHAPE + ("model", "attention", "rnn_cell"),
+               "rnn": ("n_head", "bias", "attention", "positions", "norm", "mlp"), "transformer": ("rnn_cell",)}
+    why = "--init-from" if settings.init_from else f"--model {settings.model}"
+    for name in ignored["init_from" if settings.init_from else settings.model]:
+        if name in given:
+            raise UserError(f"{flag_name(name)} does not combine with {why}: "
+                            + ("the checkpoint's model is trained as it is" if settings.init_from
+                               else "that model has no such part"))
+
+
 def check_resumed_tokenizer(settings, checkpoint):
     """UserError unless a --tokenizer given with --resume is the one inside the checkpoint."""
     kind = checkpoint["tokenizer"].get("kind")
@@ -117,6 +130,7 @@ def pretrain(settings, invocation):
     elif invocation.resume:
         settings, checkpoint = resumed_run(settings, invocation)
         check_resumed_tokenizer(settings, checkpoint)
+    check_model_flags(settings, invocation.given)
     with training_processes(settings.device) as (procs, device):
         if checkpoint:
             torch.manual_seed(settings.seed)

@@ -15,7 +15,7 @@ def test_round_trip_and_vocabulary():
     assert tok.decode(ids) == TEXT
     assert len(ids) == len(TEXT)
     assert tok.vocab_size == len(set(TEXT)) + len(SPECIAL_TOKENS)
-    assert all(tok.char_to_idx[tok.idx_to_char[i]] == i for i in tok.idx_to_char)
+    assert list(tok.char_to_idx) == sorted(set(TEXT)) and list(tok.char_to_idx.values()) == list(range(len(set(TEXT))))
 
 
 def test_unknown_characters_are_named():

@@ -209,7 +209,10 @@ def test_training_computes_with_denormals_as_zero(tmp_path, small_corpus):
 
 
 def test_rnn_baseline_trains(tmp_path, small_corpus):
-    result, ckpt = run(tmp_path, small_corpus, "--model", "rnn", "--rnn-cell", "lstm", "--max-iters", "10")
+    ckpt = str(tmp_path / "run.pth")
+    result = train.main(["--data", small_corpus, "--ckpt", ckpt, "--model", "rnn", "--rnn-cell", "lstm", "--n-layer",
+                         "1", "--n-embd", "16", "--block-size", "16", "--batch-size", "4", "--max-iters", "10",
+                         "--eval-tokens", "64", "--final-eval-tokens", "256"])
     assert torch.load(ckpt, weights_only=True)["model_type"] == "rnn"
     assert result["step"] == 10
 
@@ -352,3 +355,25 @@ def test_a_damaged_cache_file_is_a_cache_miss(tmp_path, small_corpus, monkeypatc
     flops.write_bytes(CACHE_DAMAGE[damage].encode("utf-8", "surrogateescape"))
     assert timing.peak_flops("cpu", n=32, reps=1, cache_path=str(flops)) > 0
     assert isinstance(json.loads(flops.read_text()), dict)  # measured again, and written whole
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--init-from", "BASE", "--n-layer", "3"], "--n-layer does not combine with --init-from"),
+    (["--init-from", "BASE", "--positions", "rope"], "--positions does not combine with --init-from"),
+    (["--model", "rnn", "--positions", "rope"], "--positions does not combine with --model rnn"),
+    (["--model", "rnn", "--n-head", "2"], "--n-head does not combine with --model rnn"),
+    (["--rnn-cell", "lstm"], "--rnn-cell does not combine with --model transformer")])
+def test_a_model_flag_the_run_would_ignore_is_refused(tmp_path, small_corpus, tiny_ckpt, flags, fragment):
+    flags = [tiny_ckpt if f == "BASE" else f for f in flags]
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        train.main(["--data", small_corpus, "--ckpt", str(tmp_path / "new.pth"), "--max-iters", "1", *flags])
+    assert not os.path.exists(tmp_path / "new.pth")
+
+
+def test_resuming_a_charrnn_takes_its_own_flags_as_given(tmp_path, small_corpus):
+    train.main(["--data", small_corpus, "--ckpt", str(tmp_path / "run.pth"), "--model", "rnn", "--rnn-cell", "lstm",
+                "--n-layer", "1", "--n-embd", "16", "--block-size", "16", "--batch-size", "4", "--max-iters", "2",
+                "--eval-tokens", "64", "--final-eval-tokens", "256", "--plot", ""])
+    result = train.main(["--ckpt", str(tmp_path / "run.pth"), "--resume", "--rnn-cell", "lstm", "--max-iters", "3",
+                         "--plot", ""])
+    assert result["step"] == 3
