@@ -116,7 +116,8 @@ def load_checkpoint(path, map_location="cpu"):
     elif version != FORMAT_VERSION:
         raise UserError(f"{path} has checkpoint format {version}; this version of b_lm reads format "
                         f"1 and {FORMAT_VERSION} only")
-    checkpoint = {**checkpoint, "run_config": checkpoint.get("run_config") or {}}  # an import's may be empty
+    elif "run_config" not in checkpoint:
+        raise UserError(f"{path} is damaged: a format-{version} checkpoint without its run_config")
     problem = content_problem(checkpoint)
     if problem:
         raise UserError(f"{path} is damaged: {problem}")

@@ -18,6 +18,7 @@ import generate
 import sft
 import train
 from checkpoint import FORMAT_VERSION, load_checkpoint
+from errors import UserError
 
 V1 = os.path.join(os.path.dirname(__file__), "fixtures", "v1")
 EXPECTED = json.load(open(os.path.join(V1, "expected.json")))
@@ -71,3 +72,11 @@ def test_a_v1_checkpoint_converts_as_before(cli, tmp_path, name):
     files = {f: hashlib.sha256((tmp_path / "hf" / f).read_bytes()).hexdigest()
              for f in sorted(os.listdir(tmp_path / "hf"))}
     assert files == EXPECTED[name]["to_hf"]
+
+
+def test_a_format_2_file_without_its_run_config_is_refused(tmp_path):
+    raw = torch.load(os.path.join(V1, "char.pth"), weights_only=True)
+    raw["format_version"] = 2  # a format-1 layout that claims to be format 2
+    torch.save(raw, tmp_path / "odd.pth")
+    with pytest.raises(UserError, match="is damaged: a format-2 checkpoint without its run_config"):
+        load_checkpoint(str(tmp_path / "odd.pth"))
