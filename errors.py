@@ -42,7 +42,7 @@ class Stopped(Exception):
 #   loading   the script's imports are still loading: end the process at once
 #   running   main is working: raise KeyboardInterrupt where it is
 #   deferred  a training step is in flight: note the request (the loop stops after the step); a second one raises
-# Once main has returned, run_main ignores them: the work is done.
+#   finished  main has returned: ignore it, the work is done
 _signals = {"mode": "running", "requested": False}
 
 
@@ -53,7 +53,7 @@ def _on_signal(signum, frame):
         os._exit(130)
     if mode == "deferred" and not _signals["requested"]:
         _signals["requested"] = True
-    else:
+    elif mode != "finished":
         raise KeyboardInterrupt
 
 
@@ -113,7 +113,11 @@ def run_main(main, argv=None):
             stream.reconfigure(errors="backslashreplace")
     stdout, sys.stdout = sys.stdout, StdoutUntilClosed(sys.stdout)
     try:
-        return main(argv)
+        result = main(argv)
+        # No call between main's return and this line, so no signal handler runs in between: from here on a late
+        # stop is ignored, even during the clean-up below.
+        _signals["mode"] = "finished"
+        return result
     except UserError as e:
         _close_progress_bars()
         print(f"error: {e}", file=sys.stderr)
@@ -126,7 +130,9 @@ def run_main(main, argv=None):
         sys.exit(130)
     finally:
         sys.stdout = stdout
-        if argv is None and threading.current_thread() is threading.main_thread():
+        if argv is not None:  # main was called in-process (by a test): the process goes on
+            _signals["mode"] = "running"
+        elif threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):  # not a handler of ours: Python resets those as it exits
                 signal.signal(s, signal.SIG_IGN)
 
