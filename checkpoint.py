@@ -26,7 +26,7 @@ import math
 import os
 import re
 import warnings
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 import torch
@@ -35,7 +35,8 @@ from device import attention_for
 from errors import UserError, short_reason, shown
 from files import atomic_write, check_input_file
 from tokenizer_io import tokenizer_from_dict
-from transformer import MODELS, build_model, config_problem, estimate_parameters, model_type_of, rope_table_floats
+from transformer import (MODELS, build_model, config_defaults, config_problem, estimate_parameters, model_type_of,
+                         rope_table_floats)
 
 FORMAT_VERSION = 2
 REQUIRED_KEYS = ("format_version", "model_type", "model_config", "model", "tokenizer")
@@ -82,8 +83,7 @@ def upgrade_v1(checkpoint):
     c["run_config"] = {**(EARLIER_DEFAULTS if trained_here else {}),
                        **{k: v for k, v in settings.items() if k not in NOT_SETTINGS}}
     if c["model_type"] in MODELS and isinstance(c["model_config"], dict):
-        defaults = {f.name: f.default for f in fields(MODELS[c["model_type"]][0]) if f.default is not MISSING}
-        c["model_config"] = {**defaults, **c["model_config"]}
+        c["model_config"] = {**config_defaults(c["model_type"]), **c["model_config"]}
     c["format_version"] = 2
     return c
 

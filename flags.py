@@ -40,7 +40,7 @@ NON_NEGATIVE = Rule("a number >= 0", lambda v: 0 <= v < math.inf)
 FRACTION = between(0, 1, "in [0, 1]")
 BELOW_ONE = Rule("in [0, 1)", lambda v: 0 <= v < 1)
 SEED_LIMIT = 2 ** 63  # torch.manual_seed takes seeds below this
-SEED = Rule("in [0, 2**63)", lambda v: v is None or 0 <= v < SEED_LIMIT)
+SEED = Rule("in [0, 2**63)", lambda v: 0 <= v < SEED_LIMIT)  # check_rules skips an unset (None) seed
 
 
 def setting(default, help, rule=None, choices=None, resume=KEPT, aliases=(), metavar=None):

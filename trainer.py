@@ -113,6 +113,7 @@ class Loop:
         self.saved_step = progress.step if run.resume_from else None
         self.losses, self.seconds = [], 0.0  # of the steps since the last log row
         self.tokens_per_step = self.s.batch_size * self.s.grad_accum * run.model.config.block_size
+        self.flops_per_token = model_flops_per_token(run.model)
         self.lr, self.smoothed = 0.0, math.nan  # the progress bar shows the loss smoothed over about ten steps
 
     def train(self):
@@ -213,7 +214,7 @@ class Loop:
             shown = [f"train loss {row['train_loss']:.4f}"] if self.losses else []
             shown += [f"{SCORE_LABELS[k][0]} {v:.{SCORE_LABELS[k][1]}f}" for k, v in scores.items()]
             if self.losses:
-                utilization = mfu(row["tokens_per_s"], model_flops_per_token(self.model),
+                utilization = mfu(row["tokens_per_s"], self.flops_per_token,
                                   peak_flops(self.device) * self.procs.world_size)
                 shown += [f"{row['tokens_per_s']:,} tokens/s, MFU {utilization:.0%}"]
             self.say(f"step {self.progress.step}: " + ", ".join(shown))

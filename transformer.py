@@ -303,6 +303,11 @@ def build_model(model_type, config):
     return model_cls(config_cls(**config))
 
 
+def config_defaults(model_type):
+    """{field: default} of a model type's config (vocab_size has none)."""
+    return {f.name: f.default for f in fields(MODELS[model_type][0]) if f.default is not MISSING}
+
+
 def config_problem(model_type, config, name=str):
     """What makes a model config (a dict) impossible to build, or None; `name` shows a field (train.py: as a flag).
 
@@ -313,11 +318,11 @@ def config_problem(model_type, config, name=str):
     """
     if model_type not in MODELS:
         return f"unknown model type {shown(model_type)}: choose one of {', '.join(MODELS)}"
-    known = {f.name: f.default for f in fields(MODELS[model_type][0])}
-    unknown = sorted(set(config) - set(known))
+    known = {f.name for f in fields(MODELS[model_type][0])}
+    unknown = sorted(set(config) - known)
     if unknown:
         return f"unknown {model_type} config fields: {', '.join(unknown)}"
-    c = {**{k: v for k, v in known.items() if v is not MISSING}, **config}
+    c = {**config_defaults(model_type), **config}
     for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
         value, most = c.get(key, 1), MAX_LAYERS if key == "n_layer" else MAX_SIZE
         if key in known and (type(value) is not int or not 1 <= value <= most):
