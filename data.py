@@ -1,8 +1,6 @@
-"""From a text file to batches of token ids.
-
-The corpus is tokenized once, in blocks, into a flat uint16/uint32 file that training reads through a numpy memmap:
-re-runs skip tokenization, and a corpus larger than RAM never has to sit in memory as Python lists.
-"""
+"""From a text file to batches of token ids. The corpus is tokenized once, in blocks, into a flat uint16/uint32 file
+that training reads through a numpy memmap: re-runs skip tokenization, and a corpus larger than RAM never has to sit
+in memory as Python lists."""
 import hashlib
 import json
 import os
@@ -60,20 +58,15 @@ CACHE_LAYOUT = "token ids in native byte order; the JSON beside them holds n_tok
 
 
 def tokenize_to_memmap(path, tokenizer):
-    """Tokenize the file once into the cache and return its tokens, a read-only memmap.
-
-    The cache file is named by the hashes of the data, the tokenizer and CACHE_LAYOUT, so a change to any of them
-    makes a new one. It is written under a temporary name and renamed, and the token count beside it must match
-    its size, so a truncated or damaged cache is never read: it is made again.
-    """
+    """Tokenize the file once into the cache and return its tokens, a read-only memmap. The cache is named by the
+    hashes of the data, the tokenizer and CACHE_LAYOUT, so a change to any of them makes a new one; it is written
+    atomically, and the token count beside it must match its size, so a damaged cache is made again, never read."""
     check_input_file(path, "data file")
     spec = json.dumps([CACHE_LAYOUT, tokenizer.to_dict()], sort_keys=True).encode()
     key = f"{file_sha256(path)[:16]}-{hashlib.sha256(spec).hexdigest()[:16]}"
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
     bin_path = os.path.join(cache_dir(), f"{key}.{np.dtype(dtype).name}")
-    meta_path = bin_path + ".json"
-    tokens = _cached_tokens(bin_path, meta_path, dtype)
-    if tokens is not None:
+    if (tokens := _cached_tokens(bin_path, dtype)) is not None:
         return tokens
     try:
         os.makedirs(cache_dir(), exist_ok=True)
@@ -87,18 +80,18 @@ def tokenize_to_memmap(path, tokenizer):
                                     f"trained on: remove them, or train a model on this text") from None
                 out.write(np.asarray(ids, dtype=dtype).tobytes())
                 n_tokens += len(ids)
-        with atomic_write(meta_path, "w") as f:
+        with atomic_write(bin_path + ".json", "w") as f:
             json.dump({"n_tokens": n_tokens}, f)
     except OSError as e:
         raise UserError(f"cannot write the token cache {bin_path} ({e.strerror or e}): "
                         f"set B_LM_CACHE to a writable folder") from None
-    return _cached_tokens(bin_path, meta_path, dtype)
+    return _cached_tokens(bin_path, dtype)
 
 
-def _cached_tokens(bin_path, meta_path, dtype):
-    """The cached tokens, or None when the cache is missing or does not match its recorded count."""
+def _cached_tokens(bin_path, dtype):
+    """The cached tokens, or None when the cache is missing or does not match the count recorded beside it."""
     try:
-        n_tokens = read_json(meta_path, "token cache")["n_tokens"]
+        n_tokens = read_json(bin_path + ".json", "token cache")["n_tokens"]
         if type(n_tokens) is not int or os.path.getsize(bin_path) != n_tokens * np.dtype(dtype).itemsize:
             return None
     except (UserError, OSError, KeyError, TypeError):  # missing or damaged: tokenize again
@@ -115,17 +108,13 @@ def corpus_batches(path, tokenizer, block_size, val_fraction, seed):
 
 
 class Batches:
-    """Train/val split of a token stream, random training blocks, fixed val windows.
-
-    The last val_fraction of the stream is validation: this is the one place the split is made, for training,
-    fine-tuning and evaluation alike. Training blocks start at random offsets drawn from a generator of our own,
-    whose state goes into the checkpoint so a resumed run draws the very same batches.
-    """
+    """Train/val split of a token stream, random training blocks, fixed val windows. The last val_fraction is
+    validation, split here and only here, for training, fine-tuning and evaluation alike. Training blocks start at
+    random offsets from a generator of our own, whose state the checkpoint keeps: a resumed run draws the same ones."""
 
     def __init__(self, tokens, block_size, val_fraction, seed):
-        n_val = int(len(tokens) * val_fraction)
-        self.train = tokens[: len(tokens) - n_val]
-        self.val = tokens[len(tokens) - n_val:]
+        split = len(tokens) - int(len(tokens) * val_fraction)
+        self.train, self.val = tokens[:split], tokens[split:]
         self.block_size = block_size
         self.generator = torch.Generator().manual_seed(seed)
         need = block_size + 1
@@ -148,15 +137,10 @@ class Batches:
         starts = torch.randint(0, high + 1, (n * batch_size,), generator=self.generator).tolist()
         return [self._stack(self.train, starts[i * batch_size: (i + 1) * batch_size]) for i in range(n)]
 
-    def val_windows(self, max_tokens=None):
-        """Start offsets of non-overlapping val windows, evenly spread when capped."""
-        n = (len(self.val) - 1) // self.block_size
-        if max_tokens:
-            keep = max(1, min(n, max_tokens // self.block_size))
-            return [(i * n // keep) * self.block_size for i in range(keep)]
-        return [i * self.block_size for i in range(n)]
-
     def val_batches(self, batch_size, max_tokens=None):
-        starts = self.val_windows(max_tokens)
+        """Batches of non-overlapping val windows, evenly spread when capped to max_tokens."""
+        n = (len(self.val) - 1) // self.block_size
+        keep = max(1, min(n, max_tokens // self.block_size)) if max_tokens else n
+        starts = [(i * n // keep) * self.block_size for i in range(keep)]
         for i in range(0, len(starts), batch_size):
             yield self._stack(self.val, starts[i: i + batch_size])

@@ -1,5 +1,6 @@
 """Choosing the device to run on (CUDA/ROCm, Apple MPS, DirectML or the CPU), and how to run fast there."""
 import contextlib
+import importlib
 import os
 
 import torch
@@ -9,26 +10,17 @@ from errors import UserError, short_reason
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps", "dml")
 
 
-def _directml():
-    """The torch_directml module, or None where it is not installed."""
-    try:
-        import torch_directml
-    except ImportError:
-        return None
-    return torch_directml
-
-
 def _missing(name):
     """Why this machine cannot run on the device `name` ('cuda', 'mps' or 'dml'), or None when it can."""
     if name == "cuda":
         return None if torch.cuda.is_available() else "no CUDA/ROCm GPU is available to this PyTorch build"
     if name == "mps":
-        mps = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
-        return None if mps else "Apple MPS is not available on this machine"
-    dml = _directml()
-    if dml is None:
+        return None if torch.backends.mps.is_available() else "Apple MPS is not available on this machine"
+    try:
+        import torch_directml
+    except ImportError:
         return "torch_directml is not installed; install it with 'pip install torch-directml' (Windows, AMD/Intel GPUs)"
-    return None if dml.is_available() else "torch_directml found no DirectML device"
+    return None if torch_directml.is_available() else "torch_directml found no DirectML device"
 
 
 def choose_device(name="auto"):
@@ -38,10 +30,9 @@ def choose_device(name="auto"):
         raise UserError(f"unknown device {name!r}: choose one of {', '.join(DEVICE_CHOICES)}")
     if name == "auto":
         name = next((n for n in ("cuda", "mps", "dml") if _missing(n) is None), "cpu")
-    reason = None if name == "cpu" else _missing(name)
-    if reason:
+    if name != "cpu" and (reason := _missing(name)):
         raise UserError(f"--device {name}: {reason}")
-    return _directml().device() if name == "dml" else torch.device(name)
+    return importlib.import_module("torch_directml").device() if name == "dml" else torch.device(name)
 
 
 def is_directml(device):
@@ -50,12 +41,9 @@ def is_directml(device):
 
 
 def attention_for(device, requested="auto"):
-    """The attention kind to build a Transformer with on `device`: 'explicit' (plain matmuls) on DirectML, which has
-    no scaled_dot_product_attention kernel (PyTorch would copy q, k and v to the CPU and back in every layer);
-    elsewhere 'auto' means 'sdpa', the fused kernels."""
-    if is_directml(device):
-        return "explicit"
-    return "sdpa" if requested == "auto" else requested
+    """'explicit' attention (plain matmuls) on DirectML, which has no scaled_dot_product_attention kernel (PyTorch would
+    copy q, k and v to the CPU and back in every layer); elsewhere 'auto' means 'sdpa', the fused kernels."""
+    return "explicit" if is_directml(device) else "sdpa" if requested == "auto" else requested
 
 
 def flush_denormals():
@@ -72,20 +60,16 @@ def synchronize(device):
     elif device.type == "mps":
         torch.mps.synchronize()
     elif is_directml(device):
-        # DirectML has no synchronize; reading a value back to the host waits for its in-order queue to drain.
-        torch.zeros(1, device=device).cpu()
+        torch.zeros(1, device=device).cpu()  # DirectML has no synchronize: a read waits for its in-order queue
 
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 
 
 def autocast_dtype(device, name="auto"):
-    """The dtype to autocast matmuls to, or None for plain float32. auto: bfloat16 on CUDA GPUs that support it,
-    float16 (with a GradScaler) on older ones, float32 elsewhere: most CPUs run bfloat16 matmuls far slower than
-    float32, and MPS/DirectML support for it varies."""
+    """The dtype to autocast matmuls to, or None for float32. auto: bfloat16 on CUDA GPUs that have it, else float16
+    (with a GradScaler); float32 off CUDA, where most CPUs run bfloat16 matmuls far slower and MPS/DirectML vary."""
     device = torch.device(device)
-    if name not in DTYPE_CHOICES:
-        raise UserError(f"unknown dtype {name!r}: choose one of {', '.join(DTYPE_CHOICES)}")
     if name == "float16" and device.type == "cpu":
         raise UserError("--dtype float16 needs a GPU; on the CPU use float32 (fastest) or bfloat16")
     if name == "auto" and device.type == "cuda":
@@ -127,8 +111,7 @@ def check_fits_in_memory(n_parameters, device, extra_bytes=0, what="the model"):
             total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         except (AttributeError, ValueError, OSError):  # no sysconf (Windows): nothing to check against
             return
-    need = 16 * n_parameters + extra_bytes
-    if need > total:
+    if (need := 16 * n_parameters + extra_bytes) > total:
         training = f" to train ({n_parameters / 1e6:,.1f}M parameters)" if n_parameters else ""
         raise UserError(f"{what} would need about {need / 2**30:,.1f} GiB{training}, more than the "
                         f"{total / 2**30:,.1f} GiB this {device.type} has: make it smaller")

@@ -4,8 +4,7 @@
 
 torchrun starts one process per GPU (or CPU worker) and tells each its RANK, LOCAL_RANK and WORLD_SIZE through the
 environment. Each holds a full copy of the model; DDP averages the gradients after each backward pass, so every copy
-takes the same step and stays identical. Without torchrun there is one process and none of this is switched on.
-"""
+takes the same step and stays identical. Without torchrun there is one process and none of this is switched on."""
 import os
 from contextlib import suppress
 from dataclasses import dataclass
@@ -37,13 +36,11 @@ def is_main_process():
 
 
 def init_processes(device):
-    """Join the process group when launched by torchrun; returns (Processes, device), each process on the GPU of its
-    local rank."""
+    """Join the process group when launched by torchrun: (Processes, device), each process on its local rank's GPU."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:  # not launched by torchrun
         return Processes(), device
     procs = Processes(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
-    backend = {"cuda": "nccl", "cpu": "gloo"}.get(device.type)
-    if backend is None:
+    if (backend := {"cuda": "nccl", "cpu": "gloo"}.get(device.type)) is None:
         raise UserError(f"torchrun training supports CUDA and CPU devices, not {device.type}")
     if device.type == "cuda":
         device = torch.device("cuda", procs.local_rank)

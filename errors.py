@@ -1,5 +1,4 @@
-"""The exceptions users see, the one handler of Ctrl-C and SIGTERM, and the wrapper that turns both into one
-line on stderr."""
+"""The exceptions users see, and the one handler of Ctrl-C and SIGTERM: run_main turns each into one line on stderr."""
 import argparse
 import contextlib
 import os
@@ -7,11 +6,11 @@ import re
 import signal
 import sys
 import threading
+import types
 
 
 def short_reason(error, limit=160):
-    """An exception as a few words for a one-line message: its first line (without terminal colours), or its
-    type when it says nothing."""
+    """An exception's first line (without terminal colours) for a one-line message, or its type when it says nothing."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
     return text.splitlines()[0][:limit] if text else type(error).__name__
 
@@ -26,16 +25,11 @@ def shown(value, limit=60):
 
 
 class UserError(Exception):
-    """A problem with the user's input or files, described so they can fix it.
-
-    Scripts raise it anywhere; `run_main` prints its message as a single line
-    and exits with status 2. Tracebacks are reserved for bugs.
-    """
+    """A problem with the user's input or files: run_main prints it as one line and exits 2, with no traceback."""
 
 
 class Stopped(Exception):
-    """A run stopped from outside after saving what it could; run_main prints the message (if any) and exits
-    130."""
+    """A run stopped from outside after saving what it could; run_main prints the message (if any) and exits 130."""
 
 
 # How this process answers Ctrl-C and SIGTERM: one handler, whose answer depends on what the process is doing.
@@ -43,70 +37,51 @@ class Stopped(Exception):
 #   running   main is working: raise KeyboardInterrupt where it is
 #   deferred  a training step is in flight: note the request (the loop stops after the step); a second one raises
 #   finished  main has returned: ignore it, the work is done
-_signals = {"mode": "running", "requested": False}
+_signals = types.SimpleNamespace(mode="running", requested=False)
 
 
 def _on_signal(signum, frame):
-    mode = _signals["mode"]
-    if mode == "loading":
+    if _signals.mode == "loading":
         print("\ninterrupted", file=sys.stderr, flush=True)
         os._exit(130)
-    if mode == "deferred" and not _signals["requested"]:
-        _signals["requested"] = True
-    elif mode != "finished":
+    if _signals.mode == "deferred" and not _signals.requested:
+        _signals.requested = True
+    elif _signals.mode != "finished":
         raise KeyboardInterrupt
 
 
-def _handle_signals(mode):
-    _signals["mode"] = mode
+def _handle_signals(mode, handler=_on_signal):
+    _signals.mode = mode
     if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
         for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, _on_signal)
+            signal.signal(s, handler)
 
 
 def stop_cleanly(module_name):
-    """When the module is run as a script: from here on, Ctrl-C and SIGTERM end it with one line and status
-    130, never a traceback.
-
-    Each script calls it first, before its slow imports (torch takes a
-    second to load): an exception raised while modules load can land where
-    Python only reports it and carries on, so until run_main starts the
-    work, a stop ends the process at once. Imported (by a test), a script
-    leaves the signals alone.
-    """
+    """Where the module runs as a script, Ctrl-C and SIGTERM end it from here on with one line and status 130, never a
+    traceback. Scripts call it before their slow imports (torch takes a second): an exception raised while modules load
+    can land where Python only reports it and carries on, so until run_main starts the work, a stop ends the process."""
     if module_name == "__main__":
         _handle_signals("loading")
 
 
-class deferred_stop:
+@contextlib.contextmanager
+def deferred_stop():
     """While training: a stop request waits for the step in flight (`.requested` says one came)."""
-
-    def __enter__(self):
-        self._before = _signals["mode"]
-        _signals["requested"] = False
-        _handle_signals("deferred")
-        return self
-
-    @property
-    def requested(self):
-        return _signals["requested"]
-
-    def __exit__(self, *exc):
-        _signals["mode"] = self._before
+    before, _signals.requested = _signals.mode, False
+    _handle_signals("deferred")
+    try:
+        yield _signals
+    finally:
+        _signals.mode = before
 
 
 def run_main(main, argv=None):
-    """Call main(argv); turn a UserError into 'error: ...' on stderr and exit 2.
-
-    A stop from outside, Ctrl-C or a SIGTERM (from kill, a job scheduler's
-    time limit, or torchrun stopping its workers), arrives as a
-    KeyboardInterrupt and ends the run with one line and status 130, not a
-    traceback; a run that saved its work first raises Stopped, saying so.
-    With argv None, main is this process's command line; once it has
-    finished, a late stop is ignored: Python would otherwise restore the
-    signals' defaults while it shuts down, and the finished run would end
-    killed, with no message.
-    """
+    """Call main(argv); a UserError becomes 'error: ...' on stderr and exit 2, and a stop from outside (Ctrl-C, or a
+    SIGTERM from kill, a job scheduler's time limit or torchrun) arrives as a KeyboardInterrupt: one line and exit 130,
+    not a traceback (a run that saved its work first raises Stopped, saying so). With argv None (the command line), a
+    stop after main has finished is ignored, or Python, restoring the signals' defaults as it shuts down, would kill
+    the finished run with no message."""
     _handle_signals("running")
     for stream in (sys.stdout, sys.stderr):  # a file name or prompt that is not UTF-8 prints as \xff escapes
         with contextlib.suppress(AttributeError, ValueError):
@@ -116,14 +91,15 @@ def run_main(main, argv=None):
         result = main(argv)
         # No call between main's return and this line, so no signal handler runs in between: from here on a late
         # stop is ignored, even during the clean-up below.
-        _signals["mode"] = "finished"
+        _signals.mode = "finished"
         return result
-    except UserError as e:
-        _close_progress_bars()
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except (KeyboardInterrupt, Stopped) as e:
-        _close_progress_bars()
+    except (UserError, KeyboardInterrupt, Stopped) as e:
+        tqdm = sys.modules.get("tqdm")  # end any progress bar still drawn, so that the message starts a line of its own
+        for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+            bar.close()
+        if isinstance(e, UserError):
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
         message = str(e) if isinstance(e, Stopped) else "interrupted"
         if message:  # a Stopped without one: another process (torchrun's rank 0) reports the stop
             print(f"\n{message}", file=sys.stderr)
@@ -131,26 +107,14 @@ def run_main(main, argv=None):
     finally:
         sys.stdout = stdout
         if argv is not None:  # main was called in-process (by a test): the process goes on
-            _signals["mode"] = "running"
-        elif threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):  # not a handler of ours: Python resets those as it exits
-                signal.signal(s, signal.SIG_IGN)
-
-
-def _close_progress_bars():
-    """End any progress bar still drawn on stderr, so that the message starts a line of its own."""
-    tqdm = sys.modules.get("tqdm")
-    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
-        bar.close()
+            _signals.mode = "running"
+        else:  # SIG_IGN, not a handler of ours: Python resets those as it exits
+            _handle_signals("finished", signal.SIG_IGN)
 
 
 class StdoutUntilClosed:
-    """sys.stdout that goes quiet when its reader goes away (`generate.py | head`), the Unix way.
-
-    Output stops without a BrokenPipeError, and work that writes files (a
-    tokenizer, a checkpoint) still finishes them. `closed_by_reader` tells a
-    script whose only work is output that it may stop.
-    """
+    """sys.stdout that goes quiet when its reader goes away (`generate.py | head`), the Unix way: no BrokenPipeError,
+    and work that writes files still finishes them. `closed_by_reader` tells a script that only prints it may stop."""
 
     def __init__(self, stream):
         self._stream = stream
@@ -164,20 +128,15 @@ class StdoutUntilClosed:
         self._quietly(self._stream.flush)
 
     def _quietly(self, call, *args):
-        if not self.closed_by_reader:
-            try:
+        try:
+            if not self.closed_by_reader:
                 call(*args)
-            except BrokenPipeError:
-                self._go_quiet()
-
-    def _go_quiet(self):
-        self.closed_by_reader = True
-        try:  # point the descriptor at /dev/null, so Python's own flush at exit stays quiet too
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self._stream.fileno())
-            os.close(devnull)
-        except (OSError, ValueError, AttributeError):
-            pass
+        except BrokenPipeError:
+            self.closed_by_reader = True  # and point the descriptor at /dev/null: Python's flush at exit stays quiet
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self._stream.fileno())
+                os.close(devnull)
 
     def __getattr__(self, name):
         return getattr(self._stream, name)

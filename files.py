@@ -1,10 +1,7 @@
-"""The files a run reads and writes, so that a crash, a Ctrl-C, a second run or a mistyped path never loses one.
-
-Every path is checked before the work starts: an input must be a regular file (a pipe would be read forever), a
-file output absent or a regular file, a folder output new, empty or an earlier output of ours. Names are compared by
-inode, so links cannot slip an input or a running run's checkpoint past the checks. Outputs are written atomically
-and claimed with an OS lock for the run.
-"""
+"""The files a run reads and writes, so that a crash, a Ctrl-C, a second run or a mistyped path never loses one:
+every path is checked before the work starts (an input must be a regular file, a file output absent or a regular file,
+a folder output new, empty or an earlier output of ours), names are compared by inode, so links cannot slip an input
+or a running run's checkpoint past the checks, and outputs are written atomically and claimed with an OS lock."""
 import glob
 import os
 import shutil
@@ -103,8 +100,7 @@ def exclusive(path, flag):
     try:
         yield
     finally:
-        held = _HELD_FILES.pop(real)
-        if held is not None:
+        if (held := _HELD_FILES.pop(real)) is not None:
             os.close(held)
         os.close(fd)  # before the unlink: Windows cannot remove a file that is open
         with suppress(OSError):  # another run took it over in between, or it is gone
@@ -136,8 +132,7 @@ def claimed(path, flag):
     the claim, no one else is writing them."""
     with exclusive(path, flag):
         real = os.path.realpath(path)
-        pattern = os.path.join(glob.escape(os.path.dirname(real)), glob.escape(temporary_prefix(real)))
-        for stale in glob.glob(pattern + "*.tmp"):
+        for stale in glob.glob(glob.escape(os.path.join(os.path.dirname(real), temporary_prefix(real))) + "*.tmp"):
             with suppress(OSError):  # gone already, or not ours to remove: it does no harm
                 if os.path.isdir(stale) and not os.path.islink(stale):
                     shutil.rmtree(stale)
@@ -159,8 +154,7 @@ def _file_or_nothing(path, flag, purpose=""):
 
 
 def check_input_file(path, what):
-    """UserError unless `path` is a regular file to read, saying what it is instead (reading a pipe would wait
-    forever)."""
+    """UserError unless `path` is a regular file to read, saying what it is instead (a pipe would be read forever)."""
     if _file_or_nothing(path, what) is None:
         if os.path.islink(path):
             raise UserError(f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not exist")
@@ -168,8 +162,7 @@ def check_input_file(path, what):
 
 
 def check_output_path(path, flag, inputs=()):
-    """UserError unless `path` can be written as a file: named, in a folder that exists, absent or a regular file,
-    and neither one of the `inputs` (files or folders) nor inside one."""
+    """UserError unless `path` can be written as a file in a folder that exists, and is no `inputs` nor inside one."""
     _file_or_nothing(path, flag, " to write")
     folder = os.path.dirname(os.path.realpath(path))
     if not os.path.isdir(folder):
@@ -180,7 +173,6 @@ def check_output_path(path, flag, inputs=()):
 
 
 def refuse_existing(path, flag, overwrite):
-    """UserError if a file is at `path` and the user did not pass --overwrite."""
     if not overwrite and os.path.lexists(path):
         raise UserError(f"{flag} {path} already exists: pass --overwrite to replace it, or name another file")
 
@@ -217,8 +209,7 @@ def swap_in_folder(new, path):
     """Put the folder `new` at `path`, then delete what was there: a crash never leaves `path` half-written."""
     old = None
     if os.path.isdir(path):
-        old = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(path)), prefix=temporary_prefix(path),
-                               suffix=".tmp")
+        old = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(path)), prefix=temporary_prefix(path), suffix=".tmp")
         os.rmdir(old)  # a fresh name for the old folder (Windows renames nothing onto a folder)
         os.rename(path, old)
     os.replace(new, path)
