@@ -26,7 +26,6 @@ from transformer import (ATTENTION_KINDS, MLP_KINDS, NORM_KINDS, POSITION_KINDS,
                          config_problem, count_parameters, estimate_parameters)
 
 CONVERT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "convert.py")
-MODEL_FIELDS = {f.name for f in dataclasses.fields(GPTConfig)}
 
 
 # -------------------------------------------------------- what the modes share
@@ -52,21 +51,19 @@ class Shape:
 
     def model_fields(self):
         """The settings that are GPTConfig's fields: the model's config, GPTConfig's defaults for the rest."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k in MODEL_FIELDS}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k in GPTConfig.__dataclass_fields__}
 
     def model_config(self):
         return GPTConfig(**self.model_fields())
 
 
 def generate_ours(model, prompt_ids, new_tokens, use_cache=True):
-    """Greedy ids from our generation loop (sampling.generate_ids)."""
     settings = Sampling(max_new_tokens=new_tokens, temperature=0, use_cache=use_cache)
     return list(generate_ids(model, prompt_ids, settings))
 
 
 def hf_gpt2(who, **config):
-    """A randomly initialised transformers GPT2LMHeadModel (a GPT2Config of config), in eval mode; UserError naming
-    `who` if transformers is missing."""
+    """A random GPT2LMHeadModel of GPT2Config(**config), in eval mode; UserError naming `who` without transformers."""
     try:
         import transformers
     except ImportError:
@@ -95,9 +92,7 @@ def matrix_weights(model):
 def weight_read_seconds(n_weights, repeats):
     """Fastest seconds to read n_weights float32 numbers once, as one matrix-vector product: a ceiling no decoder
     beats. At batch 1 a decoding step reads each weight once for 2 FLOPs, so memory bandwidth sets the pace."""
-    cols = 1024
-    weights = torch.randn(math.ceil(n_weights / cols), cols)
-    vector = torch.randn(cols)
+    weights, vector = torch.randn(math.ceil(n_weights / 1024), 1024), torch.randn(1024)
     torch.mv(weights, vector)  # warm-up
     return best_seconds(lambda: torch.mv(weights, vector), 20 * repeats)[0]
 
@@ -133,16 +128,12 @@ def time_training_steps(model, optimizer, x, y, steps, warmup=2):
     """{phase: [seconds, one a step]} for 'forward', 'backward', 'optimizer' (step + zero_grad) and 'total' of
     `steps` training steps on (x, y); model(x, y) returns (logits, loss). The `warmup` untimed steps first pay
     one-off costs (allocator growth, kernel selection, lazy init)."""
-    def optimizer_step():
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
     times = {"forward": [], "backward": [], "optimizer": [], "total": []}
     model.train()
     for step in range(warmup + steps):
         loss, forward = timed(lambda: model(x, y)[1], x.device)
         _, backward = timed(loss.backward, x.device)
-        _, opt = timed(optimizer_step, x.device)
+        _, opt = timed(lambda: (optimizer.step(), optimizer.zero_grad(set_to_none=True)), x.device)
         if step >= warmup:
             for phase, seconds in zip(times, (forward, backward, opt, forward + backward + opt)):
                 times[phase].append(seconds)
@@ -181,10 +172,9 @@ def run_step(s):
 
 @dataclass(frozen=True)
 class GenerateSettings(Shape):
-    """Time greedy generation at batch 1, float32 on the CPU, random weights: ours with the KV cache, ours
-    without it, and Hugging Face transformers' GPT2LMHeadModel.generate (with its cache) for the same shape.
-    Reports new tokens per second and the time to the first token after a long prompt (the prefill plus one
-    sampling step)."""
+    """Time greedy generation at batch 1, float32 on the CPU, random weights: ours with the KV cache, ours without it,
+    and Hugging Face transformers' GPT2LMHeadModel.generate (with its cache) for the same shape. Reports new tokens
+    per second and the time to the first token after a long prompt (the prefill plus one sampling step)."""
     n_layer: int = same_setting(Shape, "n_layer", 6)
     n_embd: int = same_setting(Shape, "n_embd", 256)
     n_head: int = same_setting(Shape, "n_head", 8)
@@ -195,30 +185,18 @@ class GenerateSettings(Shape):
     repeats: int = setting(3, "time each run this many times and keep the fastest", at_least(1))
     threads: Optional[int] = setting(None, "torch CPU threads (default: PyTorch's own choice)", at_least(1))
     skip_transformers: bool = setting(False, "time only our model (no transformers needed)")
-    positions: str = setting("learned", "position encoding of our model, as train.py's flag",
-                             choices=POSITION_KINDS)
+    positions: str = setting("learned", "position encoding of our model, as train.py's flag", choices=POSITION_KINDS)
     norm: str = setting("layer", "normalisation of our model", choices=NORM_KINDS)
     mlp: str = setting("gelu", "MLP of our model", choices=MLP_KINDS)
 
     def __post_init__(self):
         super().__post_init__()
-        # Every run must fit in the context: GPT-2 cannot go past n_positions, and
-        # ours would start sliding its window, which is no longer the same work.
-        if 1 + self.new_tokens > self.block_size:
-            raise UserError(f"--new-tokens {self.new_tokens}: one prompt token plus the new ones "
-                            f"must fit in --block-size {self.block_size}")
-        if self.prompt_tokens + 1 > self.block_size:
-            raise UserError(f"--prompt-tokens {self.prompt_tokens}: the prompt plus its first new "
-                            f"token must fit in --block-size {self.block_size}")
-
-
-def time_generation(generate, prompt_ids, new_tokens, long_prompt_ids, repeats):
-    """(best seconds of generate(prompt_ids, new_tokens), best seconds of the first token after long_prompt_ids
-    (the prefill and one sampling step), the ids)."""
-    generate(prompt_ids, min(new_tokens, 4))  # warm-up: first calls pay for allocation
-    seconds, ids = best_seconds(lambda: generate(prompt_ids, new_tokens), repeats)
-    first, _ = best_seconds(lambda: generate(long_prompt_ids, 1), repeats)
-    return seconds, first, ids
+        # Every run must fit in the context: GPT-2 cannot go past n_positions, and ours would start sliding its
+        # window, which is no longer the same work.
+        for flag, tokens, what in (("--new-tokens", self.new_tokens, "one prompt token plus the new ones"),
+                                   ("--prompt-tokens", self.prompt_tokens, "the prompt plus its first new token")):
+            if 1 + tokens > self.block_size:
+                raise UserError(f"{flag} {tokens}: {what} must fit in --block-size {self.block_size}")
 
 
 def generation_runs(s):
@@ -262,9 +240,12 @@ def run_generate(s):
     g = torch.Generator().manual_seed(s.seed)
     prompt = torch.randint(s.vocab_size, (1,), generator=g).tolist()
     long_prompt = torch.randint(s.vocab_size, (s.prompt_tokens,), generator=g).tolist()
+    results = {}  # {name: (best seconds of the run, best seconds to the first token after the long prompt, ids)}
     with torch.inference_mode():  # what generate_ids uses on the CPU; transformers gets it too
-        results = {name: time_generation(generate, prompt, s.new_tokens, long_prompt, s.repeats)
-                   for name, generate in runs.items()}
+        for name, generate in runs.items():
+            generate(prompt, min(s.new_tokens, 4))  # warm-up: first calls pay for allocation
+            seconds, ids = best_seconds(lambda: generate(prompt, s.new_tokens), s.repeats)
+            results[name] = seconds, best_seconds(lambda: generate(long_prompt, 1), s.repeats)[0], ids
     base = results["transformers GPT-2"][0] if hf is not None else None
     print(f"{'':20} {'tok/s':>8} {'vs transformers':>16} {'first token ms':>15}")
     for name, (seconds, first, _) in results.items():
@@ -324,8 +305,7 @@ def run_hf(s):
     from checkpoint import load_model
     from hf_tokenizer import read_tokenizer
     with tempfile.TemporaryDirectory() as tmp:
-        folder, ckpt = os.path.join(tmp, "gpt2"), os.path.join(tmp, "gpt2.pth")
-        os.makedirs(folder)
+        folder, ckpt = os.path.join(tmp, "gpt2"), os.path.join(tmp, "gpt2.pth")  # save_pretrained makes the folder
         theirs = gpt2_shaped_folder(folder, s.seed, GPT2_SMALL)
         megabytes = os.path.getsize(os.path.join(folder, "model.safetensors")) / 1e6
         import_s, import_mb = run_measured(CONVERT, "from-hf", folder, ckpt)

@@ -3,13 +3,12 @@
     python nanogpt_benchmark.py --nanogpt ~/src/nanoGPT                 # runs both (about 2 x 5 minutes)
     python nanogpt_benchmark.py --nanogpt ~/src/nanoGPT --ours checkpoint.pth --ours-seconds 479
 
-It clones nothing: give it a checkout of github.com/karpathy/nanoGPT. b_lm runs `python train.py` as the quick
-start does (or --ours gives a checkpoint of that run and its training seconds). nanoGPT gets b_lm's corpus and split
-(the last 10% of the characters are validation) as its char dataset, a short run to time its iterations with their
-evals, then the README's CPU recipe (4 layers, 128 wide, block 64, batch 12, no dropout) with --max_iters (and
---lr_decay_iters) set so that its training takes b_lm's training time. Both are scored alike: the mean nats per
-character over the whole validation split, in non-overlapping windows of each model's context, nanoGPT from its
-best checkpoint (it saves when its val loss improves). Run it with nothing else busy: both runs are timed.
+It clones nothing: give it a checkout of github.com/karpathy/nanoGPT. b_lm runs `python train.py` as the quick start
+does (or --ours gives that run's checkpoint and training seconds). nanoGPT gets b_lm's corpus and split as its char
+dataset, a short run to time its iterations with their evals, then the README's CPU recipe (RECIPE) with --max_iters
+(and --lr_decay_iters) set so that its training takes b_lm's training time. Both are scored alike: the mean nats per
+character over the whole validation split, in non-overlapping windows of each model's context, nanoGPT from its best
+checkpoint (it saves when its val loss improves). Run it with nothing else busy: both runs are timed.
 """
 
 from errors import stop_cleanly
@@ -37,8 +36,8 @@ from timing import run_timed
 WEEK = 7 * 24 * 3600  # --ours-seconds beyond this is a typo: nanoGPT would train for it
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-RECIPE = ["--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
-          "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--dropout=0.0"]
+RECIPE = ["--device=cpu", "--compile=False", "--eval_interval=250", "--eval_iters=20", "--log_interval=1",
+          "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--dropout=0.0"]
 
 
 def parse_args(argv=None):
@@ -64,8 +63,8 @@ def parse_args(argv=None):
         raise UserError(f"--work {args.work} is a file: name a folder for the runs' files")
     if args.work is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.work))):
         raise UserError(f"--work {args.work}: folder {os.path.dirname(os.path.abspath(args.work))} does not exist")
-    # The runs write data/, configurator.py and ours.pth there and clear out/ and timing/: never in a
-    # folder that holds anything else (a nanoGPT checkout's own out/ would be lost).
+    # The runs write data/, configurator.py and ours.pth there and clear out/ and timing/: never in a folder that
+    # holds anything else (a nanoGPT checkout's own out/ would be lost).
     if args.work is not None and os.path.isdir(args.work) and os.listdir(args.work):
         raise UserError(f"--work {args.work} is not empty: name a new or empty folder for the runs' files")
     if args.ours is not None:
@@ -75,16 +74,13 @@ def parse_args(argv=None):
 
 def val_nats_per_char(logits_of, val, block_size):
     """Mean nats over every target of val (a 1-D id tensor) in non-overlapping windows of block_size."""
-    nats, count = 0.0, 0
-    starts = list(range(0, len(val) - 1 - block_size + 1, block_size))
+    nats, starts = 0.0, range(0, len(val) - block_size, block_size)
     with torch.no_grad():
         for i in range(0, len(starts), 64):
-            batch = starts[i:i + 64]
-            x = torch.stack([val[s:s + block_size] for s in batch])
-            y = torch.stack([val[s + 1:s + block_size + 1] for s in batch])
-            nats += F.cross_entropy(logits_of(x).flatten(0, 1), y.flatten(), reduction="sum").item()
-            count += y.numel()
-    return nats / count
+            rows = torch.stack([val[s:s + block_size + 1] for s in starts[i:i + 64]])  # each window, one token longer
+            logits = logits_of(rows[:, :-1])
+            nats += F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="sum").item()
+    return nats / (len(starts) * block_size)
 
 
 def prepare_nanogpt_data(text, folder):
@@ -101,14 +97,12 @@ def prepare_nanogpt_data(text, folder):
     return torch.from_numpy(ids[-n_val:].astype(np.int64))
 
 
-def run_nanogpt(args, work, out_dir, iters, eval_interval):
-    """Run nanoGPT's recipe for iters steps in work, saving into out_dir; (wall seconds, its per-iteration
-    times in ms)."""
+def run_nanogpt(args, work, out_dir, iters):
+    """Run nanoGPT's recipe for iters steps in work, saving into out_dir: (wall seconds, its iteration times in ms)."""
     shutil.rmtree(out_dir, ignore_errors=True)  # an earlier run's ckpt.pt must not pass for this run's
     command = [sys.executable, os.path.join(args.nanogpt, "train.py"),
                os.path.join(args.nanogpt, "config/train_shakespeare_char.py"), *RECIPE, "--dataset=iliad_char",
-               f"--out_dir={out_dir}", f"--max_iters={iters}", f"--lr_decay_iters={iters}",
-               f"--eval_interval={eval_interval}"]
+               f"--out_dir={out_dir}", f"--max_iters={iters}", f"--lr_decay_iters={iters}"]
     # nanoGPT reads configurator.py and data/ from its working directory: run it in ours, with a copy.
     shutil.copy(os.path.join(args.nanogpt, "configurator.py"), work)
     seconds, done = run_timed(command, "nanoGPT", cwd=work)
@@ -167,10 +161,10 @@ def compare(args, work):
     ours = val_nats_per_char(lambda x: model(x)[0], our_val, model.config.block_size)
 
     print("timing nanoGPT's iterations ...", flush=True)
-    # nanoGPT times each iteration from the end of the one before, so an iteration that evaluates
-    # carries the eval: the mean past the warm-up, in a run that evaluates as the real one does
-    # (every 250), is its cost per iteration with its evals, as b_lm's training time has its own.
-    _, times = run_nanogpt(args, work, os.path.join(work, "timing"), 500, 250)
+    # nanoGPT times each iteration from the end of the one before, so an iteration that evaluates carries the eval:
+    # the mean past the warm-up, in a run that evaluates as the real one does (RECIPE's every 250), is its cost per
+    # iteration with its evals, as b_lm's training time has its own.
+    _, times = run_nanogpt(args, work, os.path.join(work, "timing"), 500)
     if len(times) <= 20:
         raise UserError(f"cannot read nanoGPT's iteration times from its log: is {args.nanogpt} karpathy/nanoGPT?")
     per_iter = statistics.mean(times[20:]) / 1000
@@ -178,12 +172,11 @@ def compare(args, work):
     print(f"nanoGPT: {per_iter * 1000:.1f} ms per iteration with its evals, so {iters} iterations in "
           f"{ours_seconds:.0f} s; training ...", flush=True)
     out_dir = os.path.join(work, "out")
-    wall, times = run_nanogpt(args, work, out_dir, iters, 250)
+    wall, times = run_nanogpt(args, work, out_dir, iters)
     theirs, best_iter = score_nanogpt(args, out_dir, val)
 
     print("\n| run | iterations | training time | val loss (nats/char) |\n|---|---|---|---|")
-    print(f"| b_lm default `python train.py` | {checkpoint['step']} | {ours_seconds:.0f} s | "
-          f"{ours:.4f} |")
+    print(f"| b_lm default `python train.py` | {checkpoint['step']} | {ours_seconds:.0f} s | {ours:.4f} |")
     print(f"| nanoGPT CPU recipe, same training time (best checkpoint: iteration {best_iter}) | {iters} | "
           f"{sum(times) / 1000:.0f} s ({wall:.0f} s with start-up) | {theirs:.4f} |")
     print(f"\nb_lm leads by {theirs - ours:.3f} nats/char")

@@ -73,9 +73,9 @@ def _save(plt, fig, ax, path, xlabel):
         plt.close(fig)
 
 
-def _points(rows, column):
-    """(steps, values) of the rows that have a finite value in column."""
-    pairs = [(float(r["step"]), float(r[column])) for r in rows if r.get(column) not in (None, "")]
+def _points(rows, column, x="step"):
+    """(x values, values) of the rows that have a finite value in column."""
+    pairs = [(float(r[x]), float(r[column])) for r in rows if r.get(column) not in (None, "")]
     pairs = [(s, v) for s, v in pairs if math.isfinite(v)]
     return [s for s, _ in pairs], [v for _, v in pairs]
 
@@ -99,8 +99,7 @@ def plot_runs(path, runs):
     """Val loss against wall time for several runs: {label: rows}."""
     plt, fig, ax = _figure()
     for label, rows in runs.items():
-        rows = [r for r in rows if r.get("val_loss") not in (None, "")]
-        ax.plot([float(r["elapsed_s"]) for r in rows], [float(r["val_loss"]) for r in rows], marker=".", label=label)
+        ax.plot(*_points(rows, "val_loss", "elapsed_s"), marker=".", label=label)
     _save(plt, fig, ax, path, "wall time (s)")
 
 

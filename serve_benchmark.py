@@ -59,12 +59,11 @@ def parse_args(argv=None):
 
 def stream_one(host, port, question, max_tokens, text_mode=False):
     """One streamed chat answer (greedy) or text (sampled): (seconds to the first text, in all, completion tokens)."""
-    body = {"max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}
+    body = {"max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}, "temperature": 0}
     if text_mode:
         path, body = "/v1/completions", {**body, "prompt": question, "temperature": 0.8, "seed": len(question)}
     else:
-        path, body = "/v1/chat/completions", {**body, "messages": [{"role": "user", "content": question}],
-                                              "temperature": 0}
+        path, body = "/v1/chat/completions", {**body, "messages": [{"role": "user", "content": question}]}
     start = time.perf_counter()
     conn = http.client.HTTPConnection(host, port, timeout=600)
     conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
@@ -107,9 +106,8 @@ def run_load(host, port, questions, clients, seconds, max_tokens, text_mode):
 
 
 def start_server(ckpt, max_batch):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), "--ckpt", ckpt, "--port", "0",
-                             "--max-batch", str(max_batch)], stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-u", os.path.join(ROOT, "serve.py"), "--ckpt", ckpt, "--port", "0",
+                             "--max-batch", str(max_batch)], stdout=subprocess.PIPE, text=True)  # -u: unbuffered
     match = re.search(r"http://([\d.]+):(\d+)", proc.stdout.readline())
     if not match:
         proc.wait()

@@ -1,7 +1,5 @@
-"""The meter: timed calls, tokens per second, FLOPs per token, MFU, and a script's time and peak memory.
-
-Training imports this module, so it holds no benchmarks and no Hugging Face code: `python timing.py ...` runs
-the benchmarks of benchmark.py, loaded only then.
+"""The meter: timed calls, tokens per second, FLOPs per token, MFU, and a script's time and peak memory. Training
+imports it, so it holds no benchmarks: `python timing.py ...` runs those of benchmark.py, loaded only then.
 
 A training step costs 6N + 12*L*C*T FLOPs per token (PaLM appendix B, nanoGPT): each weight does 2 FLOPs per token
 forward and 4 backward (6N); attention's QK^T and AV add 2*2*T*C per layer forward, times 3 with backward. N leaves
@@ -26,7 +24,7 @@ import torch
 from device import synchronize
 from errors import UserError
 from files import atomic_write, cache_dir
-from jsonfile import read_json
+from jsonfile import read_object
 
 
 # ------------------------------------------------------------------- timers
@@ -64,8 +62,7 @@ def flops_per_token(n_params, n_layer, n_embd, block_size):
 
 def count_flop_params(model):
     """Parameters that do multiply-adds: all but the position embedding."""
-    return sum(p.numel() for name, p in model.named_parameters()
-               if "pos" not in name and "wpe" not in name)
+    return sum(p.numel() for name, p in model.named_parameters() if "pos" not in name and "wpe" not in name)
 
 
 def model_flops_per_token(model):
@@ -86,13 +83,8 @@ def measure_matmul_flops(device, n, reps=3):
     g = torch.Generator().manual_seed(0)  # our own: measuring must not move the training RNG
     a = torch.randn(n, n, generator=g).to(device)
     b = torch.randn(n, n, generator=g).to(device)
-
-    def matmul():
-        a @ b
-        synchronize(device)  # a GPU only queues the kernel: wait for it before the clock stops
-
-    matmul()  # warm-up: first call pays for allocation and kernel selection
-    return 2 * n ** 3 / best_seconds(matmul, reps)[0]
+    timed(lambda: a @ b, device)  # warm-up: first call pays for allocation and kernel selection
+    return 2 * n ** 3 / best_seconds(lambda: timed(lambda: a @ b, device), reps)[0]
 
 
 def peak_flops(device, n=None, reps=3, cache_path=None):
@@ -103,10 +95,9 @@ def peak_flops(device, n=None, reps=3, cache_path=None):
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     key = f"{name}|torch {torch.__version__}|threads {torch.get_num_threads()}|n {n}"
     try:
-        cache = read_json(cache_path, "FLOP/s cache")
-    except UserError:
-        cache = None
-    cache = cache if isinstance(cache, dict) else {}  # missing or damaged: measure again
+        cache = read_object(cache_path)
+    except UserError:  # missing or damaged: measure again
+        cache = {}
     if type(cache.get(key)) in (int, float) and 0 < cache[key] < math.inf:
         return float(cache[key])
     cache[key] = measure_matmul_flops(device, n, reps)
@@ -124,9 +115,7 @@ def peak_flops(device, n=None, reps=3, cache_path=None):
 def run_timed(command, what, cwd=None):
     """(wall seconds, the finished process) of command, output captured; UserError naming `what` and the last line of
     its stderr (a traceback's last line is the error itself) if it fails."""
-    t0 = time.perf_counter()
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
+    done, seconds = timed(lambda: subprocess.run(command, cwd=cwd, capture_output=True, text=True))
     if done.returncode:
         raise UserError(f"{what} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
     return seconds, done
@@ -154,7 +143,6 @@ def run_measured(script, *args):
 
 
 if __name__ == "__main__":
-    # The command: benchmark.py holds it, so that training, which imports the meter, never loads it.
     from benchmark import main
     from errors import run_main
     run_main(main)

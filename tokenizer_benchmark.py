@@ -3,8 +3,8 @@
     python tokenizer_benchmark.py            # training time and encoding speed
     python tokenizer_benchmark.py --scale    # and training on 1x, 4x, 16x the corpus
 
-Run by hand; needs the dev requirements (tokenizers, tiktoken). Times are the
-best of --repeat runs, since other work on the machine only ever adds time.
+Run by hand; needs the dev requirements (tokenizers, tiktoken). Times are the best of --repeat runs, since other
+work on the machine only ever adds time.
 """
 
 from errors import stop_cleanly
@@ -30,9 +30,8 @@ def parse_args(argv=None):
                    help="vocabulary size, special tokens included (default: %(default)s)")
     p.add_argument("--repeat", type=int, default=3,
                    help="time each measurement this many times and keep the best (default: %(default)s)")
-    p.add_argument("--scale", action="store_true",
-                   help="also train on the corpus repeated 1, 4 and 16 times, each in its own "
-                        "process, reporting time and peak memory (default: off)")
+    p.add_argument("--scale", action="store_true", help="also train on the corpus repeated 1, 4 and 16 times, each in "
+                   "its own process, reporting time and peak memory (default: off)")
     args = p.parse_args(argv)
     if args.repeat < 1:
         raise UserError(f"--repeat must be at least 1, got {args.repeat}")
@@ -44,13 +43,10 @@ def train_hf(path, vocab_size):
     """HF's BpeTrainer set up like ours: the same regex split, then bytes."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(bpe.GPT4_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=list(SPECIAL_TOKENS))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(bpe.GPT4_PATTERN), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train([path], trainer)
     return tok
 
@@ -64,12 +60,10 @@ def scale_table(path, vocab_size):
         for k in (1, 4, 16):
             corpus = os.path.join(tmp, f"x{k}.txt")
             with open(corpus, "w", encoding="utf-8") as f:
-                for _ in range(k):
-                    f.write(text)
+                f.write(text * k)
             seconds, peak = run_measured(os.path.join(HERE, "train_tokenizer.py"), "--data", corpus,
                                          "--vocab-size", str(vocab_size), "--out", os.path.join(tmp, f"x{k}.json"))
-            size = os.path.getsize(corpus) / 1e6
-            print(f"{f'{k}x':>8} {size:7.1f} {seconds:8.2f} {peak:12.1f}")
+            print(f"{f'{k}x':>8} {os.path.getsize(corpus) / 1e6:7.1f} {seconds:8.2f} {peak:12.1f}")
     print("(the copies add no new distinct chunks, so memory should stay flat: it grows "
           "with distinct chunks, not with the file)")
 
@@ -78,8 +72,7 @@ def main(argv=None):
     args = parse_args(argv)
     text = "".join(iter_text_blocks(args.data))  # a missing, folder or non-UTF-8 --data is one clear line
     mb = len(text.encode("utf-8")) / 1e6
-    print(f"{args.data}: {mb:.2f} MB, vocab {args.vocab_size}, best of {args.repeat}, "
-          f"{os.cpu_count()} CPUs")
+    print(f"{args.data}: {mb:.2f} MB, vocab {args.vocab_size}, best of {args.repeat}, {os.cpu_count()} CPUs")
 
     ours_s, tok = best_seconds(lambda: bpe.train_bpe(bpe.count_file_chunks(args.data), args.vocab_size), args.repeat)
     hf_s, _ = best_seconds(lambda: train_hf(args.data, args.vocab_size), args.repeat)
@@ -92,8 +85,7 @@ def main(argv=None):
     enc = tiktoken.Encoding(name="b_lm_bpe", pat_str=tok.pattern, mergeable_ranks=tok.mergeable_ranks(),
                             special_tokens=tok.special_tokens)
     # cold: a fresh tokenizer whose chunk cache is empty; warm: a second pass
-    fresh = lambda: bpe.BPETokenizer(tok.merges, tok.pattern)  # noqa: E731
-    cold_s, ids = best_seconds(lambda: fresh().encode(text), args.repeat)
+    cold_s, ids = best_seconds(lambda: bpe.BPETokenizer(tok.merges, tok.pattern).encode(text), args.repeat)
     warm_s, _ = best_seconds(lambda: tok.encode(text), args.repeat + 1)
     tt_s, tt_ids = best_seconds(lambda: enc.encode_ordinary(text), args.repeat)
     print(f"\nencoding {args.data} ({len(ids):,} tokens, identical to tiktoken's: {ids == tt_ids})")

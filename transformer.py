@@ -1,8 +1,7 @@
 """The models: a mini decoder-only Transformer (GPT) and the CharRNN it grew out of.
 
-Both map token ids (B, T) to next-token logits (B, T, vocab) and, given
-targets, the mean cross-entropy loss. Both are built from a config dataclass
-whose fields are plain values, so the config travels inside checkpoints.
+Both map token ids (B, T) to next-token logits (B, T, vocab) and, given targets, the mean cross-entropy loss. Both
+are built from a config dataclass whose fields are plain values, so the config travels inside checkpoints.
 """
 import math
 from dataclasses import MISSING, asdict, dataclass, fields
@@ -15,11 +14,12 @@ from errors import shown
 
 
 ATTENTION_KINDS = ("sdpa", "explicit")
-GELU_KINDS = ("exact", "tanh")
 POSITION_KINDS = ("learned", "rope")
 NORM_KINDS = ("layer", "rms")
 MLP_KINDS = ("gelu", "swiglu")
 CELL_KINDS = ("gru", "lstm")
+CHOICES = {"attention": ATTENTION_KINDS, "gelu": ("exact", "tanh"), "positions": POSITION_KINDS, "norm": NORM_KINDS,
+           "mlp": MLP_KINDS, "cell": CELL_KINDS}
 # Deeper than any model b_lm can train well, and a million layers would take minutes just to build.
 MAX_LAYERS = 1000
 # No other size of a model (heads, width, context, vocabulary) reaches this; a config that says so is damaged.
@@ -35,16 +35,14 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = False  # biases in Linear layers and LayerNorms
-    # 'sdpa' uses F.scaled_dot_product_attention (fused kernels where the backend
-    # has them); 'explicit' spells out matmul-softmax-matmul for backends that
-    # lack SDPA, such as DirectML. Both compute the same function.
+    # 'sdpa' uses F.scaled_dot_product_attention (fused kernels where the backend has them); 'explicit' spells out
+    # matmul-softmax-matmul for backends that lack SDPA, such as DirectML. Both compute the same function.
     attention: str = "sdpa"
     # What GPT-2 checkpoints need (convert.py from-hf); b_lm's own models keep the defaults.
     tie_embeddings: bool = False  # the output head shares the token embedding's matrix
     gelu: str = "exact"  # or 'tanh', the approximation GPT-2 was trained with ('gelu_new')
-    # The parts of a Llama-style block (they map onto transformers' LlamaForCausalLM).
-    # Each is an option of its own; the defaults are GPT-2's, so a config saved before
-    # the parts existed builds the model it described.
+    # The parts of a Llama-style block (they map onto transformers' LlamaForCausalLM), each an option of its own;
+    # the defaults are GPT-2's, so a config saved before the parts existed builds the model it described.
     positions: str = "learned"  # or 'rope': rotary embeddings turn each head's queries and keys by position
     norm: str = "layer"  # or 'rms': RMSNorm, LayerNorm without the mean and the bias
     mlp: str = "gelu"  # or 'swiglu': the gated MLP silu(x W_gate) * (x W_up), then W_down
@@ -52,11 +50,8 @@ class GPTConfig:
 
 
 def mlp_width(mlp, n_embd):
-    """The MLP's hidden width: 4 * n_embd, or for the gated MLP, 2/3 of that rounded up to a multiple of 8.
-
-    Two thirds keep the gated MLP's three matrices at the parameters (and
-    FLOPs) of the plain MLP's two.
-    """
+    """The MLP's hidden width: 4 * n_embd, or for the gated MLP, 2/3 of that rounded up to a multiple of 8. Two
+    thirds keep the gated MLP's three matrices at the parameters (and FLOPs) of the plain MLP's two."""
     return 4 * n_embd if mlp == "gelu" else -(-8 * n_embd // 3 // 8) * 8
 
 
@@ -72,9 +67,8 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, kv_cache=None, layer=0, rope=None):
         B, T, C = x.shape
-        # (B, T, 3C) -> 3 x (B, nh, T, hs): each head attends independently. One
-        # view and one permute instead of a split and three view/transposes: the
-        # same tensors, fewer ops, which matters when decoding one token at a time.
+        # (B, T, 3C) -> 3 x (B, nh, T, hs): each head attends independently. One view and one permute instead of a
+        # split and three view/transposes: the same tensors, fewer ops, which matters when decoding one token at a time.
         qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head)
         if rope is None:
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
@@ -93,16 +87,15 @@ class CausalSelfAttention(nn.Module):
 def attend(q, k, v, kind="sdpa", dropout=0.0, mask=None):
     """Causal attention of q (B, nh, Tq, hs) over k, v (B, nh, Tk, hs), Tq <= Tk.
 
-    The queries are the last Tq positions of the Tk keys (Tq < Tk when a
-    KV cache holds the earlier ones), so query i may see keys up to Tk - Tq + i.
-    A batch of sequences at different lengths (serving.py) passes its own mask
+    The queries are the last Tq positions of the Tk keys (Tq < Tk when a KV cache holds the earlier ones), so query
+    i may see keys up to Tk - Tq + i. A batch of sequences at different lengths (serving.py) passes its own mask
     instead: (B, 1, Tq, Tk) booleans, True where a query may attend.
     """
     Tq, Tk = q.size(-2), k.size(-2)
     if mask is None and 1 < Tq < Tk:
         mask = causal_mask(Tq, Tk, q.device)
-    # A square is plain causal attention, and a single query (a decoding step
-    # with the cache) sees every key: neither needs a mask tensor.
+    # A square is plain causal attention, and a single query (a decoding step with the cache) sees every key:
+    # neither needs a mask tensor.
     square = mask is None and Tq > 1
     if kind == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=square)
@@ -119,11 +112,10 @@ def attend(q, k, v, kind="sdpa", dropout=0.0, mask=None):
 def rope_tables(config):
     """cos and signed sin (block_size, head_size) of rotary embeddings, in transformers' Llama layout.
 
-    Each head's dimension i and i + head_size/2 form a pair, turned at
-    position p by the angle p * theta^(-2i/head_size): slow turns carry
-    distant positions, fast turns near ones. Attention scores then depend
-    only on how far apart a query and a key are. The first half of the sin
-    table carries the minus sign of the turn, so rotate needs no negation.
+    Each head's dimension i and i + head_size/2 form a pair, turned at position p by the angle
+    p * theta^(-2i/head_size): slow turns carry distant positions, fast turns near ones. Attention scores then depend
+    only on how far apart a query and a key are. The first half of the sin table carries the minus sign of the turn,
+    so rotate needs no negation.
     """
     hs = config.n_embd // config.n_head
     inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs)
@@ -134,9 +126,8 @@ def rope_tables(config):
 def rotate(x, cos, signed_sin):
     """x (..., hs) turned by the rotary angles of its positions (tables from rope_tables, broadcast to x).
 
-    A pair (a, b) turns to (a cos - b sin, b cos + a sin): x * cos plus the
-    halves swapped times the signed sin. Three kernels, which matters when
-    decoding one token at a time.
+    A pair (a, b) turns to (a cos - b sin, b cos + a sin): x * cos plus the halves swapped times the signed sin.
+    Three kernels, which matters when decoding one token at a time.
     """
     x1, x2 = x.chunk(2, dim=-1)
     return torch.addcmul(x * cos, torch.cat([x2, x1], dim=-1), signed_sin)
@@ -199,6 +190,11 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def next_token_loss(logits, targets):
+    """Mean cross-entropy of logits (B, T, vocab) against targets (B, T), skipping -1s; None without targets."""
+    return None if targets is None else F.cross_entropy(logits.flatten(0, -2), targets.reshape(-1), ignore_index=-1)
+
+
 class Transformer(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -216,19 +212,16 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
-        self.apply(self._init_weights)
-        # Each block adds its output projections to the residual stream; shrinking
-        # them by depth keeps the stream's variance from growing with n_layer (GPT-2).
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        # Each block adds its output projections to the residual stream; shrinking them by depth keeps the stream's
+        # variance from growing with n_layer (GPT-2).
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-
-    @staticmethod
-    def _init_weights(module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
 
     def forward(self, idx, targets=None, kv_cache=None):
         B, T = idx.shape
@@ -249,10 +242,7 @@ class Transformer(nn.Module):
         if kv_cache is not None:
             kv_cache.advance(T)
         logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return logits, next_token_loss(logits, targets)
 
 
 @dataclass
@@ -280,17 +270,10 @@ class CharRNN(nn.Module):
     def forward(self, idx, targets=None, kv_cache=None):
         out, _ = self.rnn(self.embed(idx))  # (B, T, C); each step sees only the past
         logits = self.lm_head(out)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return logits, next_token_loss(logits, targets)
 
 
 MODELS = {"transformer": (GPTConfig, Transformer), "rnn": (RNNConfig, CharRNN)}
-
-
-CHOICES = {"attention": ATTENTION_KINDS, "gelu": GELU_KINDS, "positions": POSITION_KINDS, "norm": NORM_KINDS,
-           "mlp": MLP_KINDS, "cell": CELL_KINDS}
 
 
 def build_model(model_type, config):
@@ -311,10 +294,9 @@ def config_defaults(model_type):
 def config_problem(model_type, config, name=str):
     """What makes a model config (a dict) impossible to build, or None; `name` shows a field (train.py: as a flag).
 
-    The one check of a model's shape, for flags and loaded checkpoints alike,
-    made before anything is built: 1.5 layers, True heads or 3 heads in a
-    width of 16 would otherwise fail deep in the constructor. A field left
-    out takes its default.
+    The one check of a model's shape, for flags and loaded checkpoints alike, made before anything is built: 1.5
+    layers, True heads or 3 heads in a width of 16 would otherwise fail deep in the constructor. A field left out
+    takes its default.
     """
     if model_type not in MODELS:
         return f"unknown model type {shown(model_type)}: choose one of {', '.join(MODELS)}"
@@ -367,11 +349,9 @@ def rope_table_floats(model_type, config):
 
 
 def estimate_parameters(model_type, config):
-    """About how many parameters build_model(model_type, config) would make, from the config alone.
-
-    Arithmetic, not construction: a config asking for 10**20 layers must be
-    refused at once, and building even an empty skeleton of it never ends.
-    """
+    """About how many parameters build_model(model_type, config) would make, from the config alone: arithmetic, not
+    construction, since a config asking for 10**20 layers must be refused at once, and building even an empty
+    skeleton of it never ends."""
     c = config if isinstance(config, dict) else vars(config)
     V, T, L, C = (int(c.get(k, 0)) for k in ("vocab_size", "block_size", "n_layer", "n_embd"))
     if model_type == "rnn":
