@@ -1,16 +1,14 @@
-"""Byte-level BPE: learn merges from a corpus, encode text to ids and back.
+"""Byte-level BPE: learn merges from a corpus, encode text to ids and back. Ids: the 256 single bytes, then one token
+per learned merge in the order learned, then tokenizer.SPECIAL_TOKENS; a requested vocab size counts the special tokens
+too (4096 means 4092 byte and merge tokens). Text is first cut into chunks by a regex (GPT-4's pattern by default), and
+merges never cross a chunk boundary. A merge's id doubles as its rank: encoding merges the lowest id first, so it
+replays training on each chunk.
 
-Ids: the 256 single bytes, then one token per learned merge in the order learned, then tokenizer.SPECIAL_TOKENS;
-a requested vocab size counts the special tokens too (4096 means 4092 byte and merge tokens). Text is first cut into
-chunks by a regex (GPT-4's pattern by default), and merges never cross a chunk boundary. A merge's id doubles as its
-rank: encoding merges the lowest id first, so it replays training on each chunk.
-
-Our vocabulary is also a valid tiktoken `mergeable_ranks`, and the tests hold our ids against tiktoken's. Why: in
-this replay, whenever a stretch of bytes ends up covered exactly by some tokens, those tokens are the ones the
-stretch would get on its own (a merge reaching across its edge would have made a token that crosses it). So every
-token's bytes come from one merge only, and "merge the pair whose joined bytes rank lowest" (tiktoken) picks the
-same pair as "merge the pair with the lowest rank" (us).
-"""
+Our vocabulary is also a valid tiktoken `mergeable_ranks`, and the tests hold our ids against tiktoken's. Why: in this
+replay, whenever a stretch of bytes ends up covered exactly by some tokens, those tokens are the ones the stretch would
+get on its own (a merge reaching across its edge would have made a token that crosses it). So every token's bytes come
+from one merge only, and "merge the pair whose joined bytes rank lowest" (tiktoken) picks the same pair as "merge the
+pair with the lowest rank" (us)."""
 import heapq
 import json
 import os
@@ -36,7 +34,6 @@ MAX_VOCAB_SIZE = 1_000_000
 
 
 def compile_pattern(pattern):
-    """regex.compile, with a user-facing error for a broken --pattern."""
     try:
         compiled = regex.compile(pattern)
     except (regex.error, TypeError) as e:
@@ -122,13 +119,11 @@ def count_file_chunks(path, pattern=GPT4_PATTERN, block_size=1 << 20, progress=N
 
 
 def learn_merges(counts, n_merges, progress=None):
-    """Learn up to n_merges merges from {chunk: count}: [(a, b), ...], fewer if no pair is left.
-
-    Each step merges the most frequent adjacent pair, ties going to the smallest pair of ids. Rather than recount
-    every pair after every merge, we keep the pair counts up to date: only the words (distinct chunks) that hold the
-    merged pair change, and only the pairs next to each merge site. A max-heap of (-count, pair) finds the best pair;
-    a stale entry (its count dropped) is re-pushed with its current count when it surfaces.
-    """
+    """Learn up to n_merges merges from {chunk: count}: [(a, b), ...], fewer if no pair is left. Each step merges the
+    most frequent adjacent pair, ties going to the smallest pair of ids. Rather than recount every pair after every
+    merge, we keep the pair counts up to date: only the words (distinct chunks) that hold the merged pair change, and
+    only the pairs next to each merge site. A max-heap of (-count, pair) finds the best pair; a stale entry (its count
+    dropped) is re-pushed with its current count when it surfaces."""
     words = [list(chunk.encode("utf-8")) for chunk in counts]
     freqs = list(counts.values())
     stats = defaultdict(int)  # pair -> weighted count over all words
@@ -273,7 +268,6 @@ class BPETokenizer(Tokenizer):
 
     @classmethod
     def from_dict(cls, d):
-        """Rebuild from to_dict()'s output; UserError if it doesn't describe one."""
         if not isinstance(d, dict) or d.get("kind") != cls.kind:
             raise UserError("not a BPE tokenizer (its 'kind' is not 'bpe')")
         if type(d.get("format_version")) is not int or d["format_version"] != FORMAT_VERSION:
@@ -283,9 +277,8 @@ class BPETokenizer(Tokenizer):
         merges, pattern = d.get("merges"), d.get("pattern")
         if not isinstance(pattern, str) or not isinstance(merges, list):
             raise UserError("the tokenizer lacks its 'pattern' or 'merges'")
-        for i, pair in enumerate(merges):
-            known = isinstance(pair, list) and len(pair) == 2 and all(type(t) is int and 0 <= t < 256 + i for t in pair)
-            if not known:  # a merge may only combine tokens that exist before it
+        for i, pair in enumerate(merges):  # a merge may only combine tokens that exist before it
+            if type(pair) is not list or len(pair) != 2 or not all(type(t) is int and 0 <= t < 256 + i for t in pair):
                 raise UserError(f"the tokenizer's merge #{i} is invalid: {pair!r}")
         return cls(merges, pattern)
 
@@ -303,7 +296,6 @@ class BPETokenizer(Tokenizer):
 
     @classmethod
     def load(cls, path):
-        """Read a file written by save(); UserError if missing, corrupt or foreign."""
         d = read_json(path, "tokenizer JSON")
         try:
             return cls.from_dict(d)

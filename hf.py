@@ -1,9 +1,7 @@
-"""Models in the Hugging Face format: b_lm checkpoints to and from Hugging Face directories.
-
-b_lm's Transformer maps weight for weight onto `GPT2LMHeadModel` (learned positions, LayerNorm, a 4x GELU MLP),
-`StableLmForCausalLM` (rotary, LayerNorm, SwiGLU) or `LlamaForCausalLM` (rotary, RMSNorm, SwiGLU), both ways. Here
-config.json is written and read, every field checked; hf_weights.py maps the weights, hf_tokenizer.py the tokenizer.
-"""
+"""Models in the Hugging Face format: b_lm checkpoints to and from Hugging Face directories. b_lm's Transformer maps
+weight for weight onto `GPT2LMHeadModel` (learned positions, LayerNorm, a 4x GELU MLP), `StableLmForCausalLM` (rotary,
+LayerNorm, SwiGLU) or `LlamaForCausalLM` (rotary, RMSNorm, SwiGLU), both ways. Here config.json is written and read,
+every field checked; hf_weights.py maps the weights, hf_tokenizer.py the tokenizer."""
 import json
 import math
 import os
@@ -42,7 +40,6 @@ def to_hf(checkpoint, tokenizer, out_dir):
              "tokenizer.json": tokenizer_json(tokenizer),
              "tokenizer_config.json": tokenizer_config(c.block_size, eos_token, chat)}
     weights = to_hf_weights(kind, c, checkpoint["model"])
-    os.makedirs(out_dir, exist_ok=True)
     weights_path = os.path.join(out_dir, "model.safetensors")
     try:
         save_file(weights, weights_path, metadata={"format": "pt"})
@@ -52,8 +49,7 @@ def to_hf(checkpoint, tokenizer, out_dir):
         path = os.path.join(out_dir, name)
         try:
             with open(path, "w", encoding="utf-8") as f:
-                json.dump(obj, f, ensure_ascii=False, indent=1)
-                f.write("\n")
+                f.write(json.dumps(obj, ensure_ascii=False, indent=1) + "\n")
         except OSError as e:
             raise UserError(f"cannot write {path}: {e.strerror}") from None
 
@@ -61,9 +57,8 @@ def to_hf(checkpoint, tokenizer, out_dir):
 def is_b_lm_export(folder):
     """Whether `folder` holds an export of to_hf and nothing else: the only kind of folder --overwrite replaces."""
     names = os.listdir(folder)
-    if not set(names) <= set(EXPORT_FILES) or "config.json" not in names:
-        return False
-    if any(os.path.islink(os.path.join(folder, n)) or not os.path.isfile(os.path.join(folder, n)) for n in names):
+    if not set(names) <= set(EXPORT_FILES) or "config.json" not in names or any(
+            os.path.islink(os.path.join(folder, n)) or not os.path.isfile(os.path.join(folder, n)) for n in names):
         return False
     try:
         return read_object(os.path.join(folder, "config.json")).get("exported_by") == EXPORTED_BY
@@ -78,16 +73,15 @@ def from_hf(in_dir):
     kind = config.get("model_type")
     if kind not in ("gpt2", "llama", "stablelm"):
         raise UserError(f"{path}: model_type is {as_json(kind)}; convert.py reads GPT-2 (GPT2LMHeadModel), and "
-                        f"Llama (LlamaForCausalLM) or StableLM (StableLmForCausalLM) in the shape of b_lm's rotary "
-                        f"models")
+                        f"Llama (LlamaForCausalLM) or StableLM (StableLmForCausalLM) shaped as b_lm's rotary models")
     f = ConfigFields(config, path)
-    fields, vocab = _gpt2_fields(f) if kind == "gpt2" else _rotary_fields(f, kind)
+    fields = _gpt2_fields(f) if kind == "gpt2" else _rotary_fields(f, kind)
+    vocab = f.size("vocab_size", required=False)
     tokenizer, hf_to_ours, chat = read_tokenizer(in_dir)
     c = GPTConfig(vocab_size=tokenizer.vocab_size, dropout=0.0, attention="sdpa", **fields)
     weights, file_names = read_weights(in_dir, kind)
     ours, bias = from_hf_weights(kind, c, weights, in_dir)
-    ours["wte.weight"], ours["lm_head.weight"] = embedding_and_head(kind, c, weights, file_names, vocab, hf_to_ours,
-                                                                    in_dir)
+    ours.update(embedding_and_head(kind, c, weights, file_names, vocab, hf_to_ours, in_dir))
     return asdict(replace(c, bias=bias)), {k: v.float() for k, v in ours.items()}, tokenizer, chat
 
 
@@ -95,9 +89,8 @@ def architecture(c):
     """The Hugging Face architecture that holds a GPTConfig: 'gpt2', 'llama' or 'stablelm'; UserError if none does."""
     kind = ARCHITECTURES.get((c.positions, c.norm, c.mlp))
     if kind is None:
-        raise UserError(f"no Hugging Face architecture holds this mix of parts (positions {c.positions}, norm "
-                        f"{c.norm}, mlp {c.mlp}): to-hf writes learned/layer/gelu (GPT-2), rope/layer/swiglu "
-                        f"(StableLM) or rope/rms/swiglu (Llama)")
+        raise UserError(f"no Hugging Face architecture holds positions {c.positions}, norm {c.norm}, mlp {c.mlp}: "
+                        f"GPT-2 is learned/layer/gelu, StableLM rope/layer/swiglu, Llama rope/rms/swiglu")
     if kind == "stablelm" and c.bias:
         raise UserError("StableLM, the Hugging Face architecture of rope/layer/swiglu, has no biases in its "
                         "output projections and MLP: this model (trained with --bias) cannot be exported")
@@ -129,12 +122,10 @@ def config_json(kind, c, bos, eos):
 
 
 class ConfigFields:
-    """The fields of a config.json, each read with its type and range checked and named when it is wrong.
-
-    JSON holds 1.5 for a count, "yes" for a flag and -1 for a width as readily as the right thing; int() and bool()
-    would quietly make them 1, True and a model that cannot exist. Where b_lm builds one value only, `want` is that
-    value and `why` says why.
-    """
+    """The fields of a config.json, each read with its type and range checked and named when it is wrong: JSON holds
+    1.5 for a count, "yes" for a flag and -1 for a width as readily as the right thing, and int() and bool() would
+    quietly make them 1, True and a model that cannot exist. Where b_lm builds one value only, `want` is that value
+    and `why` says why."""
 
     def __init__(self, config, where, prefix=""):
         self.config, self.where, self.prefix = config, where, prefix
@@ -142,8 +133,10 @@ class ConfigFields:
     def refuse(self, key, problem):
         raise UserError(f"{self.where}: {self.prefix}{key} {problem}")
 
-    def _value(self, key, default, fits, kind, want, why):
+    def _value(self, key, default, fits, kind, want, why, optional=False):
         value = self.config.get(key, default)
+        if value is None and optional:
+            return None
         if not fits(value):
             self.refuse(key, f"must be {kind}, not {as_json(value)}")
         if want is not None and value != want:
@@ -155,20 +148,16 @@ class ConfigFields:
         if key not in self.config and required:
             raise UserError(f"{self.where} lacks {self.prefix}{key}, which a {self.config.get('model_type')} "
                             f"config.json must give")
-        if self.config.get(key) is None and not required:
-            return None
         return self._value(key, None, lambda v: type(v) is int and 1 <= v <= MAX_SIZE,
-                           f"a whole number from 1 to {MAX_SIZE:,}", want, why)
+                           f"a whole number from 1 to {MAX_SIZE:,}", want, why, optional=not required)
 
     def flag(self, key, default, want=None, why=""):
         return self._value(key, default, lambda v: type(v) is bool, "true or false", want, why)
 
     def number(self, key, default, want=None, why=""):
         """A finite number (default when absent; an optional one, whose default is None, may be null)."""
-        if default is None and self.config.get(key) is None:
-            return None
         return self._value(key, default, lambda v: type(v) in (int, float) and math.isfinite(v), "a number", want,
-                           why)
+                           why, optional=default is None)
 
     def name(self, key, default, allowed, why):
         value = self.config.get(key, default)
@@ -187,9 +176,8 @@ class ConfigFields:
 
 
 def _gpt2_fields(f):
-    """(GPTConfig fields but vocab_size, vocab_size or None) of a GPT2LMHeadModel config.json."""
+    """The GPTConfig fields but vocab_size of a GPT2LMHeadModel config.json."""
     n_layer, n_head, C, block = (f.size(k) for k in ("n_layer", "n_head", "n_embd", "n_positions"))
-    vocab = f.size("vocab_size", required=False)
     f.heads("n_head", n_head, "n_embd", C, rotary=False)
     activation = f.name("activation_function", "gelu_new", ACTIVATIONS,
                         f"b_lm builds GPT-2's activations: {', '.join(ACTIVATIONS)}")
@@ -199,14 +187,13 @@ def _gpt2_fields(f):
     f.flag("scale_attn_by_inverse_layer_idx", False, want=False, why="b_lm does not scale attention by layer")
     f.flag("add_cross_attention", False, want=False, why="b_lm's blocks have no cross-attention")
     return dict(block_size=block, n_layer=n_layer, n_head=n_head, n_embd=C, gelu=ACTIVATIONS[activation],
-                tie_embeddings=f.flag("tie_word_embeddings", True)), vocab
+                tie_embeddings=f.flag("tie_word_embeddings", True))
 
 
 def _rotary_fields(f, kind):
     """_gpt2_fields for Llama and StableLM, in the one shape b_lm builds (each field's `why` says it)."""
     n_layer, n_head, C, _, block = (f.size(k) for k in ("num_hidden_layers", "num_attention_heads", "hidden_size",
                                                         "intermediate_size", "max_position_embeddings"))
-    vocab = f.size("vocab_size", required=False)
     f.heads("num_attention_heads", n_head, "hidden_size", C, rotary=True)
     f.size("num_key_value_heads", required=False, want=n_head,
            why=f"b_lm's attention has a key and a value for each of its {n_head} heads")
@@ -228,10 +215,9 @@ def _rotary_fields(f, kind):
         if theta is not None and theta <= 0:
             fields.refuse("rope_theta", f"must be a number above 0, not {as_json(theta)}")
         thetas += [] if theta is None else [float(theta)]
+        fields.number("partial_rotary_factor", 1.0, want=1.0, why="b_lm turns every dimension of a head")
     if len(thetas) == 2 and thetas[0] != thetas[1]:
         f.refuse("rope_theta", f"is {as_json(thetas[1])}, but rope_parameters.rope_theta is {as_json(thetas[0])}")
-    for fields in (rope, f):
-        fields.number("partial_rotary_factor", 1.0, want=1.0, why="b_lm turns every dimension of a head")
     norms = "RMSNorms" if kind == "llama" else "LayerNorms"
     f.number("rms_norm_eps" if kind == "llama" else "layer_norm_eps", EPS, want=EPS, why=f"b_lm's {norms} use {EPS}")
     for key in ("attention_bias", "mlp_bias", "use_qkv_bias"):
@@ -240,4 +226,4 @@ def _rotary_fields(f, kind):
     f.flag("use_parallel_residual", False, want=False, why="b_lm's blocks run attention, then the MLP")
     return dict(block_size=block, n_layer=n_layer, n_head=n_head, n_embd=C, positions="rope",
                 norm="rms" if kind == "llama" else "layer", mlp="swiglu", rope_theta=thetas[0] if thetas else 10000.0,
-                tie_embeddings=f.flag("tie_word_embeddings", False)), vocab
+                tie_embeddings=f.flag("tie_word_embeddings", False))

@@ -1,14 +1,13 @@
 """Tokenizers in the Hugging Face format: b_lm's tokenizers as tokenizer.json (a chat model's template in
-tokenizer_config.json), which Hugging Face's `tokenizers` runs with no b_lm code and the same ids, and back.
-
-A GPT-2 vocabulary read in is laid out as bpe.py lays out its own: text is unchanged, only the byte tokens'
-numbering can differ.
+tokenizer_config.json), which Hugging Face's `tokenizers` runs with no b_lm code and the same ids, and back. A GPT-2
+vocabulary read in is laid out as bpe.py lays out its own: text is unchanged, only the byte tokens' numbering differs.
 """
 import os
 
 from bpe import BPETokenizer
 from errors import UserError
 from jsonfile import as_json, read_object
+from qa import read_text
 from tokenizer import ASSISTANT, END_OF_TURN, ENDOFTEXT, SPECIAL_TOKENS, USER, CharTokenizer
 
 # The pre-tokenizer regex of GPT-2 (and of Hugging Face's ByteLevel pre-tokenizer).
@@ -33,7 +32,6 @@ def byte_to_unicode():
 
 
 def tokenizer_json(tokenizer):
-    """The tokenizer as Hugging Face tokenizers' tokenizer.json (a dict)."""
     added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
               "special": True} for s, i in tokenizer.special_tokens.items()]
     if tokenizer.kind == "char":
@@ -71,13 +69,7 @@ def read_tokenizer(in_dir):
     if not (os.path.isfile(vocab_path) and os.path.isfile(merges_path)):
         raise UserError(f"{in_dir} has no tokenizer: it needs tokenizer.json, or vocab.json and merges.txt")
     vocab = _vocab(read_object(vocab_path), vocab_path)
-    try:
-        with open(merges_path, encoding="utf-8") as f:
-            lines = [line.rstrip("\n") for line in f]
-    except OSError as e:
-        raise UserError(f"cannot read {merges_path}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{merges_path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    lines = read_text(merges_path, "the merges file").split("\n")
     merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
     specials = {ENDOFTEXT: vocab[ENDOFTEXT]} if ENDOFTEXT in vocab else {}
     return _bpe_tokenizer(vocab, merges, GPT2_PATTERN, specials, merges_path) + (chat,)
@@ -86,39 +78,46 @@ def read_tokenizer(in_dir):
 def _from_tokenizer_json(path):
     """(our tokenizer, {Hugging Face id: our id}) from a tokenizer.json: byte-level BPE, or our characters."""
     spec = read_object(path)
-    model, pre_tokenizer = _part(spec, "model", path), _part(spec, "pre_tokenizer", path)
-    specials = _specials(spec.get("added_tokens"), path)
-    if model.get("type") == "WordLevel":
+    model, pre_tokenizer = (_checked(spec.get(key), dict, path, f"its {key}") for key in ("model", "pre_tokenizer"))
+    specials = {}  # {text: id} of the special tokens among the added tokens
+    for token in _checked(spec.get("added_tokens"), list, path, "its added_tokens"):
+        if not isinstance(token, dict):
+            raise UserError(f"{path}: an added token must be an object, not {as_json(token)}")
+        if token.get("special"):
+            content, i = token.get("content"), token.get("id")
+            if type(content) is not str or type(i) is not int or i < 0:
+                raise UserError(f"{path}: special token {as_json(token)} needs a string content and an integer id >= 0")
+            specials[content] = i
+    if model.get("type") == "WordLevel":  # only what to_hf writes for a CharTokenizer
         if pre_tokenizer != CHAR_PRE_TOKENIZER or spec.get("normalizer"):
             raise UserError(f"{path}: a word-level tokenizer b_lm reads must split text into single "
                             f"characters, as to-hf writes it (a Split on [\\s\\S], Isolated), with no normalizer")
-        return _char_tokenizer(_vocab(model.get("vocab"), path), specials, path)
+        vocab = _vocab(model.get("vocab"), path)
+        chars = sorted(vocab)
+        if not chars or any(len(ch) != 1 for ch in chars) or vocab != {ch: i for i, ch in enumerate(chars)} \
+                or specials != {s: len(chars) + i for i, s in enumerate(SPECIAL_TOKENS)}:
+            raise UserError(f"{path}: a word-level vocabulary that is not a b_lm character tokenizer")
+        tokenizer = CharTokenizer(chars)
+        return tokenizer, {i: i for i in range(tokenizer.vocab_size)}
     if model.get("type") != "BPE" or spec.get("normalizer") or model.get("continuing_subword_prefix") \
             or model.get("end_of_word_suffix") or model.get("byte_fallback"):
         raise UserError(f"{path}: b_lm reads byte-level BPE tokenizers (GPT-2's kind) and its own character "
                         f"tokenizers, not this one")
-    merges = model.get("merges") or []
-    if not isinstance(merges, list):
-        raise UserError(f"{path}: the model's merges must be a list, not {as_json(merges)}")
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) if isinstance(m, list) else (m,)
-              for m in merges]
+              for m in _checked(model.get("merges"), list, path, "the model's merges")]
     return _bpe_tokenizer(_vocab(model.get("vocab"), path), merges, _pattern(pre_tokenizer, path), specials, path)
 
 
-def _part(spec, key, path):
-    """An object-valued part of tokenizer.json ({} when absent or null)."""
-    value = spec.get(key)
-    if value is not None and not isinstance(value, dict):
-        raise UserError(f"{path}: its {key} must be an object, not {as_json(value)}")
-    return value or {}
+def _checked(value, kind, path, what):
+    """A part of a tokenizer file that must be a dict or a list (empty when absent or null)."""
+    if value is not None and not isinstance(value, kind):
+        raise UserError(f"{path}: {what} must be {'an object' if kind is dict else 'a list'}, not {as_json(value)}")
+    return value or kind()
 
 
 def _vocab(vocab, path):
     """A vocabulary, checked: {token text: id}, each id a different whole number >= 0."""
-    vocab = {} if vocab is None else vocab
-    if not isinstance(vocab, dict):
-        raise UserError(f"{path}: the vocabulary must be an object of token: id, not {as_json(vocab)}")
-    seen = {}
+    vocab, seen = _checked(vocab, dict, path, "the vocabulary of token: id"), {}
     for text, i in vocab.items():
         if type(i) is not int or i < 0:
             raise UserError(f"{path}: token {as_json(text)} has the id {as_json(i)}, not a whole number >= 0")
@@ -126,24 +125,6 @@ def _vocab(vocab, path):
             raise UserError(f"{path}: tokens {as_json(seen[i])} and {as_json(text)} share the id {i}")
         seen[i] = text
     return vocab
-
-
-def _specials(added, path):
-    """{text: id} of the special tokens among tokenizer.json's added_tokens, checked."""
-    added = [] if added is None else added
-    if not isinstance(added, list):
-        raise UserError(f"{path}: its added_tokens must be a list, not {as_json(added)}")
-    specials = {}
-    for token in added:
-        if not isinstance(token, dict):
-            raise UserError(f"{path}: an added token must be an object, not {as_json(token)}")
-        if token.get("special"):
-            content, i = token.get("content"), token.get("id")
-            if type(content) is not str or type(i) is not int or i < 0:
-                raise UserError(f"{path}: special token {as_json(token)} needs a string content and a whole-number "
-                                f"id >= 0")
-            specials[content] = i
-    return specials
 
 
 def _pattern(pre_tokenizer, path):
@@ -154,11 +135,10 @@ def _pattern(pre_tokenizer, path):
     kinds = [step.get("type") for step in steps]
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True) and not steps[0].get("add_prefix_space"):
         return GPT2_PATTERN
-    pattern = steps[0].get("pattern") if steps else None
     if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex") and not steps[1].get("add_prefix_space") \
-            and steps[0].get("behavior") == "Isolated" and isinstance(pattern, dict) \
-            and isinstance(pattern.get("Regex"), str):
-        return pattern["Regex"]
+            and steps[0].get("behavior") == "Isolated" and isinstance(steps[0].get("pattern"), dict) \
+            and isinstance(steps[0]["pattern"].get("Regex"), str):
+        return steps[0]["pattern"]["Regex"]
     raise UserError(f"{path}: its pre-tokenizer {as_json(kinds)} is not one b_lm reads (GPT-2's ByteLevel, or a "
                     f"regex Split then ByteLevel, without a prefix space)")
 
@@ -172,12 +152,9 @@ def _bpe_tokenizer(vocab, merges, pattern, specials, path):
     to_byte = {ch: b for b, ch in byte_to_unicode().items()}
 
     def token_bytes(text):
-        if not isinstance(text, str):
-            raise UserError(f"{path}: token {as_json(text)} is not a string")
-        try:
-            return bytes(to_byte[ch] for ch in text)
-        except KeyError:
-            raise UserError(f"{path}: token {as_json(text)} is not written in the byte-level alphabet") from None
+        if not isinstance(text, str) or not set(text) <= to_byte.keys():
+            raise UserError(f"{path}: token {as_json(text)} is not a string written in the byte-level alphabet")
+        return bytes(map(to_byte.get, text))
 
     ours = {bytes([b]): b for b in range(256)}
     pairs = []
@@ -186,8 +163,7 @@ def _bpe_tokenizer(vocab, merges, pattern, specials, path):
             raise UserError(f"{path}: merge #{rank} {as_json(pair)} is not a pair of tokens")
         left, right = token_bytes(pair[0]), token_bytes(pair[1])
         if left not in ours or right not in ours or left + right in ours:
-            raise UserError(f"{path}: merge #{rank} {as_json(pair)} joins a token not made before it, or makes one "
-                            f"twice")
+            raise UserError(f"{path}: merge #{rank} {as_json(pair)} joins a token not yet made, or makes one twice")
         ours[left + right] = 256 + rank
         pairs.append((ours[left], ours[right]))
     try:
@@ -203,19 +179,8 @@ def _bpe_tokenizer(vocab, merges, pattern, specials, path):
             raise UserError(f"{path}: token {as_json(text)} is neither a byte nor made by a merge")
         hf_to_ours[hf_id] = ours[made]
     for name, hf_id in specials.items():
-        if hf_to_ours.get(hf_id, tokenizer.special_tokens[name]) != tokenizer.special_tokens[name]:
+        if hf_to_ours.setdefault(hf_id, tokenizer.special_tokens[name]) != tokenizer.special_tokens[name]:
             raise UserError(f"{path}: the special token {name} has the id {hf_id} of another token")
-        hf_to_ours[hf_id] = tokenizer.special_tokens[name]
     if not hf_to_ours:
         raise UserError(f"{path}: its vocabulary is empty")
     return tokenizer, hf_to_ours
-
-
-def _char_tokenizer(vocab, specials, path):
-    """Our CharTokenizer from a tokenizer.json that to_hf wrote for one."""
-    chars = sorted(vocab)
-    if not chars or any(len(ch) != 1 for ch in chars) or vocab != {ch: i for i, ch in enumerate(chars)} \
-            or specials != {s: len(chars) + i for i, s in enumerate(SPECIAL_TOKENS)}:
-        raise UserError(f"{path}: a word-level vocabulary that is not a b_lm character tokenizer")
-    tokenizer = CharTokenizer(chars)
-    return tokenizer, {i: i for i in range(tokenizer.vocab_size)}

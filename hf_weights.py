@@ -1,9 +1,7 @@
-"""The weight maps between b_lm's Transformer and GPT-2, Llama and StableLM, one table each, read both ways.
-
-A map is a list of links: (our parameter, [(their tensor, its shape)], transposed). GPT-2 stores its linear layers
-as `Conv1D`, whose weight is the transpose of `nn.Linear`'s; our fused qkv and gate-up matrices are their q/k/v and
-gate/up projections stacked. Biases b_lm's model lacks are written as zeros, and zeros read back as none.
-"""
+"""The weight maps between b_lm's Transformer and GPT-2, Llama and StableLM, one table each, read both ways. A map
+is a list of links: (our parameter, [(their tensor, its shape)], transposed). GPT-2 stores its linear layers as
+`Conv1D`, whose weight is the transpose of `nn.Linear`'s; our fused qkv and gate-up matrices are their q/k/v and
+gate/up projections stacked. Biases b_lm's model lacks are written as zeros, and zeros read back as none."""
 import os
 import re
 
@@ -120,7 +118,7 @@ def read_weights(in_dir, kind):
 
 
 def embedding_and_head(kind, c, weights, file_names, vocab, hf_to_ours, in_dir):
-    """Our (embedding, head), rows in our token order (hf_to_ours), from the weights left once the blocks are taken,
+    """Our wte.weight and lm_head.weight, rows in our token order (hf_to_ours), from the weights the blocks left,
     which must be all of them; tokens the model lacks get the mean row. vocab: config.json's vocab_size, or None."""
     embedding = EMBEDDING[kind][0]
     wte, head = weights.pop(embedding, None), weights.pop("lm_head.weight", None)
@@ -146,7 +144,7 @@ def embedding_and_head(kind, c, weights, file_names, vocab, hf_to_ours, in_dir):
 
     # The old matrices are dropped as soon as the new ones exist.
     wte = rows(wte, embedding)
-    return wte, wte if c.tie_embeddings else rows(head, "lm_head.weight")
+    return {"wte.weight": wte, "lm_head.weight": wte if c.tie_embeddings else rows(head, "lm_head.weight")}
 
 
 def _names(names):

@@ -1,9 +1,7 @@
-"""Reading JSON that may be damaged or hostile: every way it can be wrong is one UserError line.
-
-Python's json module recurses once per level of nesting, so `[[[[...]]]]` 100,000 deep raises RecursionError, and a
-value a few hundred levels deep that does parse can still overflow the stack of whatever walks it next. No file b_lm
-reads nests more than a handful of levels: anything deeper than MAX_DEPTH is refused here, once, for every reader.
-"""
+"""Reading JSON that may be damaged or hostile: every way it can be wrong is one UserError line. Python's json module
+recurses once per level of nesting, so `[[[[...]]]]` 100,000 deep raises RecursionError, and a value a few hundred
+levels deep that does parse can still overflow the stack of whatever walks it next. No file b_lm reads nests more than
+a handful of levels: anything deeper than MAX_DEPTH is refused here, once, for every reader."""
 import json
 import os
 
@@ -13,14 +11,6 @@ from files import check_input_file
 MAX_DEPTH = 100
 
 
-def parse_json(text):
-    """The value a JSON text holds; UserError "not valid JSON (...)" if it holds none."""
-    value, problem = _parsed(text)
-    if problem:
-        raise UserError(f"not valid JSON ({problem})")
-    return value
-
-
 def read_json(path, what="JSON", missing=None):
     """The value a JSON file holds; UserError if it is missing, unreadable, not UTF-8, not JSON or too deep.
     `what` names the kind of file ("tokenizer JSON"); `missing`, if given, is the message for a file not there."""
@@ -28,33 +18,30 @@ def read_json(path, what="JSON", missing=None):
         check_input_file(path, f"the {what} file")
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            text = f.read().decode("utf-8")
     except OSError as e:  # a file that went missing gets the caller's message, if it gave one
         gone = missing if isinstance(e, FileNotFoundError) else None
         raise UserError(gone or f"cannot read the {what} file {path}: {e.strerror or e}") from None
-    try:
-        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not a valid {what} file (not UTF-8 text: {e.reason} at byte {e.start})") from None
-    value, problem = _parsed(text)
-    if problem:
-        raise UserError(f"{path} is not a valid {what} file ({problem})")
-    return value
+    return parse_json(text, f"{path} is not a valid {what} file")
 
 
-def _parsed(text):
-    """(value, None) for sound JSON text, or (None, what is wrong with it)."""
+def parse_json(text, failure="not valid JSON"):
+    """The value a JSON text holds; UserError "<failure> (what is wrong)" if it holds none."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        return None, f"{e.msg} at " + (f"column {e.colno}" if e.lineno == 1 else f"line {e.lineno} column {e.colno}")
+        problem = f"{e.msg} at " + (f"column {e.colno}" if e.lineno == 1 else f"line {e.lineno} column {e.colno}")
     except RecursionError:
-        return None, f"nested more than {MAX_DEPTH} levels deep"
+        problem = f"nested more than {MAX_DEPTH} levels deep"
     except ValueError as e:  # Python refuses integers of more than 4300 digits
-        return None, "a number with more than 4300 digits" if "digits" in str(e) else short_reason(e, 120)
-    if _depth(value) > MAX_DEPTH:
-        return None, f"nested more than {MAX_DEPTH} levels deep"
-    return value, None
+        problem = "a number with more than 4300 digits" if "digits" in str(e) else short_reason(e, 120)
+    else:
+        if _depth(value) <= MAX_DEPTH:
+            return value
+        problem = f"nested more than {MAX_DEPTH} levels deep"
+    raise UserError(f"{failure} ({problem})")
 
 
 def _depth(value):
@@ -70,7 +57,6 @@ def _depth(value):
 
 
 def read_object(path, missing=None):
-    """A JSON object (a dict) from path; UserError if it is anything else, or read_json refuses the file."""
     obj = read_json(path, missing=missing)
     if not isinstance(obj, dict):
         kinds = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}

@@ -14,16 +14,7 @@ SPECIAL_TOKENS = (ENDOFTEXT, USER, ASSISTANT, END_OF_TURN)
 REPLACEMENT = "\ufffd".encode("utf-8")  # what decode shows for an unknown id
 
 
-def split_on_specials(text, allowed):
-    """Split text around the allowed special tokens: 'a<|end|>b' with {'<|end|>'} -> ['a', '<|end|>', 'b']."""
-    if not allowed:
-        return [text]
-    alternatives = "|".join(map(re.escape, sorted(allowed, key=len, reverse=True)))  # the longest match wins
-    return [p for p in re.split(f"({alternatives})", text) if p]
-
-
 def check_special_tokens(stored):
-    """UserError unless a stored tokenizer's special tokens are this code's."""
     if stored != list(SPECIAL_TOKENS):
         raise UserError(f"the tokenizer's special tokens {stored!r} differ from this code's {list(SPECIAL_TOKENS)}")
 
@@ -44,8 +35,11 @@ class Tokenizer:
         allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
         if allowed - set(self.special_tokens):
             raise ValueError(f"not special tokens of this tokenizer: {sorted(allowed - set(self.special_tokens))}")
+        if not allowed:
+            return self.encode_ordinary(text)
+        alternatives = "|".join(map(re.escape, sorted(allowed, key=len, reverse=True)))  # the longest match wins
         ids = []
-        for piece in split_on_specials(text, allowed):
+        for piece in re.split(f"({alternatives})", text):
             ids += [self.special_tokens[piece]] if piece in allowed else self.encode_ordinary(piece)
         return ids
 
@@ -62,10 +56,9 @@ class Tokenizer:
         return b"".join(map(self.token_bytes, ids)).decode("utf-8", errors="replace")
 
     def token_chars(self):
-        """How many characters each id's text adds to a text, a list over the vocabulary: a character starts at every
-        UTF-8 byte that is not a continuation byte (0b10xxxxxx), so summing over any run of ids that begins at a
-        character boundary counts its characters exactly, even where a BPE token ends halfway through one. Special
-        tokens are markup, not text: 0."""
+        """How many characters each id's text adds, over the vocabulary: one per UTF-8 byte that is no continuation
+        byte (0b10xxxxxx), so a run of ids that begins at a character boundary sums to its characters exactly, even
+        where a BPE token ends halfway through one. Special tokens are markup, not text: 0."""
         specials = set(self.special_tokens.values())
         return [0 if i in specials else sum(b & 0xC0 != 0x80 for b in self.token_bytes(i))
                 for i in range(self.vocab_size)]
@@ -94,10 +87,9 @@ class CharTokenizer(Tokenizer):
     @classmethod
     def from_dict(cls, d):
         chars = d.get("chars")
-        if not isinstance(chars, list) or not all(isinstance(c, str) and len(c) == 1 for c in chars):
-            raise UserError("the character tokenizer's 'chars' must be a list of single characters")
-        if len(set(chars)) != len(chars) or chars != sorted(chars):
-            raise UserError("the character tokenizer's 'chars' must be distinct and sorted")
+        if not isinstance(chars, list) or not all(isinstance(c, str) and len(c) == 1 for c in chars) \
+                or chars != sorted(set(chars)):
+            raise UserError("the character tokenizer's 'chars' must be a list of distinct single characters, sorted")
         check_special_tokens(d.get("special_tokens", list(SPECIAL_TOKENS)))
         return cls(chars)
 
@@ -106,7 +98,7 @@ class CharTokenizer(Tokenizer):
 # an ellipsis, a no-break space. Each group's characters stand in for one another when a vocabulary lacks the one typed.
 OPENING_QUOTES = {"'": "‘", '"': "“"}
 CLOSING_QUOTES = {"'": "’", '"': "”"}
-VARIANTS = ["'’‘ʼ′`", '"”“„″', "-‐‑‒–—―", "       ", "…"]
+VARIANTS = ["'’‘ʼ′`", '"”“„″', "-‐‑‒–—―", "       ", ("…", "...")]
 
 
 def fit_typed_text(tokenizer, text):
@@ -123,8 +115,6 @@ def fit_typed_text(tokenizer, text):
             if i == 0 or text[i - 1].isspace() or text[i - 1] in "([{":
                 candidates.reverse()
             candidates += [v for group in VARIANTS if ch in group for v in group]
-            if ch == "…":
-                candidates.append("...")
             ch = next((c for c in candidates if c and all(part in known for part in c)), ch)
         out.append(ch)
     return "".join(out)

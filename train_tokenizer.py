@@ -31,9 +31,8 @@ def main(argv=None):
     p = ArgumentParser(description="Train a byte-level BPE tokenizer (see bpe.py) on a UTF-8 text file.")
     a = p.add_argument
     a("--data", default="data.txt", help="the training corpus, a UTF-8 text file (default: %(default)s)")
-    a("--vocab-size", type=int, default=4096,
-      help=f"total vocabulary size, counting the 256 byte tokens and the {bpe.N_SPECIAL} special tokens: "
-           f"it learns vocab-size - {256 + bpe.N_SPECIAL} merges (default: %(default)s)")
+    a("--vocab-size", type=int, default=4096, help=f"total vocabulary size, counting the 256 byte tokens and the "
+      f"{bpe.N_SPECIAL} special tokens: it learns vocab-size - {256 + bpe.N_SPECIAL} merges (default: %(default)s)")
     a("--out", default="tokenizer.json", help="where to write the tokenizer, as JSON (default: %(default)s)")
     a("--overwrite", action="store_true", help="replace --out if it exists")
     a("--pattern", default=bpe.GPT4_PATTERN, help="regex (Python 'regex' package syntax) that splits text into "
@@ -57,8 +56,7 @@ def main(argv=None):
               flush=True)
         tok = bpe.train_bpe(counts, args.vocab_size, args.pattern, progress=TenthsPrinter("merges"))
         if len(tok.merges) < n_merges:
-            print(f"note: the corpus ran out of pairs after {len(tok.merges):,} merges, so the vocabulary is smaller "
-                  f"than asked")
+            print(f"note: the corpus ran out of pairs at {len(tok.merges):,} merges: a smaller vocabulary than asked")
         tok.save(args.out)
         print(f"vocab size {tok.vocab_size} (256 bytes + {len(tok.merges)} merges + {bpe.N_SPECIAL} special), trained "
               f"in {time.perf_counter() - t0:.2f}s, saved to {args.out}")

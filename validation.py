@@ -1,9 +1,7 @@
-"""The validation loss, perplexity and exact bits per character that train, sft and evaluate report.
-
-Bits per character put runs with different tokenizers on one scale. They are the total nats over the validation
-targets, in bits, divided by the characters those targets decode to (tokenizer.token_chars): exact for BPE, whose
-tokens hold different numbers of characters, and the plain loss / ln 2 for characters.
-"""
+"""The validation loss, perplexity and exact bits per character that train, sft and evaluate report. Bits per
+character put runs with different tokenizers on one scale: the total nats over the validation targets, in bits,
+divided by the characters those targets decode to (tokenizer.token_chars), exact for BPE, whose tokens hold
+different numbers of characters, and the plain loss / ln 2 for characters."""
 import math
 
 import torch
@@ -14,11 +12,9 @@ from device import autocast
 
 @torch.no_grad()
 def evaluate_loss(model, batches, batch_size, token_chars=None, max_tokens=None, dtype=None):
-    """{'val_loss', 'val_ppl', 'val_bpc'} over batches.val_batches (all of them, or about max_tokens).
-
-    Targets of -1 (masked out, as in chat rows) count for nothing. token_chars is tokenizer.token_chars(); without
-    it there is no 'val_bpc'. The model is left in the mode it came in.
-    """
+    """{'val_loss', 'val_ppl', 'val_bpc'} over batches.val_batches (all of them, or about max_tokens). Targets of -1
+    (masked out, as in chat rows) count for nothing. token_chars is tokenizer.token_chars(); without it there is no
+    'val_bpc'. The model is left in the mode it came in."""
     device = next(model.parameters()).device
     chars = torch.tensor(token_chars, device=device) if token_chars is not None else None
     was_training = model.training
