@@ -1,8 +1,7 @@
 """Checkpoint files: the one place that builds, writes, reads and checks them.
 
-A checkpoint is a dict of tensors and plain Python values (dict, list, str,
-int, float, bool, None), so `torch.load(..., weights_only=True)` can read it
-and a malicious file cannot execute anything. Its keys:
+A checkpoint is a dict of tensors and plain Python values (dict, list, str, int, float, bool, None), so
+`torch.load(..., weights_only=True)` can read it and a malicious file cannot execute anything. Its keys:
 
     format_version  int, FORMAT_VERSION
     model_type      'transformer' or 'rnn'
@@ -11,16 +10,8 @@ and a malicious file cannot execute anything. Its keys:
     optimizer       the optimizer's state_dict (None in exported models)
     tokenizer       the tokenizer's to_dict()
     run_config      the settings of the run that made it (run_config.py and the script's own), as a dict
-    step            optimizer steps taken
-    best_val_loss   lowest validation loss seen (float or None)
-    elapsed_s       seconds of training so far, over all resumed runs
-    rng             {'torch': ByteTensor, 'batches': ByteTensor} generator states
-    history         list of metric rows (dicts), as in the metrics CSV
     chat            True for instruction-tuned chat models
-
-Format 1 named the run's settings train_args and left out the settings and
-model fields that did not exist yet when it was written; `upgrade_v1` reads
-it as format 2.
+    step, best_val_loss, elapsed_s, history, rng: the fields of Progress (below), where the run stands
 """
 import math
 import os
@@ -35,8 +26,7 @@ from device import attention_for
 from errors import UserError, short_reason, shown
 from files import atomic_write, check_input_file
 from tokenizer_io import tokenizer_from_dict
-from transformer import (MODELS, build_model, config_defaults, config_problem, estimate_parameters, model_type_of,
-                         rope_table_floats)
+from transformer import MODELS, build_model, config_defaults, config_problem, estimate_parameters, rope_table_floats
 
 FORMAT_VERSION = 2
 REQUIRED_KEYS = ("format_version", "model_type", "model_config", "model", "tokenizer")
@@ -52,29 +42,23 @@ WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 @dataclass
 class Progress:
     """Where a training run stands: what a checkpoint must hold to continue it exactly."""
-    step: int = 0
-    best_val_loss: Optional[float] = None
-    elapsed_s: float = 0.0
-    history: list = field(default_factory=list)
-    rng: Optional[dict] = None  # {'torch': ..., 'batches': ...} generator states
-
-
-def build_checkpoint(model, tokenizer, optimizer=None, progress=None, run_config=None, chat=False):
-    """The checkpoint dict of a model (and, while training, of its run)."""
-    return checkpoint_dict(model_type_of(model), asdict(model.config), model.state_dict(), tokenizer,
-                           optimizer.state_dict() if optimizer is not None else None, progress, run_config, chat)
+    step: int = 0  # optimizer steps taken
+    best_val_loss: Optional[float] = None  # lowest validation loss seen
+    elapsed_s: float = 0.0  # seconds of training so far, over all resumed runs
+    history: list = field(default_factory=list)  # metric rows (dicts), as in the metrics CSV
+    rng: Optional[dict] = None  # {'torch': ByteTensor, 'batches': ByteTensor} generator states
 
 
 def checkpoint_dict(model_type, model_config, weights, tokenizer, optimizer_state=None, progress=None,
                     run_config=None, chat=False):
-    """The checkpoint dict, from its parts: the one place that lays it out (build_checkpoint's model is one way in)."""
+    """The checkpoint dict, from its parts (while training, of its run too): the one place that lays it out."""
     return {"format_version": FORMAT_VERSION, "model_type": model_type, "model_config": dict(model_config),
             "model": weights, "optimizer": optimizer_state, "tokenizer": tokenizer.to_dict(),
             "run_config": dict(run_config or {}), "chat": bool(chat), **asdict(progress or Progress())}
 
 
 def upgrade_v1(checkpoint):
-    """A format-1 checkpoint as format 2: its train_args as run_config, both configs complete."""
+    """A format-1 checkpoint as format 2: its train_args as run_config, both configs given the fields added since."""
     c = dict(checkpoint)
     settings = c.pop("train_args", None) or {}
     if not isinstance(settings, dict):
@@ -118,8 +102,7 @@ def load_checkpoint(path, map_location="cpu"):
                         f"1 and {FORMAT_VERSION} only")
     elif "run_config" not in checkpoint:
         raise UserError(f"{path} is damaged: a format-{version} checkpoint without its run_config")
-    problem = content_problem(checkpoint)
-    if problem:
+    if problem := content_problem(checkpoint):
         raise UserError(f"{path} is damaged: {problem}")
     return checkpoint
 
@@ -134,12 +117,10 @@ def read_pickled(path, map_location="cpu"):
     except Exception as e:  # garbage in a file can fail the unpickler in many ways
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
         if found:
-            reason = f"it holds a Python object ({found.group(1)}), not only tensors and plain values"
-        elif short_reason(e).startswith("Weights only load failed"):
-            reason = "it holds Python objects, not only tensors and plain values"
-        else:
-            reason = short_reason(e, 120)
-        raise ValueError(reason) from None
+            raise ValueError(f"it holds a Python object ({found[1]}), not only tensors and plain values") from None
+        if short_reason(e).startswith("Weights only load failed"):
+            raise ValueError("it holds Python objects, not only tensors and plain values") from None
+        raise ValueError(short_reason(e, 120)) from None
 
 
 def content_problem(c):
@@ -153,17 +134,12 @@ def content_problem(c):
     if not isinstance(c["model"], dict) or not all(isinstance(k, str) and isinstance(t, torch.Tensor)
                                                    for k, t in c["model"].items()):
         return "its model weights are not a dict of tensors"
-    problem = dtype_problem(c["model"])
-    if problem:
+    if problem := dtype_problem(c["model"]):
         return problem
     if not isinstance(c["run_config"], dict):
         return "run_config must be a dict"
-    return run_config_problem(c["run_config"])
-
-
-def run_config_problem(run):
-    """What is wrong with the recorded settings that loading a checkpoint reads (its corpus and split), or None."""
-    data, fraction = run.get("data"), run.get("val_fraction", 0.1)
+    # The recorded settings that loading a checkpoint reads: its corpus and split.
+    data, fraction = c["run_config"].get("data"), c["run_config"].get("val_fraction", 0.1)
     if data is not None and type(data) is not str:
         return f"its training data must be a path, not {shown(data)}"
     if type(fraction) not in (int, float) or not 0 < fraction < 1:
@@ -182,8 +158,9 @@ def dtype_problem(weights):
             f"floating-point numbers ({kinds}); quantized or integer weights do not load")
 
 
-def progress_of(checkpoint, path):
-    """The Progress a checkpoint holds, checked, to resume from; UserError if it cannot resume."""
+def resumed_progress(checkpoint, path, optimizer, generator):
+    """The Progress a checkpoint holds, checked, with the optimizer and the random generators (torch's and the batch
+    generator) back where they were; UserError if it cannot resume."""
     if checkpoint.get("optimizer") is None:
         raise UserError(f"{path} holds no optimizer state, so it cannot be resumed")
     rng = checkpoint.get("rng")
@@ -197,18 +174,21 @@ def progress_of(checkpoint, path):
             and all(isinstance(rng.get(k), torch.Tensor) and rng[k].dtype == torch.uint8 for k in ("torch", "batches")))
     if not fine:
         raise UserError(f"{path} cannot be resumed: its step, history or random-generator states are damaged")
+    try:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        torch.set_rng_state(rng["torch"])
+        generator.set_state(rng["batches"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise UserError(f"{path} cannot be resumed: its optimizer or generator state does not fit "
+                        f"({short_reason(e, 120)})") from None
     return p
 
 
 def checked_tokenizer(checkpoint, path="the checkpoint"):
     """The tokenizer of a checkpoint, once its weights are known to be finite and to fit its config and its
-    tokenizer: the checks every checkpoint gets before it is used. UserError if they fail.
-
-    The model is built on the meta device, which holds shapes and no memory:
-    a damaged config could otherwise ask for terabytes before anything fails.
-    """
-    problem = content_problem(checkpoint) or config_problem(checkpoint["model_type"], checkpoint["model_config"])
-    if problem:
+    tokenizer: the checks every checkpoint gets before it is used. UserError if they fail. The model is built on the
+    meta device, which holds shapes and no memory: a damaged config could otherwise ask for terabytes at once."""
+    if problem := content_problem(checkpoint) or config_problem(checkpoint["model_type"], checkpoint["model_config"]):
         raise UserError(f"{path}: {problem}")
     try:
         present = sum(t.numel() for t in checkpoint["model"].values())
@@ -225,8 +205,7 @@ def checked_tokenizer(checkpoint, path="the checkpoint"):
             raise ValueError(f"{name[0]} is {found.get(name[0], 'missing')}, the config makes it "
                              f"{expected.get(name[0], 'absent')}")
     except (TypeError, ValueError, RuntimeError, UserError) as e:
-        reason = short_reason(e)
-        raise UserError(f"{path}: its weights do not fit the model its config describes ({reason})") from None
+        raise UserError(f"{path}: its weights do not fit the model its config describes ({short_reason(e)})") from None
     # A sum is NaN or infinite when any weight is (or when the weights are absurdly large), and unlike
     # isfinite(t) it needs no temporary the size of the tensor: loading stays within the model's memory.
     if not all(torch.isfinite(t.sum()) for t in checkpoint["model"].values()):
@@ -254,11 +233,8 @@ def model_from_checkpoint(checkpoint, device="cpu", path="the checkpoint"):
 
 
 def training_data_path(checkpoint, override=None):
-    """The text file to use with a checkpoint: override if given, else the one it was trained on.
-
-    run_config['data'] is the path as it was given to train.py, which may be
-    relative to another folder or gone by now; then the user must say.
-    """
+    """The text file to use with a checkpoint: override if given, else the one it was trained on (the path as given
+    to train.py, which may be relative to another folder or gone by now; then the user must say)."""
     path = override or checkpoint["run_config"].get("data") or "data.txt"
     if not os.path.lexists(path) and not override:
         raise UserError(f"data file {path} not found (the file the checkpoint was trained on); name the corpus "
@@ -270,5 +246,4 @@ def training_data_path(checkpoint, override=None):
 def load_model(path, device="cpu"):
     """Load a checkpoint file for inference: (model, tokenizer, checkpoint)."""
     checkpoint = load_checkpoint(path)
-    model, tokenizer = model_from_checkpoint(checkpoint, device, path)
-    return model, tokenizer, checkpoint
+    return (*model_from_checkpoint(checkpoint, device, path), checkpoint)

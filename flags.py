@@ -1,18 +1,13 @@
 """Settings, and the command-line flags made from them: each defined once.
 
-A setting is a dataclass field whose metadata holds its help, the rule its
-value must meet (a range, or a set of choices) and what --resume does with
-it: KEPT settings come from the checkpoint unless a flag overrides them,
-FIXED ones must stay as the checkpoint has them (the saved weights and
-optimizer state fit only those), and LOCAL ones belong to this invocation
-(its files, its device). `add_flags` turns a settings class into flags,
-`from_args` turns the parsed flags back into a checked instance.
+A setting is a dataclass field whose metadata holds its help, the rule its value must meet (a range, or choices) and
+what --resume does with it: KEPT settings come from the checkpoint unless a flag overrides them, FIXED ones must stay
+as saved (the saved weights and optimizer state fit only those), LOCAL ones belong to this invocation (files, device).
 """
 import argparse
 import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import Callable
+from collections import namedtuple
 
 from device import DEVICE_CHOICES
 from errors import UserError, shown
@@ -20,24 +15,17 @@ from errors import UserError, shown
 KEPT, FIXED, LOCAL = "kept", "fixed", "local"
 
 
-@dataclass(frozen=True)
-class Rule:
-    """What a value must be, as a message says it ('>= 1'), and the test of it."""
-    text: str
-    holds: Callable
+# What a value must be, as a message says it ('>= 1'), and the test of it.
+Rule = namedtuple("Rule", "text holds")
 
 
 def at_least(low):
     return Rule(f">= {low}", lambda v: v >= low)
 
 
-def between(low, high, text):
-    return Rule(text, lambda v: low <= v <= high)
-
-
 POSITIVE = Rule("a number > 0", lambda v: 0 < v < math.inf)
 NON_NEGATIVE = Rule("a number >= 0", lambda v: 0 <= v < math.inf)
-FRACTION = between(0, 1, "in [0, 1]")
+FRACTION = Rule("in [0, 1]", lambda v: 0 <= v <= 1)
 BELOW_ONE = Rule("in [0, 1)", lambda v: 0 <= v < 1)
 SEED_LIMIT = 2 ** 63  # torch.manual_seed takes seeds below this
 SEED = Rule("in [0, 2**63)", lambda v: 0 <= v < SEED_LIMIT)  # check_rules skips an unset (None) seed
@@ -45,13 +33,13 @@ SEED = Rule("in [0, 2**63)", lambda v: 0 <= v < SEED_LIMIT)  # check_rules skips
 
 def setting(default, help, rule=None, choices=None, resume=KEPT, aliases=(), metavar=None):
     """A dataclass field that is also a flag: --name (underscores become dashes)."""
-    return field(default=default, metadata=dict(help=help, rule=rule, choices=choices, resume=resume,
+    return dataclasses.field(default=default, metadata=dict(help=help, rule=rule, choices=choices, resume=resume,
                                                 aliases=aliases, metavar=metavar))
 
 
 def same_setting(settings_class, name, default):
     """A setting of another settings class with another default (sft.py's --ckpt is chat.pth)."""
-    return field(default=default, metadata=settings_class.__dataclass_fields__[name].metadata)
+    return dataclasses.field(default=default, metadata=settings_class.__dataclass_fields__[name].metadata)
 
 
 def flag_name(name):
@@ -59,8 +47,7 @@ def flag_name(name):
 
 
 def add_flag(parser, name, setting_field, kind):
-    m = setting_field.metadata
-    default = setting_field.default
+    m, default = setting_field.metadata, setting_field.default
     if kind is bool:
         parser.add_argument(flag_name(name), *m["aliases"], dest=name, action="store_true", help=m["help"])
         return
@@ -84,7 +71,6 @@ def _kind(annotation):
 
 
 def from_args(settings_class, args):
-    """The settings instance the parsed flags describe (its own checks run as it is made)."""
     return settings_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(settings_class)})
 
 
@@ -100,30 +86,24 @@ def check_rules(settings):
 
 
 def resumed(settings, saved, given, where):
-    """The settings a --resume runs with: the saved ones, but for LOCAL settings and the flags given.
-
-    A FIXED setting may be given only as it was saved. `saved` is the dict
-    the checkpoint holds; `given` names the flags on the command line.
-    """
+    """The settings a --resume runs with: the saved ones (the checkpoint's dict), but for LOCAL settings and the
+    flags given (named in `given`); a FIXED setting may be given only as it was saved."""
     values = {}
     for f in dataclasses.fields(settings):
         name, mine, policy = f.name, getattr(settings, f.name), f.metadata.get("resume", KEPT)
         if policy == LOCAL or name not in saved:
             values[name] = mine
             continue
-        theirs = saved[name]
-        if not (_fits(theirs, _kind(f.type)) or theirs is None and f.default is None):
+        theirs, kind = saved[name], _kind(f.type)
+        # A saved value must be of the setting's kind: an int is a float too, a bool is not an int.
+        fits = type(theirs) in (int, float) if kind is float else type(theirs) is kind
+        if not (fits or theirs is None and f.default is None):
             raise UserError(f"{where} is damaged: its {flag_name(name)} is {theirs!r}")
         if policy == FIXED and name in given and mine != theirs:
             raise UserError(f"{flag_name(name)} {mine} cannot change when resuming: {where} was trained with "
                             f"{theirs}, and its weights and optimizer state fit only that")
         values[name] = mine if name in given else theirs
     return type(settings)(**values)
-
-
-def _fits(value, kind):
-    """Whether a saved value is of a setting's kind (an int is a float too; a bool is not an int)."""
-    return type(value) in (int, float) if kind is float else type(value) is kind
 
 
 def given_flags(parser, argv, args):
@@ -148,7 +128,6 @@ def seed_setting(default=1337, help="seeds everything"):
 
 
 def add_ckpt_flag(parser, default, help):
-    """--ckpt (or --checkpoint): the checkpoint a script reads or writes."""
     add_flag(parser, "ckpt", ckpt_setting(default, help), str)
 
 

@@ -1,12 +1,10 @@
 """Optimizers written with plain per-tensor ops, plus Muon and build_optimizer.
 
 torch.optim's fast paths (torch._foreach_*, fused kernels, lerp) are not implemented on DirectML and silently fall
-back to the CPU there, so every update below is spelled out one tensor at a time with mul_/add_/addcmul_/addcdiv_/
-sqrt/maximum. SGD, Adam and AdamW match torch.optim's semantics exactly (tests/test_optimizers.py holds them to it).
-
-State lives in self.state[p] as tensors and plain ints, so the base class's state_dict() loads with
-torch.load(..., weights_only=True). A schedule scales every group's base rate, group['initial_lr'], by one
-multiplier (set_lr_multiplier), so Muon's and AdamW's very different rates move together.
+back to the CPU there, so every update below is spelled out one tensor at a time; SGD, Adam and AdamW match
+torch.optim's updates exactly (tests/test_optimizers.py). State is tensors and plain ints, so state_dict() loads with
+torch.load(..., weights_only=True). A schedule scales every group's base rate, group['initial_lr'], by one multiplier
+(set_lr_multiplier), so Muon's and AdamW's very different rates move together.
 """
 import math
 
@@ -16,22 +14,6 @@ import torch.nn as nn
 from errors import UserError
 
 OPTIMIZER_NAMES = ("adamw", "adam", "sgd", "muon", "torch-adamw")
-
-
-def sgd_update(p, state, group):
-    """One torch.optim.SGD step for one tensor, with its param group's settings."""
-    grad, lr, momentum, weight_decay = p.grad, group["lr"], group["momentum"], group["weight_decay"]
-    if weight_decay != 0:
-        grad = grad.add(p, alpha=weight_decay)  # L2: the decay rides in the gradient
-    if momentum != 0:
-        buf = state.get("momentum_buffer")
-        if buf is None:
-            # torch starts the buffer at the first gradient, undampened
-            buf = state["momentum_buffer"] = grad.detach().clone()
-        else:
-            buf.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
-        grad = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
-    p.add_(grad, alpha=-lr)
 
 
 def adam_update(p, state, group, decoupled):
@@ -67,8 +49,7 @@ def adam_update(p, state, group, decoupled):
 
 
 class PerTensorOptimizer(torch.optim.Optimizer):
-    """Steps each parameter on its own, with plain tensor ops: no foreach or fused kernels,
-    which DirectML lacks. A subclass says how one tensor moves: update(p, state, group)."""
+    """Steps each parameter on its own; a subclass says how one tensor moves: update(p, state, group)."""
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -87,14 +68,25 @@ class SGD(PerTensorOptimizer):
     """torch.optim.SGD's update rule, one tensor at a time."""
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
-        if lr < 0 or momentum < 0 or weight_decay < 0:
-            raise ValueError(f"lr, momentum and weight_decay must be >= 0, got {lr}, {momentum}, {weight_decay}")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov momentum needs momentum > 0 and dampening 0")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
                                       weight_decay=weight_decay))
 
-    update = staticmethod(sgd_update)
+    @staticmethod
+    def update(p, state, group):
+        grad, lr, momentum, weight_decay = p.grad, group["lr"], group["momentum"], group["weight_decay"]
+        if weight_decay != 0:
+            grad = grad.add(p, alpha=weight_decay)  # L2: the decay rides in the gradient
+        if momentum != 0:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                # torch starts the buffer at the first gradient, undampened
+                buf = state["momentum_buffer"] = grad.detach().clone()
+            else:
+                buf.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
+            grad = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
+        p.add_(grad, alpha=-lr)
 
 
 class Adam(PerTensorOptimizer):
@@ -103,10 +95,6 @@ class Adam(PerTensorOptimizer):
     decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False):
-        if lr < 0 or eps < 0 or weight_decay < 0:
-            raise ValueError(f"lr, eps and weight_decay must be >= 0, got {lr}, {eps}, {weight_decay}")
-        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"betas must lie in [0, 1), got {betas}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad))
 
     def update(self, p, state, group):
@@ -126,27 +114,23 @@ class AdamW(Adam):
 #
 # A weight matrix W maps inputs to outputs. Its gradient (or the momentum of its gradients) G = U S V^T usually has
 # a few large singular values and many tiny ones: a plain step moves W a lot along a few directions and hardly at all
-# along the rest. Muon replaces G by U V^T -- the same singular directions with every singular value set to 1 -- so
-# every direction moves at the same rate. U V^T is also the semi-orthogonal matrix closest to G.
+# along the rest. Muon replaces G by U V^T -- the same singular directions with every singular value set to 1, and
+# the semi-orthogonal matrix closest to G -- so every direction moves at the same rate.
 #
-# An SVD would give U V^T directly but is slow on accelerators (and missing on some backends). Instead, note that
-# for an odd polynomial
-#     phi(X) = a X + b (X X^T) X + c (X X^T)^2 X
-# we have phi(U S V^T) = U phi(S) V^T: the polynomial acts on each singular value separately and leaves the
-# directions alone. Iterating phi, starting from X = G / ||G||_F (so every singular value lies in [0, 1]), pushes
-# each singular value toward 1 using only matrix multiplies -- cheap, and fine on any GPU or DirectML.
-# (a, b, c) = (3.4445, -4.7750, 2.0315) makes the slope at zero large (a), so even tiny singular values grow fast;
-# the price is that they end up oscillating in roughly [0.7, 1.2] rather than exactly at 1, which does not hurt
-# training.
+# An SVD would give U V^T directly but is slow on accelerators (and missing on some backends). Instead, an odd
+# polynomial phi(X) = a X + b (X X^T) X + c (X X^T)^2 X has phi(U S V^T) = U phi(S) V^T: it acts on each singular
+# value separately and leaves the directions alone. Iterating phi, starting from X = G / ||G||_F (so every singular
+# value lies in [0, 1]), pushes each singular value toward 1 using only matrix multiplies -- cheap, and fine on any
+# GPU or DirectML. (a, b, c) = (3.4445, -4.7750, 2.0315) makes the slope at zero large (a), so even tiny singular
+# values grow fast; the price is that they end up oscillating in roughly [0.7, 1.2] rather than exactly at 1, which
+# does not hurt training.
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
 def newton_schulz(G, steps=5, dtype=None):
-    """Approximately orthogonalize the 2-D matrix G: U S V^T -> U S' V^T, S' ~ 1, in float32 or, on CUDA,
-    bfloat16 (dtype=None picks); returns G's dtype."""
-    if G.ndim != 2:
-        raise ValueError(f"newton_schulz needs a 2-D matrix, got shape {tuple(G.shape)}")
+    """Approximately orthogonalize the 2-D matrix G (MuonAdamW checks its matrices are): U S V^T -> U S' V^T, S' ~ 1,
+    in float32 or, on CUDA, bfloat16 (dtype=None picks); returns G's dtype."""
     if dtype is None:
         dtype = torch.bfloat16 if G.device.type == "cuda" else torch.float32
     if G.size(0) > G.size(1):
@@ -181,12 +165,10 @@ def muon_update(p, state, group):
 
 class MuonAdamW(PerTensorOptimizer):
     """One optimizer, two rules: groups with use_muon=True take Muon steps, the rest AdamW steps, under one
-    state_dict and one param_groups list for a schedule to walk.
-
-    Muon (MomentUm Orthogonalized by Newton-Schulz) is for 2-D hidden weight matrices. Embeddings, the output
-    head, norms and biases take AdamW (see build_optimizer): an embedding is a lookup table whose rows move only
-    when their token appears, norms and biases are vectors, and the head trains better with AdamW in practice
-    (modded-nanogpt, nanochat)."""
+    state_dict and one param_groups list for a schedule to walk. Muon (MomentUm Orthogonalized by Newton-Schulz) is for
+    2-D hidden weight matrices. Embeddings, the output head, norms and biases take AdamW (see build_optimizer): an
+    embedding is a lookup table whose rows move only when their token appears, norms and biases are vectors, and the
+    head trains better with AdamW in practice (modded-nanogpt, nanochat)."""
 
     def __init__(self, param_groups):
         super().__init__(param_groups, dict(use_muon=False, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0,
@@ -230,12 +212,10 @@ def build_optimizer(model, name, lr, weight_decay, *, betas=(0.9, 0.95), eps=1e-
                     muon_momentum=0.95, muon_weight_decay=0.0):
     """The optimizer called `name` (one of OPTIMIZER_NAMES) for `model`; every group carries 'initial_lr'.
 
-    Weight decay applies only to 2-D weight matrices that are not embeddings (hidden matrices and an untied
-    lm_head). sgd uses `momentum` and no betas; torch-adamw is torch.optim.AdamW, the baseline; muon takes Muon
-    steps (muon_lr, muon_momentum, muon_weight_decay) for the hidden matrices and AdamW steps (lr, betas,
-    weight_decay) for the rest. muon_weight_decay is off by default: decoupled decay shrinks weights by lr * wd
-    per step, and Muon's lr is ~30x AdamW's.
-    """
+    Weight decay applies only to 2-D weight matrices that are not embeddings (hidden matrices and an untied lm_head).
+    sgd uses `momentum` and no betas; torch-adamw is torch.optim.AdamW, the baseline; muon takes Muon steps (muon_*)
+    for the hidden matrices and AdamW steps for the rest. muon_weight_decay is off by default: decoupled decay shrinks
+    weights by lr * wd per step, and Muon's lr is ~30x AdamW's."""
     if name not in OPTIMIZER_NAMES:
         raise UserError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZER_NAMES)}")
     matrices, head, other = split_parameters(model)

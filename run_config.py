@@ -1,13 +1,11 @@
-"""A training run's settings and command line, shared by train.py and sft.py: the loop's, the optimizer's and the
-outputs' settings, the flags made from them, the input and output files checked before any work, and --resume.
-
-Each script extends TrainConfig with its own settings (its data, the
-model's shape); the checkpoint stores the whole config, and --resume is the
-saved config with the overrides flags.resumed allows.
+"""A training run's settings and command line, shared by train.py and sft.py: TrainConfig (the loop's, the optimizer's
+and the outputs' settings, which each script extends with its own), the flags made from them, the input and output
+files checked before any work, and --resume: the config the checkpoint stores, with the overrides flags.resumed allows.
 """
 import contextlib
 import itertools
 import os
+from collections import namedtuple
 from dataclasses import dataclass
 from typing import Optional
 
@@ -17,7 +15,7 @@ from distributed import init_processes, is_main_process, shutdown
 from errors import ArgumentParser, UserError
 from files import check_input_file, check_output_path, claimed, same_or_inside
 from flags import (BELOW_ONE, FIXED, FRACTION, LOCAL, NON_NEGATIVE, POSITIVE, add_flags, at_least, check_rules,
-                   ckpt_setting, device_setting, from_args, given_flags, resumed, seed_setting, setting)
+                   ckpt_setting, device_setting, flag_name, from_args, given_flags, resumed, seed_setting, setting)
 from optimizers import OPTIMIZER_NAMES
 
 
@@ -74,71 +72,52 @@ class TrainConfig:
         return {flag: path for flag, path in named.items() if path or flag == "--ckpt"}
 
 
-@dataclass
-class Invocation:
-    """What a command line asks of the run beyond its settings."""
-    resume: bool  # finish the run saved in --ckpt
-    overwrite: bool  # start afresh even though its files exist
-    given: set  # the settings the command line named
+# What a command line asks of the run beyond its settings: --resume, --overwrite, and the names of the settings given.
+Invocation = namedtuple("Invocation", "resume overwrite given")
 
 
 def parse_command_line(settings_class, description, argv):
-    """(settings, invocation) from a training script's command line; its flags come from settings_class."""
     parser = ArgumentParser(description=description)
     add_flags(parser, settings_class)
-    parser.add_argument("--resume", action="store_true",
-                        help="finish the run saved in --ckpt exactly as it would have gone on: its settings come "
-                             "from the checkpoint; flags you give override them (e.g. a larger --max-iters trains "
-                             "it further)")
+    parser.add_argument("--resume", action="store_true", help="finish the run saved in --ckpt exactly as it would "
+                        "have gone on: its settings come from the checkpoint; flags you give override them (e.g. a "
+                        "larger --max-iters trains it further)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh even though --ckpt (or --metrics, --plot) exists")
     args = parser.parse_args(argv)
-    invocation = Invocation(args.resume, args.overwrite, given_flags(parser, argv, args))
-    return from_args(settings_class, args), invocation
-
-
-def check_input_files(settings, invocation, flags):
-    """UserError naming what it is for any input file that is not a readable file, before the outputs are
-    checked. A --resume run's inputs come from its checkpoint: only those given again are checked here."""
-    for flag in flags:
-        name = flag.lstrip("-").replace("-", "_")
-        path = getattr(settings, name)
-        if path == "" and name in invocation.given:
-            raise UserError(f"{flag} is empty: name a file, or leave the flag out")
-        if path and path != "char" and (not invocation.resume or name in invocation.given):
-            check_input_file(path, flag)
+    return from_args(settings_class, args), Invocation(args.resume, args.overwrite, given_flags(parser, argv, args))
 
 
 @contextlib.contextmanager
 def claimed_outputs(settings, invocation, inputs):
-    """Check every output path before any work, and hold --ckpt for the run.
-
-    No output may be one of the run's input files; a fresh run never replaces
-    a checkpoint, metrics CSV or plot without --overwrite; and a second run on
-    the same --ckpt is refused while this one holds it.
-    """
-    named = settings.outputs()
+    """Check the run's files before any work, and hold its outputs for the run. Its inputs (named by their settings)
+    must be readable files, but a --resume run's inputs come from its checkpoint: only those given again are checked.
+    No output may be one of the inputs, a fresh run never replaces a checkpoint, metrics CSV or plot without
+    --overwrite, and a second run on the same --ckpt is refused while this one holds it."""
+    for name in inputs:
+        path, flag = getattr(settings, name), flag_name(name)
+        if path == "" and name in invocation.given:
+            raise UserError(f"{flag} is empty: name a file, or leave the flag out")
+        if path and path != "char" and (not invocation.resume or name in invocation.given):
+            check_input_file(path, flag)
+    named, input_paths = settings.outputs(), [getattr(settings, name) for name in inputs]
     for flag, path in named.items():
-        check_output_path(path, flag, inputs)
+        check_output_path(path, flag, input_paths)
     if any(same_or_inside(a, b) for a, b in itertools.combinations(named.values(), 2)):
         raise UserError("--ckpt, --metrics and --plot must be three different files")
-    if not is_main_process():  # under torchrun, rank 0 holds the files for everyone
-        yield
-        return
     with contextlib.ExitStack() as held:
-        for flag, path in named.items():
-            held.enter_context(claimed(path, flag))
-        if not (invocation.resume or invocation.overwrite):
+        if is_main_process():  # under torchrun, rank 0 holds the files for everyone
             for flag, path in named.items():
-                if os.path.lexists(path):
+                held.enter_context(claimed(path, flag))
+            for flag, path in named.items():
+                if os.path.lexists(path) and not (invocation.resume or invocation.overwrite):
                     raise UserError(f"{path} ({flag}) already exists: pass --resume to continue that run, "
                                     f"--overwrite to replace it, or {flag} to write another file")
         yield
 
 
 def resumed_run(settings, invocation):
-    """(settings, checkpoint) of the run --resume finishes: the saved settings, with the overrides the command line
-    gives (flags.resumed); (settings, None) for a fresh run."""
+    """(settings, checkpoint) of the run --resume finishes (flags.resumed); (settings, None) for a fresh run."""
     if not invocation.resume:
         return settings, None
     checkpoint = load_checkpoint(settings.ckpt)
@@ -147,7 +126,6 @@ def resumed_run(settings, invocation):
 
 @contextlib.contextmanager
 def training_processes(device_name):
-    """(processes, device) for a run: the device chosen, torchrun's processes joined, and left at the end."""
     device = choose_device(device_name)
     flush_denormals()
     procs, device = init_processes(device)

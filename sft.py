@@ -3,26 +3,17 @@
     python sft.py --init-from checkpoint.pth --qa qa.jsonl --ckpt chat.pth
     python sft.py --ckpt chat.pth --resume       # continue an interrupted run
 
-Learns from the train split of --qa only (the test split is for evaluate.py).
-Each batch is mostly chat rows: random train questions rendered in the chat
-format (chat.py) and packed into the model's context, several turns a row, so
-the model also sees answers that follow earlier turns, as in a conversation.
-The loss counts only the answer tokens and their closing <|end|>. The other
---pretrain-mix of the rows are random blocks of the corpus the base model was
-trained on, with their own loss weighted by the same share, so the model keeps
-its prose while it learns to answer (tasks.ChatTask).
+Learns from the train split of --qa only (the test split is for evaluate.py). Each batch is mostly chat rows: random
+train questions in the chat format (chat.py) packed into the model's context, several turns a row, so the model also
+sees answers that follow earlier turns. The loss counts only the answer tokens and their closing <|end|>. The other
+--pretrain-mix of the rows are random blocks of the base model's corpus, their loss weighted by the same share, so the
+model keeps its prose while it learns to answer (tasks.ChatTask). Half the drawn questions (--shuffle-words) have
+their words put in a random order each time, so the model learns to answer from the words a question holds, which new
+phrasings of a fact share far more than their order (tasks.ChatRows).
 
-Every --eval-interval steps we print the loss on the answers of all train
-questions and the corpus's validation loss (same split as train.py). The
-loop is trainer.py's, shared with train.py: --resume, torchrun, --dtype,
---compile, the metrics CSV and loss curve all work here too. The result is a
-checkpoint in train.py's format with chat=True.
-
-Half the drawn questions (--shuffle-words) have their words put in a random
-order each time, so the model learns to answer from the words a question
-holds rather than from the order of one wording; new phrasings of a fact
-share its words far more than their order (tasks.ChatRows). How the
-defaults were chosen is in RESULTS.md.
+Every --eval-interval steps we print the loss on the answers of all train questions and the corpus's validation loss
+(same split as train.py). The loop is trainer.py's; the result is a checkpoint in train.py's format with chat=True.
+How the defaults were chosen is in RESULTS.md.
 """
 
 from errors import stop_cleanly
@@ -41,31 +32,25 @@ from files import check_output_path
 from flags import BELOW_ONE, FIXED, FRACTION, same_setting, setting
 from qa import load_qa
 from tasks import ChatRows, ChatTask
-from run_config import (TrainConfig, check_input_files, claimed_outputs, parse_command_line, resumed_run,
-                        training_processes)
+from run_config import TrainConfig, claimed_outputs, parse_command_line, resumed_run, training_processes
 from trainer import Run, train
-
-
-def tuned(name, default):
-    """A setting of the training loop with sft.py's own default."""
-    return same_setting(TrainConfig, name, default)
 
 
 @dataclass(frozen=True)
 class SftConfig(TrainConfig):
     """An instruction-tuning run: the loop's settings (with defaults of its own), its base and its data."""
-    ckpt: str = tuned("ckpt", "chat.pth")
-    max_iters: int = tuned("max_iters", 3000)
-    batch_size: int = tuned("batch_size", 16)
-    optimizer: str = tuned("optimizer", "adamw")
-    lr: float = tuned("lr", 1e-2)
-    muon_lr: float = tuned("muon_lr", 0.02)
-    min_lr_ratio: float = tuned("min_lr_ratio", 0.1)
-    warmup_iters: int = tuned("warmup_iters", 50)
-    muon_weight_decay: float = tuned("muon_weight_decay", 0.0)
-    eval_interval: int = tuned("eval_interval", 500)
-    eval_tokens: int = tuned("eval_tokens", 16384)
-    final_eval_tokens: int = tuned("final_eval_tokens", 0)
+    ckpt: str = same_setting(TrainConfig, "ckpt", "chat.pth")
+    max_iters: int = same_setting(TrainConfig, "max_iters", 3000)
+    batch_size: int = same_setting(TrainConfig, "batch_size", 16)
+    optimizer: str = same_setting(TrainConfig, "optimizer", "adamw")
+    lr: float = same_setting(TrainConfig, "lr", 1e-2)
+    muon_lr: float = same_setting(TrainConfig, "muon_lr", 0.02)
+    min_lr_ratio: float = same_setting(TrainConfig, "min_lr_ratio", 0.1)
+    warmup_iters: int = same_setting(TrainConfig, "warmup_iters", 50)
+    muon_weight_decay: float = same_setting(TrainConfig, "muon_weight_decay", 0.0)
+    eval_interval: int = same_setting(TrainConfig, "eval_interval", 500)
+    eval_tokens: int = same_setting(TrainConfig, "eval_tokens", 16384)
+    final_eval_tokens: int = same_setting(TrainConfig, "final_eval_tokens", 0)
     init_from: str = setting("checkpoint.pth", "pretrained checkpoint to start from", resume=FIXED)
     qa: str = setting("qa.jsonl", "question/answer JSONL (make_qa.py's schema); only its train split is used",
                       resume=FIXED)
@@ -88,16 +73,14 @@ def main(argv=None):
     settings, invocation = parse_command_line(SftConfig, "Fine-tune a pretrained checkpoint into a chat model on the "
                                                          "train split of a question/answer file, mixing in its "
                                                          "pretraining text.", argv)
-    check_input_files(settings, invocation, ["--init-from", "--qa", "--data"])
-    with claimed_outputs(settings, invocation, inputs=[settings.init_from, settings.qa, settings.data]):
+    with claimed_outputs(settings, invocation, inputs=["init_from", "qa", "data"]):
         return fine_tune(settings, invocation)
 
 
 def fine_tune(settings, invocation):
     settings, resumed = resumed_run(settings, invocation)
     base = resumed or load_checkpoint(settings.init_from)
-    records = load_qa(settings.qa, "train")
-    if not records:
+    if not (records := load_qa(settings.qa, "train")):
         raise UserError(f"{settings.qa} has no train questions to fine-tune on")
     settings = replace(settings, data=training_data_path(base, settings.data))
     for flag, path in settings.outputs().items():

@@ -4,9 +4,8 @@
     python train.py --max-iters 200 --resume     # continue checkpoint.pth
     python train.py --model rnn                  # the CharRNN baseline
 
-The last --val-fraction of the token stream is held out for validation. Every
---eval-interval steps we print train and val loss, val perplexity and val bits
-per character (comparable across tokenizers), and save checkpoint.pth. The
+The last --val-fraction of the token stream is held out for validation. Every --eval-interval steps we print train
+and val loss, val perplexity and val bits per character (comparable across tokenizers), and save checkpoint.pth. The
 loop itself is trainer.py's, shared with sft.py.
 """
 
@@ -26,8 +25,7 @@ from errors import UserError, run_main
 from flags import FIXED, LOCAL, Rule, flag_name, setting
 from tasks import TextTask
 from tokenizer_io import load_tokenizer
-from run_config import (TrainConfig, check_input_files, claimed_outputs, parse_command_line, resumed_run,
-                        training_processes)
+from run_config import TrainConfig, claimed_outputs, parse_command_line, resumed_run, training_processes
 from trainer import Run, train
 from transformer import (CELL_KINDS, MAX_LAYERS, MLP_KINDS, MODELS, NORM_KINDS, POSITION_KINDS, GPTConfig,
                          build_model, config_problem, count_parameters, estimate_parameters, rope_table_floats)
@@ -43,10 +41,9 @@ class PretrainConfig(TrainConfig):
     data: str = setting("data.txt", "training text, UTF-8")
     tokenizer: Optional[str] = setting(None, "'char', or a tokenizer.json from train_tokenizer.py (default: char; "
                                              "with --resume or --init-from, the checkpoint's)", resume=LOCAL)
-    init_from: Optional[str] = setting(None, "start from this checkpoint's weights, tokenizer and shape (b_lm's "
-                                             "own, or one convert.py imported) and train it on --data with a fresh "
-                                             "optimizer and schedule (default: a new model)", resume=LOCAL,
-                                       metavar="CKPT")
+    init_from: Optional[str] = setting(
+        None, "start from this checkpoint's weights, tokenizer and shape (b_lm's own, or one convert.py imported) and "
+        "train it on --data with a fresh optimizer and schedule (default: a new model)", resume=LOCAL, metavar="CKPT")
     model: str = setting("transformer", "architecture", choices=list(MODELS), resume=FIXED)
     # The model's shape is checked by the model's own check (transformer.config_problem), in __post_init__.
     n_layer: int = setting(4, f"layers, 1 to {MAX_LAYERS}", resume=FIXED)
@@ -70,21 +67,17 @@ class PretrainConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        names = {"cell": "--rnn-cell"}
-        problem = config_problem(self.model, self.model_config(vocab_size=1, device="cpu"),
-                                 name=lambda field: names.get(field, flag_name(field)))
-        if problem:
+        if problem := config_problem(self.model, self.model_config(vocab_size=1, device="cpu"),
+                                     name=lambda field: "--rnn-cell" if field == "cell" else flag_name(field)):
             raise UserError(problem)
 
     def model_config(self, vocab_size, device):
-        """The config of the model these settings build, for a vocabulary of vocab_size on `device`."""
+        both = dict(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer, n_embd=self.n_embd,
+                    dropout=self.dropout)
         if self.model == "rnn":
-            return dict(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer, n_embd=self.n_embd,
-                        cell=self.rnn_cell, dropout=self.dropout)
-        return dict(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer, n_head=self.n_head,
-                    n_embd=self.n_embd, dropout=self.dropout, bias=self.bias,
-                    attention=attention_for(device, self.attention), positions=self.positions, norm=self.norm,
-                    mlp=self.mlp)
+            return dict(both, cell=self.rnn_cell)
+        return dict(both, n_head=self.n_head, bias=self.bias, attention=attention_for(device, self.attention),
+                    positions=self.positions, norm=self.norm, mlp=self.mlp)
 
 
 def check_model_flags(settings, given):
@@ -92,12 +85,11 @@ def check_model_flags(settings, given):
     trained), a Transformer's flag with --model rnn, --rnn-cell with a Transformer."""
     ignored = {"init_from": INIT_FROM_SHAPE + ("model", "attention", "rnn_cell"),
                "rnn": ("n_head", "bias", "attention", "positions", "norm", "mlp"), "transformer": ("rnn_cell",)}
-    why = "--init-from" if settings.init_from else f"--model {settings.model}"
+    why = ("--init-from: the checkpoint's model is trained as it is" if settings.init_from
+           else f"--model {settings.model}: that model has no such part")
     for name in ignored["init_from" if settings.init_from else settings.model]:
         if name in given:
-            raise UserError(f"{flag_name(name)} does not combine with {why}: "
-                            + ("the checkpoint's model is trained as it is" if settings.init_from
-                               else "that model has no such part"))
+            raise UserError(f"{flag_name(name)} does not combine with {why}")
 
 
 def check_resumed_tokenizer(settings, checkpoint):
@@ -114,8 +106,7 @@ def check_resumed_tokenizer(settings, checkpoint):
 def main(argv=None):
     settings, invocation = parse_command_line(PretrainConfig, "Train a GPT-style Transformer (or a CharRNN) on a "
                                                               "text file.", argv)
-    check_input_files(settings, invocation, ["--data", "--tokenizer", "--init-from"])
-    with claimed_outputs(settings, invocation, inputs=[settings.data, settings.tokenizer, settings.init_from]):
+    with claimed_outputs(settings, invocation, inputs=["data", "tokenizer", "init_from"]):
         return pretrain(settings, invocation)
 
 
@@ -135,7 +126,6 @@ def pretrain(settings, invocation):
         if checkpoint:
             torch.manual_seed(settings.seed)
             model, tokenizer = model_from_checkpoint(checkpoint, device, settings.init_from or settings.ckpt)
-            model.train()
             if settings.init_from:  # the run records the shape it trains
                 settings = replace(settings, model=checkpoint["model_type"], **{
                     k: v for k, v in checkpoint["model_config"].items() if k in INIT_FROM_SHAPE})
@@ -147,18 +137,17 @@ def pretrain(settings, invocation):
                        f"{len(batches.val):,} val tokens")
         resumed = checkpoint if invocation.resume else None
         task = TextTask(batches, settings.batch_size, tokenizer.token_chars())
-        return train(Run(settings, model, tokenizer, task, procs, device, description, run_config=asdict(settings),
-                         chat=bool(resumed and resumed.get("chat")), resume_from=resumed))
+        return train(Run(settings, model.train(), tokenizer, task, procs, device, description,
+                         run_config=asdict(settings), chat=bool(resumed and resumed.get("chat")), resume_from=resumed))
 
 
 def new_model(settings, device):
     """(model, tokenizer) for a fresh run, once the model surely fits in the device's memory."""
     tokenizer = load_tokenizer(settings.tokenizer or "char", settings.data)
     config = settings.model_config(tokenizer.vocab_size, device)
+    what = f"a model of {settings.n_layer} layers, {settings.n_embd} wide, context {settings.block_size},"
     check_fits_in_memory(estimate_parameters(settings.model, config), device,
-                         extra_bytes=4 * rope_table_floats(settings.model, config),
-                         what=f"a model of {settings.n_layer} layers, {settings.n_embd} wide, context "
-                              f"{settings.block_size},")
+                         extra_bytes=4 * rope_table_floats(settings.model, config), what=what)
     torch.manual_seed(settings.seed)
     return build_model(settings.model, config).to(device), tokenizer
 

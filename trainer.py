@@ -1,34 +1,30 @@
 """The one training loop, under train.py (pretraining) and sft.py (instruction tuning).
 
-What differs between the two is a task (tasks.py): where the batches come
-from, the loss of a batch and what an evaluation measures. Everything else is
-here, the same for both: the learning-rate schedule, gradient accumulation
-across torchrun processes, autocast, clipping, the time limit, the NaN stop,
-the metrics CSV and loss curve, checkpoints and resuming. (The command line
-and the files a run reads and writes are run_config.py's.)
+What differs between the two is a task (tasks.py): its batches, the loss of a batch and what an evaluation measures.
+The rest is here: the learning-rate schedule, gradient accumulation across torchrun processes, autocast, clipping, the
+time limit, the NaN stop, the metrics CSV and loss curve, checkpoints and resuming.
 
-A stop from Ctrl-C or SIGTERM always lands between two steps: the signal only
-raises a flag, the step in flight finishes, and then the checkpoint is saved.
-So --resume continues exactly where the run stopped, wherever the signal came.
+A stop from Ctrl-C or SIGTERM always lands between two steps: the signal only raises a flag, the step in flight
+finishes, then the checkpoint is saved and --resume continues exactly there. A second stop ends the run at once.
 """
 import contextlib
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from checkpoint import Progress, build_checkpoint, progress_of, save_checkpoint
+from checkpoint import Progress, checkpoint_dict, resumed_progress, save_checkpoint
 from device import autocast, autocast_dtype, check_fits_in_memory, maybe_compile
 from distributed import mean_across, replicas_identical
-from errors import Stopped, UserError, deferred_stop, short_reason
+from errors import Stopped, UserError, deferred_stop
 from optimizers import build_optimizer, lr_multiplier, set_lr_multiplier
 from plots import plot_history, write_metrics
 from timing import mfu, model_flops_per_token, peak_flops
-from transformer import count_parameters
+from transformer import count_parameters, model_type_of
 
 # How evaluations print their scores, and with how many decimals the CSV keeps them.
 SCORE_LABELS = {"qa_loss": ("answer loss on the train questions", 4), "val_loss": ("val loss", 4),
@@ -53,53 +49,30 @@ class Run:
 
 def train(run):
     """Train run.model on run.task; returns the final scores with 'step' and 'elapsed_s' (None off rank 0).
-
-    Raises Stopped when Ctrl-C or SIGTERM ended the run after saving it.
-    """
-    s, procs = run.settings, run.procs
+    Raises Stopped when Ctrl-C or SIGTERM ended the run after saving it."""
+    s, procs, c = run.settings, run.procs, run.model.config
     if s.grad_accum % procs.world_size:
         raise UserError(f"--grad-accum {s.grad_accum} must be a multiple of the {procs.world_size} processes")
     optimizer = build_optimizer(run.model, s.optimizer, lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, s.beta2),
                                 muon_lr=s.muon_lr, muon_weight_decay=s.muon_weight_decay)
-    progress = resume_state(run, optimizer) if run.resume_from else Progress()
-    check_batch_fits(s, run.model, run.device)
+    progress = Progress()
+    if run.resume_from:
+        progress = resumed_progress(run.resume_from, s.ckpt, optimizer, run.task.generator)
+        if progress.step >= s.max_iters:
+            raise UserError(f"{s.ckpt} is at step {progress.step} already: pass a --max-iters above that to train "
+                            f"it further (evaluate.py scores it as it is)")
+    # Fits in memory, before the first batch is drawn? Every step draws --grad-accum micro-batches of token ids (8 bytes
+    # each), and one micro-batch's forward pass keeps about 16 floats per layer and position, plus its logits.
+    tokens = s.batch_size * (c.block_size + 1)
+    check_fits_in_memory(count_parameters(run.model), run.device,
+                         8 * tokens * s.grad_accum + 4 * tokens * (16 * c.n_layer * c.n_embd + 2 * c.vocab_size),
+                         what=f"--batch-size {s.batch_size} with --grad-accum {s.grad_accum}")
     dtype = autocast_dtype(run.device, s.dtype)
     say = tqdm.write if procs.is_main else (lambda *a, **k: None)
     say(run.description + f", device {run.device}" + (f", {procs.world_size} processes" if procs.enabled else "")
         + (f", autocast {str(dtype).replace('torch.', '')}" if dtype else "")
         + (f", resuming at step {progress.step}" if run.resume_from else ""))
     return Loop(run, optimizer, progress, dtype, say).train()
-
-
-def resume_state(run, optimizer):
-    """The Progress of the resumed run, with the optimizer and random generators back where they were."""
-    s = run.settings
-    progress = progress_of(run.resume_from, s.ckpt)
-    try:
-        optimizer.load_state_dict(run.resume_from["optimizer"])
-        torch.set_rng_state(progress.rng["torch"])
-        run.task.generator.set_state(progress.rng["batches"])
-    except (ValueError, KeyError, TypeError, RuntimeError) as e:
-        raise UserError(f"{s.ckpt} cannot be resumed: its optimizer or generator state does not fit "
-                        f"({short_reason(e, 120)})") from None
-    if progress.step >= s.max_iters:
-        raise UserError(f"{s.ckpt} is at step {progress.step} already: pass a --max-iters above that to train "
-                        f"it further (evaluate.py scores it as it is)")
-    return progress
-
-
-def check_batch_fits(settings, model, device):
-    """UserError if a step's batches and activations surely cannot fit in memory, before the first is drawn.
-
-    Every step draws --grad-accum micro-batches of token ids (8 bytes each),
-    and one micro-batch's forward pass keeps about 16 floats per layer and
-    position for the backward pass, plus its logits.
-    """
-    c, s = model.config, settings
-    tokens = s.batch_size * (c.block_size + 1)
-    need = 8 * tokens * s.grad_accum + 4 * tokens * (16 * c.n_layer * c.n_embd + 2 * c.vocab_size)
-    check_fits_in_memory(count_parameters(model), device, need,
-                         what=f"--batch-size {s.batch_size} with --grad-accum {s.grad_accum}")
 
 
 class Loop:
@@ -117,10 +90,14 @@ class Loop:
         self.lr, self.smoothed = 0.0, math.nan  # the progress bar shows the loss smoothed over about ten steps
 
     def train(self):
-        """Step until --max-iters (or the time limit), logging, evaluating and saving on the way; then the final
-        evaluation, saved and printed. A first stop request saves after the step in flight, a second stops at once."""
-        s, progress = self.s, self.progress
-        forward, scaler = self.forward_pass(), torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
+        """Step until --max-iters (or the time limit), logging, evaluating and saving; then the final evaluation."""
+        s, progress, model, device = self.s, self.progress, self.model, self.device
+        forward = model  # what a step calls: the model, maybe compiled, maybe wrapped for DistributedDataParallel
+        if s.compile:
+            forward = maybe_compile(model, torch.zeros(1, model.config.block_size, dtype=torch.long, device=device))
+        if self.procs.enabled:
+            forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         bar = tqdm(total=s.max_iters, initial=progress.step, desc="training", dynamic_ncols=True, file=sys.stderr,
                    disable=not self.procs.is_main)
         with deferred_stop() as stop:
@@ -128,7 +105,7 @@ class Loop:
                 with bar:
                     if self.run.eval_at_start and progress.step == 0 and self.procs.is_main:
                         self.log(s.eval_tokens, evaluate=True)
-                    self.model.train()
+                    model.train()
                     out_of_time = False
                     while progress.step < s.max_iters and not out_of_time:
                         out_of_time, stopping = self.step(forward, scaler, stop)
@@ -148,22 +125,10 @@ class Loop:
                 raise Stopped(f"interrupted again: stopped at once, {self.kept()}") from None
             return self.finish(stop)
 
-    def forward_pass(self):
-        """What a step calls: the model, maybe compiled, maybe wrapped for DistributedDataParallel."""
-        forward = self.model
-        if self.s.compile:
-            example = torch.zeros(1, self.model.config.block_size, dtype=torch.long, device=self.device)
-            forward = maybe_compile(self.model, example)
-        if self.procs.enabled:
-            forward = DistributedDataParallel(forward, device_ids=[self.device.index]
-                                              if self.device.type == "cuda" else None)
-        return forward
-
     def step(self, forward, scaler, stop):
         """One optimizer step; returns (out of time, stop requested), agreed by every process."""
         t0, s, procs, task = time.time(), self.s, self.procs, self.task
-        multiplier = lr_multiplier(self.progress.step, s.warmup_iters, s.lr_decay_iters or s.max_iters,
-                                   s.min_lr_ratio)
+        multiplier = lr_multiplier(self.progress.step, s.warmup_iters, s.lr_decay_iters or s.max_iters, s.min_lr_ratio)
         set_lr_multiplier(self.optimizer, multiplier)
         self.lr = s.lr * multiplier
         # Every process draws the same global set of micro-batches and trains on its own share,
@@ -173,8 +138,7 @@ class Loop:
         losses = []
         for i, batch in enumerate(mine):
             # DDP averages gradients across processes after a backward; skip it until the last micro-batch
-            last = i == len(mine) - 1
-            with contextlib.nullcontext() if last or not procs.enabled else forward.no_sync():
+            with contextlib.nullcontext() if i == len(mine) - 1 or not procs.enabled else forward.no_sync():
                 with autocast(self.device, self.dtype):
                     loss = task.loss(forward, [t.to(self.device) for t in batch])
                 scaler.scale(loss / len(mine)).backward()
@@ -208,9 +172,15 @@ class Loop:
         if self.losses:
             row.update(train_loss=round(sum(self.losses) / len(self.losses), 4), lr=float(f"{self.lr:.6g}"),
                        tokens_per_s=round(self.tokens_per_s()))
-        scores = self.evaluate(max_tokens) if evaluate else {}
-        row.update({k: round(v, SCORE_LABELS[k][1]) for k, v in scores.items()})
+        scores = self.task.evaluate(self.model, max_tokens, self.dtype) if evaluate else {}
         if evaluate:
+            # A non-finite val loss stops the run: the last step's update can break the weights after its own loss was
+            # fine, and they are never saved.
+            val_loss, best = scores["val_loss"], self.progress.best_val_loss
+            if not math.isfinite(val_loss):
+                self.stop_diverged(f"the val loss became {val_loss}")
+            self.progress.best_val_loss = val_loss if best is None else min(best, val_loss)
+            row.update({k: round(v, SCORE_LABELS[k][1]) for k, v in scores.items()})
             shown = [f"train loss {row['train_loss']:.4f}"] if self.losses else []
             shown += [f"{SCORE_LABELS[k][0]} {v:.{SCORE_LABELS[k][1]}f}" for k, v in scores.items()]
             if self.losses:
@@ -222,27 +192,18 @@ class Loop:
         self.losses, self.seconds = [], 0.0
         return scores
 
-    def evaluate(self, max_tokens):
-        """The task's scores, unrounded; the best val loss so far is kept. A non-finite val loss stops the run:
-        the last step's update can break the weights after its own loss was fine, and they are never saved."""
-        scores = self.task.evaluate(self.model, max_tokens, self.dtype)
-        if not math.isfinite(scores["val_loss"]):
-            self.stop_diverged(f"the val loss became {scores['val_loss']}")
-        best = self.progress.best_val_loss
-        self.progress.best_val_loss = scores["val_loss"] if best is None else min(best, scores["val_loss"])
-        return scores
-
     def elapsed(self):
         return self.elapsed_before + time.time() - self.start
 
-    def save(self):
-        if self.procs.is_main:
-            self.progress.elapsed_s = self.elapsed()
-            self.progress.rng = {"torch": torch.get_rng_state(), "batches": self.task.generator.get_state()}
-            save_checkpoint(self.s.ckpt, build_checkpoint(self.model, self.run.tokenizer, self.optimizer,
-                                                          self.progress, self.run.run_config, self.run.chat))
-            write_metrics(self.s.metrics_file, self.progress.history)
-            self.saved_step = self.progress.step
+    def save(self):  # on rank 0, as log() is
+        self.progress.elapsed_s = self.elapsed()
+        self.progress.rng = {"torch": torch.get_rng_state(), "batches": self.task.generator.get_state()}
+        model, run = self.model, self.run
+        save_checkpoint(self.s.ckpt, checkpoint_dict(model_type_of(model), asdict(model.config), model.state_dict(),
+                                                     run.tokenizer, self.optimizer.state_dict(), self.progress,
+                                                     run.run_config, run.chat))
+        write_metrics(self.s.metrics_file, self.progress.history)
+        self.saved_step = self.progress.step
 
     def kept(self):
         return f"{self.s.ckpt} keeps step {self.saved_step}" if self.saved_step is not None else "nothing was saved"
@@ -272,9 +233,8 @@ class Loop:
         skipped = [f"no {what} (--{flag} '')" for flag, what in (("metrics", "metrics CSV"), ("plot", "plot"))
                    if getattr(s, flag) == ""]
         print(f"saved {', '.join(p for p in s.outputs().values())}" + "".join(f"; {x}" for x in skipped))
-        print(f"final: step={self.progress.step} "
-              + " ".join(f"{k}={v:.{SCORE_LABELS[k][1]}f}" for k, v in scores.items())
-              + f" elapsed_s={self.elapsed():.1f}")
+        shown = " ".join(f"{k}={v:.{SCORE_LABELS[k][1]}f}" for k, v in scores.items())
+        print(f"final: step={self.progress.step} {shown} elapsed_s={self.elapsed():.1f}")
         if stop.requested:  # it came during the final evaluation: the run is complete, and saved
             raise Stopped("interrupted after the last step: the run is complete and saved")
         return {"step": self.progress.step, **scores, "elapsed_s": self.elapsed()}
