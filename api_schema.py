@@ -14,9 +14,8 @@ MAX_TOKENS_LIMIT = 100_000  # per request; a longer answer is a runaway, not a r
 
 
 class APIError(HTTPException):
-    """A request the API refuses: status code, message, the parameter at fault and OpenAI's code for it.
-
-    An HTTPException, so that FastAPI passes on one raised while it reads the body (openai_api.Guard's 413)."""
+    """A request the API refuses: status code, message, the parameter at fault and OpenAI's code for it. An
+    HTTPException, so that FastAPI passes on one raised while it reads the body (openai_api.Guard's 413)."""
 
     def __init__(self, status, message, param=None, code=None):
         super().__init__(status, message)
@@ -48,14 +47,12 @@ class Strict(BaseModel):
     model_config = ConfigDict(strict=True)
 
 
-class StreamOptions(Strict):
-    model_config = ConfigDict(extra="forbid")
+class StreamOptions(Strict, extra="forbid"):
     include_usage: Optional[bool] = None
     include_obfuscation: Optional[bool] = None
 
 
-class Params(Strict):
-    model_config = ConfigDict(extra="forbid")
+class Params(Strict, extra="forbid"):
     model: Optional[str] = None
     max_tokens: Optional[int] = Field(None, ge=0, le=MAX_TOKENS_LIMIT)
     temperature: Optional[float] = Field(None, ge=0, le=2)  # None: OpenAI's default, 1
@@ -76,14 +73,11 @@ class Params(Strict):
         top_p = 1.0 if self.top_p is None else self.top_p
         if top_p == 0:  # keep only the likeliest token
             temperature, top_p = 0.0, 1.0
-        max_tokens = getattr(self, "max_completion_tokens", None)  # a chat's newer name for max_tokens wins
-        if max_tokens is None:
-            max_tokens = self.max_tokens
-        return Sampling(max_new_tokens=default_max_tokens if max_tokens is None else max_tokens,
-                        temperature=temperature, top_p=top_p, seed=self.seed)
+        # a chat's newer name for max_tokens wins
+        lengths = (getattr(self, "max_completion_tokens", None), self.max_tokens, default_max_tokens)
+        return Sampling(next(n for n in lengths if n is not None), temperature, top_p=top_p, seed=self.seed)
 
     def stops(self):
-        """The stop strings, the empty one left out."""
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if len(stops) > 4:
             raise APIError(400, "stop takes at most 4 strings", "stop")
@@ -115,10 +109,8 @@ class ChatParams(Params):
         turns = [m for m in self.messages if m.role in ("user", "assistant")]  # system messages are ignored
         if not turns or turns[-1].role != "user":
             raise APIError(400, "the last message must be the user's", "messages")
-        for i, m in enumerate(turns):
-            if m.role != ("user" if i % 2 == 0 else "assistant"):
-                raise APIError(400, "user and assistant messages must alternate, starting with the user's",
-                               "messages")
+        if any(m.role != ("user", "assistant")[i % 2] for i, m in enumerate(turns)):
+            raise APIError(400, "user and assistant messages must alternate, starting with the user's", "messages")
         texts = [valid_text(m.text(), "messages") for m in turns]
         return list(zip(texts[:-1:2], texts[1::2])), texts[-1]
 
@@ -150,8 +142,7 @@ FIELDS = {name for body in (ChatParams, CompletionParams, StreamOptions, Message
 
 
 def param_path(loc):
-    """The parameter a validation error's location names, as OpenAI writes it, leaving out a union's branch labels.
-
+    """The parameter a validation error's location names, as OpenAI writes it, leaving out a union's branch labels:
     ('body', 'messages', 0, 'content', 'list[ContentPart]', 1, 'text') -> 'messages[0].content[1].text'"""
     path = ""
     for part in loc:
@@ -163,11 +154,9 @@ def param_path(loc):
 
 
 def invalid_body(errors):
-    """The APIError for a body that fails the schema, from pydantic's errors."""
     if errors[0].get("type") == "json_invalid":
         return APIError(400, "the request body is not valid JSON")
-    unknown = [x for x in errors if x.get("type") == "extra_forbidden"]
-    if unknown:
+    if unknown := [x for x in errors if x.get("type") == "extra_forbidden"]:
         loc = unknown[0]["loc"]
         where = ".".join(filter(None, [param_path(loc[:-1]), str(loc[-1])]))
         return APIError(400, f"unrecognized request argument: {where}", where)

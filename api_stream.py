@@ -1,6 +1,7 @@
 """A completion on its way to the client: the generator's tokens as text, cut at the stop strings, sent back
 as one JSON body or as server-sent events while it is generated."""
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -16,14 +17,12 @@ class StopText:
     """Holds back text that may be the start of a stop string, so no part of one is ever sent."""
 
     def __init__(self, stops):
-        self.stops = stops
-        self.pending = ""
+        self.stops, self.pending = stops, ""
 
     def push(self, text):
         """(text safe to send, whether a stop string was reached)."""
         self.pending += text
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if hits:
+        if hits := [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]:
             ready, self.pending = self.pending[:min(hits)], ""
             return ready, True
         keep = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
@@ -32,32 +31,20 @@ class StopText:
 
 
 class Mailbox:
-    """Hands items from the generator's thread to queues on the event loop, waking the loop once per batch.
-
-    The generator emits a token for every active request at each step: one wake-up for all of them keeps the loop's
-    overhead from growing with the batch."""
+    """Hands items from the generator's thread to queues on the event loop, waking the loop once per batch: the
+    generator emits a token for every active request at each step, and one wake-up for all keeps it cheap."""
     of_loop = {}  # one per event loop: the server runs one
 
     def __init__(self, loop):
-        self.loop = loop
-        self.lock = threading.Lock()
-        self.pending = []
-
-    @classmethod
-    def running(cls):
-        """The running event loop's Mailbox."""
-        loop = asyncio.get_running_loop()
-        return cls.of_loop.setdefault(loop, cls(loop))
+        self.loop, self.lock, self.pending = loop, threading.Lock(), []
 
     def post(self, queue, item):
         with self.lock:
             self.pending.append((queue, item))
             if len(self.pending) > 1:  # a delivery is already on its way
                 return
-        try:
+        with contextlib.suppress(RuntimeError):  # the server is shutting down and its loop is closed
             self.loop.call_soon_threadsafe(self._deliver)
-        except RuntimeError:  # the server is shutting down and its loop is closed
-            pass
 
     def _deliver(self):
         with self.lock:
@@ -83,18 +70,14 @@ class Completion:
     async def pieces(self):
         """The text as it is generated. Tokens that arrived together come out as one piece: under load the generator
         runs ahead of the event loop, and sending each token on its own would cost more than generating it."""
-        queue, mailbox = asyncio.Queue(), Mailbox.running()
+        loop = asyncio.get_running_loop()
+        queue, mailbox = asyncio.Queue(), Mailbox.of_loop.setdefault(loop, Mailbox(loop))
         generation = self.generator.submit(self.prompt_ids, self.settings, lambda item: mailbox.post(queue, item))
         try:
             while self.finish_reason is None:
-                items = [await queue.get()]
-                while not queue.empty():
-                    items.append(queue.get_nowait())
-                text = ""
-                for item in items:
-                    text += self._take(item)
-                    if self.finish_reason:
-                        break
+                text = self._take(await queue.get())
+                while self.finish_reason is None and not queue.empty():
+                    text += self._take(queue.get_nowait())
                 if text:
                     yield text
         finally:

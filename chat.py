@@ -1,10 +1,8 @@
-"""The chat format: conversations as token ids, for fine-tuning and for answering.
-
-A turn (question, answer) renders as `<|user|>{question}<|end|><|assistant|>{answer}<|end|>` with the special tokens
-every tokenizer reserves (tokenizer.py). The user's text is encoded with no special tokens allowed: typing "<|end|>"
-cannot forge a turn boundary. Fine-tuning learns from the answer tokens and their <|end|> only: the model is to learn
-to answer, not to predict the user's questions. Answering samples after `<|assistant|>` until <|end|>.
-"""
+"""The chat format: conversations as token ids, for fine-tuning and for answering. A turn (question, answer) renders as
+`<|user|>{question}<|end|><|assistant|>{answer}<|end|>` with the special tokens every tokenizer reserves (tokenizer.py).
+The user's text is encoded with no special tokens allowed: typing "<|end|>" cannot forge a turn boundary. Fine-tuning
+learns from the answer tokens and their <|end|> only: the model is to learn to answer, not to predict the user's
+questions. Answering samples after `<|assistant|>` until <|end|>."""
 from collections import namedtuple
 from dataclasses import replace
 
@@ -17,36 +15,21 @@ from tokenizer import ASSISTANT, END_OF_TURN, ENDOFTEXT, USER, fit_typed_text
 Prompt = namedtuple("Prompt", "ids dropped_turns trimmed_tokens")
 
 
-def turn_token_ids(tokenizer):
-    """(user, assistant, end) token ids: the special tokens that mark a turn."""
-    s = tokenizer.special_tokens
-    return s[USER], s[ASSISTANT], s[END_OF_TURN]
-
-
 def encode_turn(tokenizer, question, answer):
-    """One turn as (ids, mask): mask[i] is 1 where ids[i] is an answer token or its closing <|end|>.
-
-    With the char tokenizer, ("Hi", "Yo") -> <|user|> H i <|end|> <|assistant|> Y o <|end|>, mask 0 0 0 0 0 1 1 1."""
-    user, assistant, end = turn_token_ids(tokenizer)
-    q, a = tokenizer.encode(question), tokenizer.encode(answer)
-    ids = [user, *q, end, assistant, *a, end]
-    mask = [0] * (len(q) + 3) + [1] * (len(a) + 1)
-    return ids, mask
+    """One turn as (ids, mask): mask[i] is 1 where ids[i] is an answer token or its closing <|end|>. With the char
+    tokenizer, ("Hi", "Yo") -> <|user|> H i <|end|> <|assistant|> Y o <|end|>, mask 0 0 0 0 0 1 1 1."""
+    s, q, a = tokenizer.special_tokens, tokenizer.encode(question), tokenizer.encode(answer)
+    return [s[USER], *q, s[END_OF_TURN], s[ASSISTANT], *a, s[END_OF_TURN]], [0] * (len(q) + 3) + [1] * (len(a) + 1)
 
 
 def targets_from_mask(ids, mask):
     """(inputs, targets) of a rendered row: ids[t + 1] where it is masked in, -1 (the loss ignores it) elsewhere."""
-    inputs = ids[:-1]
-    targets = [i if m else -1 for i, m in zip(ids[1:], mask[1:])]
-    return inputs, targets
+    return ids[:-1], [i if m else -1 for i, m in zip(ids[1:], mask[1:])]
 
 
 def fit_turn(ids, mask, max_len):
-    """Shorten one rendered turn to at most max_len tokens by cutting the start of its question; None when even a
-    one-token question leaves no room for the answer.
-
-    The end of a question ("... father of Hector?") carries more of what is asked than its start, and the answer
-    must stay whole to be learned."""
+    """Shorten a rendered turn to max_len tokens by cutting the start of its question (its end says more of what is
+    asked, and the answer must stay whole to be learned); None if no question token fits."""
     excess = len(ids) - max_len
     if excess <= 0:
         return ids, mask
@@ -57,10 +40,8 @@ def fit_turn(ids, mask, max_len):
 
 
 def answer_room(block_size, max_new_tokens):
-    """Context tokens kept free for the answer: max_new_tokens, but at most a quarter of the context.
-
-    The cap stops a long --length from crowding out the question. An answer that outgrows its room still goes on
-    (generation slides its window); it just loses sight of the start of the conversation."""
+    """Context tokens kept free for the answer: max_new_tokens, but at most a quarter of the context, so a long --length
+    cannot crowd out the question (a longer answer goes on, its window sliding)."""
     return max(1, min(max_new_tokens, block_size // 4))
 
 
@@ -72,36 +53,30 @@ def prompt_budget(block_size, max_new_tokens):
     """Prompt tokens a context of block_size leaves once the answer has its room; a UserError if too few to chat."""
     budget = block_size - answer_room(block_size, max_new_tokens)
     if budget < MIN_PROMPT_TOKENS:
-        raise UserError(f"the model's context of {block_size} tokens is too short for a chat prompt: a question "
-                        f"takes at least {MIN_PROMPT_TOKENS} tokens (<|user|>, one of its own, <|end|>, "
-                        f"<|assistant|>) and its answer 1; use a model trained with --block-size "
-                        f"{MIN_PROMPT_TOKENS + 1} or more")
+        raise UserError(f"the model's context of {block_size} tokens is too short for a chat prompt: a question takes "
+                        f"at least {MIN_PROMPT_TOKENS} tokens (<|user|>, one of its own, <|end|>, <|assistant|>) and "
+                        f"its answer 1; use a model trained with --block-size {MIN_PROMPT_TOKENS + 1} or more")
     return budget
 
 
 def build_prompt(tokenizer, history, question, max_tokens):
-    """The ids to generate an answer from: as much of history [(question, answer), ...] as fits, then the question.
-
-    The newest turns matter most, so the oldest are dropped first until the prompt fits in max_tokens. If the
-    question alone does not fit, its end is kept (see fit_turn) and the Prompt says how many tokens were cut."""
-    user, assistant, end = turn_token_ids(tokenizer)
-    q = tokenizer.encode(fit_typed_text(tokenizer, question))
+    """The ids to answer from: as much of history [(question, answer), ...] as fits in max_tokens, the oldest turns
+    dropped first, then the question; typed text, the history's too, is fitted to the vocabulary (fit_typed_text). A
+    question too long alone keeps its end (see fit_turn), and the Prompt says how many tokens were cut."""
+    s, q = tokenizer.special_tokens, tokenizer.encode(fit_typed_text(tokenizer, question))
     if max_tokens < MIN_PROMPT_TOKENS:
         raise UserError(f"a chat prompt needs at least {MIN_PROMPT_TOKENS} tokens (<|user|>, one of the question, "
-                        f"<|end|>, <|assistant|>), and the model's context leaves {max_tokens}: it is too short "
-                        f"to chat")
+                        f"<|end|>, <|assistant|>), and the model's context leaves {max_tokens}: too short to chat")
     trimmed = max(0, len(q) + 3 - max_tokens)
-    tail = [user, *q[trimmed:], end, assistant]
-    kept = []  # rendered turns, newest first
-    room = max_tokens - len(tail)
+    tail = [s[USER], *q[trimmed:], s[END_OF_TURN], s[ASSISTANT]]
+    kept, room = [], max_tokens - len(tail)  # kept: the rendered turns that fit, newest first
     for old_question, old_answer in reversed(history):
-        ids, _ = encode_turn(tokenizer, old_question, old_answer)
+        ids, _ = encode_turn(tokenizer, fit_typed_text(tokenizer, old_question), fit_typed_text(tokenizer, old_answer))
         if len(ids) > room:
             break
         kept.append(ids)
         room -= len(ids)
-    ids = [i for turn in reversed(kept) for i in turn] + tail
-    return Prompt(ids, len(history) - len(kept), trimmed)
+    return Prompt([i for turn in reversed(kept) for i in turn] + tail, len(history) - len(kept), trimmed)
 
 
 def answer_settings(tokenizer, settings):
@@ -111,18 +86,14 @@ def answer_settings(tokenizer, settings):
 
 
 def answer(model, tokenizer, question, settings, history=()):
-    """The model's answer to question after history, as one string."""
-    budget = prompt_budget(model.config.block_size, settings.max_new_tokens)
-    prompt = build_prompt(tokenizer, history, question, budget)
+    prompt = build_prompt(tokenizer, history, question, prompt_budget(model.config.block_size, settings.max_new_tokens))
     return "".join(stream_text(model, tokenizer, prompt.ids, answer_settings(tokenizer, settings)))
 
 
 def trim_notice(prompt, block_size):
     """What the interface tells the user when their question did not fit the context, or ''."""
-    if not prompt.trimmed_tokens:
-        return ""
-    return (f"(your question is too long for the model's context of {block_size} tokens: "
-            f"its first {prompt.trimmed_tokens} tokens were left out)")
+    return (f"(your question is too long for the model's context of {block_size} tokens: its first "
+            f"{prompt.trimmed_tokens} tokens were left out)" if prompt.trimmed_tokens else "")
 
 
 def require_chat(checkpoint, path):

@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint: corpus loss, question answering, and the quality of sampled text.
+"""Evaluate a checkpoint: validation loss, Q&A exact match and F1, and scores of sampled text, as a table and JSON.
 
     python evaluate.py --ckpt chat.pth                   # writes eval_report.json
     python evaluate.py --ckpt checkpoint.pth --report base_report.json
@@ -27,7 +27,7 @@ from device import choose_device
 from errors import ArgumentParser, UserError, run_main
 from files import atomic_write, check_output_path, claimed, refuse_existing
 from flags import add_ckpt_flag, add_device_flag, add_seed_flag, check_seed
-from qa import load_qa
+from qa import SPLITS, load_qa
 from sampling import Sampling, text_prompt
 from scores import SAMPLE_PROMPT, qa_scores, sample_scores
 from validation import evaluate_loss
@@ -36,26 +36,12 @@ EVAL_BATCH_SIZE = 32
 MAX_TOKENS = 100_000
 
 
-def check_model_can_answer(model, tokenizer, args):
-    """UserError, before the slow parts, for a model that cannot take the questions or the samples' prompt (qa_scores
-    scores a question it cannot read as unanswered, so a context too short would pass as a vocabulary problem)."""
-    prompt_budget(model.config.block_size, args.max_answer_tokens)
-    if args.samples:
-        try:
-            text_prompt(tokenizer, SAMPLE_PROMPT, Sampling())
-        except UserError as e:
-            raise UserError(f"the samples start from {SAMPLE_PROMPT!r}, which {args.ckpt} cannot read ({e}): "
-                            f"--samples 0 skips them") from None
-
-
 def parse_args(argv=None):
-    p = ArgumentParser(description="Evaluate a checkpoint: validation loss, Q&A exact match and F1, and "
-                                   "scores of sampled text. Prints a table and writes a JSON report.")
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     add_ckpt_flag(p, "checkpoint.pth", "checkpoint to evaluate")
     a = p.add_argument
     a("--qa", default="qa.jsonl", help="question/answer JSONL in make_qa.py's schema (default: %(default)s)")
-    a("--split", default="test", choices=["train", "test"], help="which questions of --qa to ask "
-                                                                 "(default: %(default)s)")
+    a("--split", default="test", choices=SPLITS, help="which questions of --qa to ask (default: %(default)s)")
     a("--data", default=None,
       help="corpus for the validation loss and the vocabulary (default: the file the checkpoint was trained on)")
     a("--report", default="eval_report.json", help="JSON report to write; '' skips it (default: %(default)s)")
@@ -82,12 +68,19 @@ def parse_args(argv=None):
 
 
 def run_evaluation(args):
-    """All three groups of scores for args.ckpt, as the report's dict."""
     records = load_qa(args.qa, args.split)  # bad files fail here, before the slow parts
     if not records:
         raise UserError(f"{args.qa} has no {args.split} questions")
     model, tokenizer, checkpoint = load_model(args.ckpt, choose_device(args.device))
-    check_model_can_answer(model, tokenizer, args)
+    # Before the slow parts: qa_scores scores a question the model cannot read as unanswered, so a context too short
+    # to chat would otherwise pass as a vocabulary problem.
+    prompt_budget(model.config.block_size, args.max_answer_tokens)
+    if args.samples:
+        try:
+            text_prompt(tokenizer, SAMPLE_PROMPT, Sampling())
+        except UserError as e:
+            raise UserError(f"the samples start from {SAMPLE_PROMPT!r}, which {args.ckpt} cannot read ({e}): "
+                            f"--samples 0 skips them") from None
     data = training_data_path(checkpoint, args.data)
     if args.report:
         check_output_path(args.report, "--report", [data])
@@ -103,8 +96,7 @@ def run_evaluation(args):
     report["qa"] = qa_scores(model, tokenizer, records, args.max_answer_tokens)
     t2 = time.time()
     if args.samples:
-        corpus = "".join(iter_text_blocks(data))
-        report["samples"] = sample_scores(model, tokenizer, corpus, args.samples,
+        report["samples"] = sample_scores(model, tokenizer, "".join(iter_text_blocks(data)), args.samples,
                                           Sampling(args.sample_length, temperature=args.temp, seed=args.seed))
     t3 = time.time()
     report["elapsed_s"] = {"text": round(t1 - t0, 2), "qa": round(t2 - t1, 2), "samples": round(t3 - t2, 2),
@@ -113,7 +105,6 @@ def run_evaluation(args):
 
 
 def format_table(report):
-    """The report's headline numbers as aligned lines of text."""
     def num(x, fmt):
         return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
@@ -130,8 +121,7 @@ def format_table(report):
     if qa["unencodable"]:
         lines.append(f"  ({qa['unencodable']} questions have characters the model's vocabulary lacks: "
                      f"scored as unanswered)")
-    samples = report.get("samples")
-    if samples:
+    if samples := report.get("samples"):
         ref = samples["reference"]
         lines += [f"  distinct-{n}           {num(samples[f'distinct_{n}'], '.3f')}   "
                   f"(corpus {num(ref[f'distinct_{n}'], '.3f')})" for n in (1, 2)]
@@ -143,17 +133,6 @@ def format_table(report):
     return "\n".join(lines)
 
 
-def json_ready(value):
-    """The report with NaN (a score of nothing, e.g. no words sampled) as null: JSON has no NaN."""
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_ready(v) for v in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
 def main(argv=None):
     args = parse_args(argv)
     if args.report:  # checked before it is claimed, so a bad path leaves no lock behind
@@ -163,8 +142,10 @@ def main(argv=None):
         report = run_evaluation(args)
         print(format_table(report))
         if args.report:
+            # NaN (a score of nothing, e.g. no words sampled) as null: JSON has no NaN
+            ready = json.loads(json.dumps(report), parse_constant=lambda _: None)
             with atomic_write(args.report, "w", encoding="utf-8") as f:
-                json.dump(json_ready(report), f, ensure_ascii=False, indent=1)
+                json.dump(ready, f, ensure_ascii=False, indent=1)
                 f.write("\n")
             print(f"wrote {args.report}")
     print(f"elapsed_s={report['elapsed_s']['total']:.1f}")

@@ -1,4 +1,4 @@
-"""Sample text from a trained checkpoint, or ask a chat model one question.
+"""Generate text from a trained b_lm checkpoint, or answer one question with a chat model (--chat).
 
     python generate.py --ckpt checkpoint.pth --start "Sing, " --length 300 --temp 0.8
     python generate.py --ckpt chat.pth --chat "Who is the father of Achilles?"
@@ -18,12 +18,10 @@ from sampling import add_sampling_flags, sampling_from_args, stream_out, text_pr
 
 
 def main(argv=None):
-    parser = ArgumentParser(description="Generate text from a trained b_lm checkpoint, or answer one "
-                                        "question with a chat model (--chat).")
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--start", default="", help="prompt to continue; empty starts from a newline (default: '')")
-    parser.add_argument("--chat", metavar="QUESTION", default=None,
-                        help="answer this question with a chat model (one made by sft.py) and exit; "
-                             "--length caps the answer's tokens (default: off)")
+    parser.add_argument("--chat", metavar="QUESTION", default=None, help="answer this question with a chat model "
+                        "(one made by sft.py) and exit; --length caps the answer's tokens (default: off)")
     add_sampling_flags(parser)
     args = parser.parse_args(argv)
     settings = sampling_from_args(args)

@@ -1,16 +1,17 @@
-"""An interactive prompt: load the checkpoint once, then continue text or chat.
+"""Interactive generation: load the checkpoint once, then continue text or chat. Completion mode: type a prompt, get
+its continuation streamed back; an empty line continues the previous text. Chat mode (checkpoints from sft.py, or
+--chat): a multi-turn conversation, with /reset and /help, oldest turns dropped first when it outgrows the model's
+context. quit, exit, q, :q or Ctrl-D end the session; Ctrl-C stops it (status 130).
 
     python interactive_generate.py --ckpt checkpoint.pth --length 200   # completion
     python interactive_generate.py --ckpt chat.pth                      # chat (from sft.py)
-
-Completion mode: each prompt starts a new text, an empty line continues the previous one. Chat mode (a checkpoint made
-by sft.py, or --chat) keeps the conversation, oldest turns dropped first when it outgrows the model's context.
 """
 from errors import stop_cleanly
 
 stop_cleanly(__name__)  # first of all, so a Ctrl-C while the slow imports load is one line too
 
 import sys
+from functools import partial
 
 from chat import answer_settings, build_prompt, prompt_budget, require_chat, trim_notice
 from checkpoint import load_model
@@ -19,17 +20,13 @@ from errors import ArgumentParser, UserError, run_main
 from sampling import add_sampling_flags, sampling_from_args, stream_out, text_prompt
 
 QUIT_WORDS = {"quit", "exit", "q", ":q"}
+write_out = partial(print, end="")  # print finds sys.stdout when called: run_main's, quiet once its reader goes away
 CHAT_HELP = """commands:
   /reset   forget the conversation so far
   /help    show this help
   quit, exit, q, :q or Ctrl-D end the session (Ctrl-C stops it)
 Any other line is a question. The model sees the conversation so far; when it
 outgrows the model's context, the oldest turns are forgotten first."""
-
-
-def write_out(text):
-    """Write to sys.stdout as it is when called: run_main's, which goes quiet when its reader goes away."""
-    sys.stdout.write(text)
 
 
 def completion_loop(model, tokenizer, settings, read=input, write=write_out):
@@ -45,8 +42,7 @@ def completion_loop(model, tokenizer, settings, read=input, write=write_out):
             return
         prompt = line if line else text
         try:
-            ids, text_settings = text_prompt(tokenizer, prompt, settings)
-            out = stream_out(model, tokenizer, ids, text_settings, write)
+            out = stream_out(model, tokenizer, *text_prompt(tokenizer, prompt, settings), write)
         except UserError as e:  # e.g. characters the model never saw: say so, keep going
             write(f"error: {e}\n")
             continue
@@ -72,15 +68,11 @@ def chat_loop(model, tokenizer, settings, read=input, write=write_out):
             return
         if not line:
             continue
-        if line == "/reset":
-            history.clear()
-            write("(conversation reset)\n")
-            continue
-        if line == "/help":
-            write(CHAT_HELP + "\n")
-            continue
         if line.startswith("/"):
-            write(f"unknown command {line.split()[0]}: /help lists the commands\n")
+            if line == "/reset":
+                history.clear()
+            replies = {"/reset": "(conversation reset)", "/help": CHAT_HELP}
+            write(replies.get(line, f"unknown command {line.split()[0]}: /help lists the commands") + "\n")
             continue
         try:
             prompt = build_prompt(tokenizer, history, line, budget)
@@ -100,11 +92,7 @@ def chat_loop(model, tokenizer, settings, read=input, write=write_out):
 
 
 def main(argv=None):
-    parser = ArgumentParser(
-        description="Interactive generation. Completion mode: type a prompt, get its continuation streamed "
-                    "back; an empty line continues the previous text. Chat mode (checkpoints from sft.py, or "
-                    "--chat): a multi-turn conversation, with /reset and /help. quit, exit, q, :q or Ctrl-D "
-                    "end the session; Ctrl-C stops it (status 130).")
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     add_sampling_flags(parser)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--chat", action="store_true",

@@ -3,15 +3,13 @@
     python make_qa.py                    # write qa.jsonl from qa_facts.jsonl
     python make_qa.py --check qa.jsonl   # report problems, one line each; exit 2 if any
 
-The formats and the train/test split are described in qa.py, which does the work.
-
-Each fact's `evidence` is a span copied verbatim from data.txt (Butler's translation), curly quotes, em dashes and
-line breaks ("\\n") included, and its `answer` occurs in that evidence, so every fact is checked by machine rather
-than taken on trust. Names are spelled as Butler spells them (Jove, Minerva, Ulysses, Diomed, ...) and questions use
-only the corpus's characters (an apostrophe is Butler's ’), because that is what a model trained on data.txt saw.
-To add a fact: copy the shortest span of data.txt that holds the answer, add a line to qa_facts.jsonl with at least
+qa.py describes the formats and the train/test split, and does the work. Each fact's `evidence` is a span copied
+verbatim from data.txt (Butler's translation: curly quotes, em dashes and line breaks "\\n" included) that holds its
+`answer`, so a machine checks every fact. Names are spelled as Butler spells them (Jove, Minerva, Ulysses, Diomed, ...)
+and questions use only the corpus's characters (an apostrophe is Butler's ’): that is what a model trained on data.txt
+saw. To add a fact: copy the shortest span of data.txt that holds the answer, add a line to qa_facts.jsonl with at least
 three phrasings of the question, and run `python make_qa.py`. Categories: parentage, kills (and wounds), places,
-catalogue (ship counts), gods, objects, people, games (the funeral games), books (what each book holds).
+catalogue (ship counts), gods, objects, people, games (the funeral games), books.
 """
 
 from errors import stop_cleanly
@@ -38,8 +36,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         if args.check is not None:
-            problems = validate_qa(args.check, read_corpus(args.corpus))
-            if problems:
+            if problems := validate_qa(args.check, read_corpus(args.corpus)):
                 raise Problems(args.check, problems)
             print(f"{args.check}: ok; " + summary(load_qa(args.check)))
             return 0

@@ -1,24 +1,21 @@
-"""The OpenAI-compatible HTTP API (and the chat page at /) over a BatchedGenerator.
-
-Requests follow OpenAI's schema, so the official `openai` client and the tools built on it work unchanged. Where b_lm
-differs: system messages are ignored (our chat format has no system turn), only n=1 is served, any model name is
-accepted (there is one model), and a conversation longer than the context drops its oldest turns first, then trims
-the start of the question, as the REPL does. A completion prompt keeps its last block_size tokens.
-"""
+"""The OpenAI-compatible HTTP API (and the chat page at /) over a BatchedGenerator. Requests follow OpenAI's schema, so
+the official `openai` client and the tools built on it work unchanged. Where b_lm differs: system messages are ignored
+(our chat format has no system turn), only n=1 is served, any model name is accepted (there is one model), and a
+conversation longer than the context drops its oldest turns first, then trims the start of the question, as the REPL
+does. A completion prompt keeps its last block_size tokens."""
 import os
 import secrets
 import time
 
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from api_schema import ERROR_HANDLERS, APIError, ChatParams, CompletionParams
 from api_stream import Completion, respond
-from chat import answer_room, answer_settings, build_prompt
+from chat import answer_settings, build_prompt, prompt_budget
 from errors import UserError
 from sampling import text_prompt
-from tokenizer import fit_typed_text
 
 MAX_BODY_BYTES = 1 << 20
 TOO_LARGE = f"the request body is over {MAX_BODY_BYTES} bytes"
@@ -26,9 +23,8 @@ PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat.html")
 
 
 class Guard:
-    """What every request passes before it reaches a route: the API key, and a cap on the body's size.
-
-    Plain ASGI rather than an @app.middleware function, which wraps streaming responses so as to hide a disconnect."""
+    """What every request passes before it reaches a route: the API key, and a cap on the body's size. Plain ASGI rather
+    than an @app.middleware function, which wraps streaming responses so as to hide a disconnect."""
 
     def __init__(self, app, api_key=None):
         self.app, self.api_key = app, api_key
@@ -60,16 +56,14 @@ class Guard:
 
 
 def create_app(generator, tokenizer, model_id, context_length, chat_model, api_key=None):
-    """The FastAPI app serving generator's model (its tokenizer, name and context size)."""
     app = FastAPI(title="b_lm", docs_url=None, redoc_url=None, openapi_url=None, exception_handlers=ERROR_HANDLERS)
     app.add_middleware(Guard, api_key=api_key)
     model_card = {"id": model_id, "object": "model", "created": int(time.time()), "owned_by": "b_lm",
                   "context_length": context_length, "chat": chat_model}
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.get("/")
     async def page():
-        with open(PAGE, encoding="utf-8") as f:
-            return f.read()
+        return FileResponse(PAGE)
 
     @app.get("/health")
     async def health():  # for monitors and tests: how busy the generator is
@@ -93,28 +87,21 @@ def create_app(generator, tokenizer, model_id, context_length, chat_model, api_k
                                 "with sft.py", "model")
         settings = answer_settings(tokenizer, params.sampling(500))
         history, question = params.conversation()
-        prompt_ids = await run_in_threadpool(chat_prompt, tokenizer, history, question, context_length,
-                                             settings.max_new_tokens)
-        completion = Completion(generator, tokenizer, prompt_ids, settings, params.stops())
+        try:  # fitted to the context as the REPL fits it
+            budget = prompt_budget(context_length, settings.max_new_tokens)
+            prompt = await run_in_threadpool(build_prompt, tokenizer, history, question, budget)
+        except UserError as e:
+            raise APIError(400, str(e), "messages")
+        completion = Completion(generator, tokenizer, prompt.ids, settings, params.stops())
         return await respond(completion, params, model_id, chat=True)
 
     @app.post("/v1/completions")
     async def completions(params: CompletionParams):
-        prompt = params.prompt_text()
         try:
-            prompt_ids, settings = await run_in_threadpool(text_prompt, tokenizer, prompt, params.sampling(16))
+            ids, settings = await run_in_threadpool(text_prompt, tokenizer, params.prompt_text(), params.sampling(16))
         except UserError as e:
             raise APIError(400, str(e), "prompt")
-        completion = Completion(generator, tokenizer, prompt_ids, settings, params.stops())
+        completion = Completion(generator, tokenizer, ids, settings, params.stops())
         return await respond(completion, params, model_id, chat=False)
 
     return app
-
-
-def chat_prompt(tokenizer, history, question, block_size, max_new_tokens):
-    """The prompt ids for a conversation, fitted to the context as the REPL fits it."""
-    try:
-        history = [(fit_typed_text(tokenizer, q), fit_typed_text(tokenizer, a)) for q, a in history]
-        return build_prompt(tokenizer, history, question, block_size - answer_room(block_size, max_new_tokens)).ids
-    except UserError as e:
-        raise APIError(400, str(e), "messages")

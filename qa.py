@@ -6,22 +6,20 @@ qa_facts.jsonl holds the hand-written facts, one JSON object a line:
      "evidence": "sends his mother Thetis to ask Jove",
      "questions": ["Who is the mother of Achilles?", "Name Achilles’ mother.", "Which goddess bore Achilles?"]}
 
-qa.jsonl, built from it by make_qa.py, holds one record per phrasing; its id is the fact id + "/" + the phrasing's
-index (0-based), its split "train" or "test", and its evidence a verbatim span of data.txt:
+qa.jsonl, built from it by make_qa.py, holds one record per phrasing, its id the fact id + "/" + the phrasing's index:
 
     {"id": "parent-achilles-mother/2", "fact_id": "parent-achilles-mother", "split": "test", "category": "parentage",
      "question": "Which goddess bore Achilles?", "answer": "Thetis", "evidence": "sends his mother Thetis to ask Jove"}
 
-Each fact has at least three phrasings of one and the same question; one is held out for the test split, so a model
-scored on it must have learned the fact, not memorised the question's wording. A hash of the fact id picks it, not
-its position, so writing the oddest phrasing last does not skew the test set (adding or removing a phrasing of a fact
-may move its held-out phrasing; the other facts keep theirs).
+One phrasing of each fact, picked by a hash of its id rather than its position (so writing the oddest phrasing last
+does not skew the test set), is held out for the test split: a model scored on it must know the fact, not a wording.
 """
 import hashlib
 import json
 import os
 import re
 from collections import Counter
+from pathlib import Path
 
 from errors import UserError
 from files import atomic_write, check_input_file, check_output_path, claimed, refuse_existing
@@ -71,26 +69,22 @@ def read_corpus(path):
 
 
 def quote_problems(answer, evidence, texts, corpus_text, corpus_chars):
-    """What is wrong with an answer, its evidence and its texts [(label, text), ...] against the corpus: the evidence
-    must be a verbatim span of the corpus holding the answer (case, quotes and whitespace aside), and the texts must
-    use only the corpus's characters, since a character model of data.txt cannot encode the others (it has only ’)."""
+    """Problems with an answer, its evidence and texts [(label, text), ...]: the evidence must be a verbatim corpus span
+    holding the answer (case, quotes, spaces aside), the texts use only corpus characters (all a char model knows)."""
     problems = []
     if evidence not in corpus_text:
         problems.append(f"evidence not found verbatim in the corpus: {evidence!r}")
     if fold_case_and_quotes(answer) not in fold_case_and_quotes(evidence):
         problems.append(f"answer {answer!r} does not occur in its evidence")
     for label, text in texts:
-        lacking = "".join(sorted(set(text) - corpus_chars))
-        if lacking:
-            problems.append(f"{label} has characters the corpus lacks: {lacking!r} "
-                            f"(use Butler's ’ for an apostrophe)")
+        if lacking := "".join(sorted(set(text) - corpus_chars)):
+            problems.append(f"{label} has characters the corpus lacks: {lacking!r} (use Butler's ’ for an apostrophe)")
     return problems
 
 
 def _json_lines(path, fields, more_problem):
-    """(line number, problem, object) for each non-blank line of a JSONL file; problem is None for a sound line,
-    else the first thing wrong with it: not JSON, not an object, a field missing or of the wrong type, or
-    more_problem(object)."""
+    """(line number, problem, object) for each non-blank line of a JSONL file; problem is None for a sound line, else
+    the first thing wrong with it: not JSON, not an object, a field missing or of the wrong type, or more_problem."""
     for n, line in enumerate(read_text(path, "the file" if path else "the file name").split("\n"), 1):
         if line.strip():
             try:
@@ -137,11 +131,8 @@ def _load(path, fields, more_problem, empty):
     return objects
 
 
-# ---- the facts ----------------------------------------------------------------
-
 def load_facts(path=DEFAULT_FACTS):
-    """The facts of a qa_facts.jsonl file, in file order, checked only for their shape (UserError at the first bad
-    line); `check_facts` checks them against the corpus."""
+    """The facts of a qa_facts.jsonl file, checked for their shape only (check_facts checks them against the corpus)."""
     return _load(path, FACT_FIELDS, _unknown_field, f"{path} holds no facts")
 
 
@@ -169,18 +160,6 @@ def check_facts(facts, corpus_text):
     return problems
 
 
-def build_records(facts):
-    """Facts -> records, in the order of the facts and of their phrasings."""
-    records = []
-    for f in facts:
-        held_out = held_out_phrasing(f["id"], len(f["questions"]))
-        for j, q in enumerate(f["questions"]):
-            records.append({"id": f"{f['id']}/{j}", "fact_id": f["id"], "split": "test" if j == held_out else "train",
-                            "category": f["category"], "question": q, "answer": f["answer"],
-                            "evidence": f["evidence"]})
-    return records
-
-
 def build(out=DEFAULT_OUT, facts=DEFAULT_FACTS, corpus=DEFAULT_CORPUS, overwrite=False):
     """Check the facts file against the corpus and write its records to `out`; returns the records. Writes nothing
     unless every check passes; an `out` that holds exactly these records already is left as it is."""
@@ -188,29 +167,25 @@ def build(out=DEFAULT_OUT, facts=DEFAULT_FACTS, corpus=DEFAULT_CORPUS, overwrite
     check_input_file(corpus, "--corpus")
     check_output_path(out, "--out", [facts, corpus])
     fact_list = load_facts(facts)
-    problems = check_facts(fact_list, read_corpus(corpus))
-    if problems:
+    if problems := check_facts(fact_list, read_corpus(corpus)):
         raise Problems(facts, problems)
-    records = build_records(fact_list)
+    records = [{"id": f"{f['id']}/{j}", "fact_id": f["id"],
+                "split": "test" if j == held_out_phrasing(f["id"], len(f["questions"])) else "train",
+                "category": f["category"], "question": q, "answer": f["answer"], "evidence": f["evidence"]}
+               for f in fact_list for j, q in enumerate(f["questions"])]
     # ensure_ascii=False keeps Butler's curly quotes readable; the file is UTF-8.
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    if os.path.isfile(out) and _read_bytes(out) == text.encode("utf-8"):
+    try:
+        unchanged = os.path.isfile(out) and Path(out).read_bytes() == text.encode("utf-8")
+    except OSError as e:
+        raise UserError(f"cannot read {out}: {e.strerror}") from None
+    if unchanged:
         return records
     refuse_existing(out, "--out", overwrite)
     with claimed(out, "--out"), atomic_write(out, "w", encoding="utf-8", newline="\n") as fh:
         fh.write(text)
     return records
 
-
-def _read_bytes(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
-
-
-# ---- the built dataset ----------------------------------------------------------
 
 def load_qa(path, split=None):
     """Records of a qa.jsonl file, optionally only one split ("train" or "test"); UserError at its first bad line."""
@@ -260,9 +235,7 @@ def summary(records):
     """'N facts, N questions (train N, test N); by category: ...' for the command line."""
     facts = {r["fact_id"] for r in records}
     split = Counter(r["split"] for r in records)
-    cats = {}
-    for r in records:
-        cats.setdefault(r["category"], set()).add(r["fact_id"])
-    by_cat = ", ".join(f"{c} {len(f)}" for c, f in sorted(cats.items()))
+    cats = Counter(category for category, _ in {(r["category"], r["fact_id"]) for r in records})
+    by_cat = ", ".join(f"{c} {n}" for c, n in sorted(cats.items()))
     return (f"{len(facts)} facts, {len(records)} questions (train {split['train']}, "
             f"test {split['test']}); facts by category: {by_cat}")

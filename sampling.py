@@ -1,8 +1,6 @@
-"""Inference: sampling tokens from a trained model, with a key/value cache.
-
-With the cache, the prompt is prefilled in a single pass and each later step feeds just the newest token, attending to
-the keys and values kept from earlier positions, instead of a forward pass over the whole context per token.
-"""
+"""Inference: sampling tokens from a trained model, with a key/value cache. With the cache, the prompt is prefilled in a
+single pass and each later step feeds just the newest token, attending to the keys and values kept from earlier
+positions, instead of a forward pass over the whole context per token."""
 import math
 import sys
 from dataclasses import dataclass, replace
@@ -20,9 +18,7 @@ class KVCache:
     """Per-layer keys and values of the positions seen so far, in preallocated buffers."""
 
     def __init__(self, n_layer, max_len):
-        self.max_len = max_len
-        self.keys = [None] * n_layer
-        self.values = [None] * n_layer
+        self.max_len, self.keys, self.values = max_len, [None] * n_layer, [None] * n_layer
         self.length = 0  # positions already cached; the model advances it after each forward
 
     def positions(self, T, device):
@@ -61,11 +57,8 @@ class Sampling:
 
 
 def sample_next(logits, settings, generator=None):
-    """Pick the next token id from a (vocab,) row of logits, as settings say.
-
-    Sampling runs on the CPU with our own generator, so a seed gives the same tokens on every device. Any temperature
-    >= 0 and top_p in (0, 1] work: a vanishing temperature or top_p leaves the likeliest token, a huge temperature
-    spreads the choice evenly."""
+    """The next token id from a (vocab,) row of logits, as settings say; on the CPU with our own generator, so a seed
+    gives the same tokens on every device. Any temperature >= 0 and top_p in (0, 1] work."""
     temperature, top_k, top_p = settings.temperature, settings.top_k, settings.top_p
     logits = logits.detach().to("cpu", torch.float32, copy=True)  # ours to modify: the caller's stays intact
     if settings.banned_ids:
@@ -94,19 +87,14 @@ def supports_cache(model):
 
 
 def gradients_off(device):
-    """A context for forward passes that need no gradients.
-
-    inference_mode rather than no_grad: it also skips autograd's version counters, ~8% of a one-token decoding step
-    on the CPU. torch-directml fails under it ("Cannot set version_counter for inference tensor",
-    microsoft/DirectML#602), so DirectML keeps no_grad."""
+    """inference_mode, which also skips autograd's version counters (~8% of a one-token decoding step on the CPU), or
+    no_grad on DirectML, which fails under it (microsoft/DirectML#602: "Cannot set version_counter")."""
     return torch.no_grad() if is_directml(device) else torch.inference_mode()
 
 
 def generate_ids(model, prompt_ids, settings):
-    """Yield up to settings.max_new_tokens sampled ids after prompt_ids; stop after a stop id, never yield a banned one.
-
-    The context is a window of at most block_size tokens; when it is full we slide it, keeping the newest half, and
-    (with the cache) prefill that half again. Both paths see the same context, so a seed gives the same tokens."""
+    """Yield up to settings.max_new_tokens sampled ids after prompt_ids, ending after a stop id, never a banned one. The
+    context window (block_size) slides to its newest half when full, cache or not: one seed, the same tokens."""
     device = next(model.parameters()).device
     block = model.config.block_size
     generator = torch.Generator().manual_seed(settings.seed) if settings.seed is not None else None
@@ -122,12 +110,10 @@ def generate_ids(model, prompt_ids, settings):
             if use_cache:
                 if cache is None:
                     cache, fed = KVCache(len(model.blocks), block), start
-                new = torch.tensor([tokens[fed:]], dtype=torch.long, device=device)
-                logits, _ = model(new, kv_cache=cache)
+                logits, _ = model(torch.tensor([tokens[fed:]], dtype=torch.long, device=device), kv_cache=cache)
                 fed = len(tokens)
             else:
-                context = torch.tensor([tokens[start:]], dtype=torch.long, device=device)
-                logits, _ = model(context)
+                logits, _ = model(torch.tensor([tokens[start:]], dtype=torch.long, device=device))
         token = sample_next(logits[0, -1], settings, generator)
         tokens.append(token)
         yield token
@@ -141,11 +127,9 @@ def stream_text(model, tokenizer, prompt_ids, settings):
     for token in generate_ids(model, prompt_ids, settings):
         if token in settings.stop_ids:
             break
-        piece = decoder.push(token)
-        if piece:
+        if piece := decoder.push(token):
             yield piece
-    tail = decoder.flush()
-    if tail:
+    if tail := decoder.flush():
         yield tail
 
 
@@ -162,8 +146,7 @@ def stream_out(model, tokenizer, prompt_ids, settings, write):
 
 
 def text_prompt(tokenizer, text, settings):
-    """(prompt ids, settings) to continue plain text; an empty prompt starts from a newline (or <|endoftext|>).
-    Plain text never contains special tokens, so none may be sampled."""
+    """(ids, settings) to continue plain text, sampling no special token; '' starts at a newline (or <|endoftext|>)."""
     try:
         ids = tokenizer.encode(fit_typed_text(tokenizer, text) or "\n")
     except UserError:
@@ -178,11 +161,9 @@ MAX_LENGTH = 1_000_000
 
 
 def add_sampling_flags(parser):
-    """The sampling flags shared by generate.py and interactive_generate.py."""
     add_ckpt_flag(parser, "checkpoint.pth", "checkpoint file")
     a = parser.add_argument
-    a("--length", type=int, default=500,
-      help=f"new tokens to generate, 0 to {MAX_LENGTH:,} (default: %(default)s)")
+    a("--length", type=int, default=500, help=f"new tokens to generate, 0 to {MAX_LENGTH:,} (default: %(default)s)")
     a("--temp", "--temperature", dest="temp", type=float, default=0.8,
       help="sampling temperature, >= 0; 0 is greedy (default: %(default)s)")
     a("--top-k", type=int, default=0, help="keep only the k likeliest tokens; 0 keeps all (default: %(default)s)")
@@ -194,15 +175,12 @@ def add_sampling_flags(parser):
 
 
 def sampling_from_args(args):
-    """The Sampling the flags of add_sampling_flags describe; UserError for values out of range."""
-    if not 0 <= args.length <= MAX_LENGTH:
-        raise UserError(f"--length must be in [0, {MAX_LENGTH:,}], got {args.length}")
-    if not 0 <= args.temp < math.inf:
-        raise UserError(f"--temp must be a number >= 0 (0 is greedy), got {args.temp}")
-    if args.top_k < 0:
-        raise UserError(f"--top-k must be >= 0 (0 disables it), got {args.top_k}")
-    if not 0 < args.top_p <= 1:
-        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    for ok, problem in [(0 <= args.length <= MAX_LENGTH, f"--length must be in [0, {MAX_LENGTH:,}], got {args.length}"),
+                        (0 <= args.temp < math.inf, f"--temp must be a number >= 0 (0 is greedy), got {args.temp}"),
+                        (args.top_k >= 0, f"--top-k must be >= 0 (0 disables it), got {args.top_k}"),
+                        (0 < args.top_p <= 1, f"--top-p must be in (0, 1], got {args.top_p}")]:
+        if not ok:
+            raise UserError(problem)
     check_seed(args.seed)
     return Sampling(max_new_tokens=args.length, temperature=args.temp, top_k=args.top_k, top_p=args.top_p,
                     seed=args.seed, use_cache=not args.no_cache)

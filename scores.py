@@ -16,21 +16,14 @@ from sampling import Sampling, stream_text, text_prompt
 SAMPLE_PROMPT = "Sing, "
 
 
-def mean(values):
-    values = list(values)
-    return fmean(values) if values else float("nan")
-
-
 def squad_normalize(s):
-    """SQuAD's answer normalization: 'The Shield of Achilles!' -> 'shield of achilles'. Punctuation is any Unicode
-    punctuation, so Butler's curly quotes and dashes go too."""
+    """SQuAD's normalization, punctuation being any Unicode one: 'The Shield of Achilles’!' -> 'shield of achilles'."""
     s = "".join(ch for ch in s.lower() if not unicodedata.category(ch).startswith("P"))
     s = re.sub(r"\b(a|an|the)\b", " ", s)
     return " ".join(s.split())
 
 
 def exact_match(prediction, gold):
-    """1.0 when the normalized strings are equal, else 0.0."""
     return float(squad_normalize(prediction) == squad_normalize(gold))
 
 
@@ -40,10 +33,7 @@ def token_f1(prediction, gold):
     if not pred or not ref:
         return float(pred == ref)  # both empty is a match; one empty scores nothing
     same = sum((Counter(pred) & Counter(ref)).values())
-    if same == 0:
-        return 0.0
-    precision, recall = same / len(pred), same / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    return 2 * same / (len(pred) + len(ref))  # 2PR / (P + R), with precision same / len(pred), recall same / len(ref)
 
 
 def qa_scores(model, tokenizer, records, max_new_tokens):
@@ -59,19 +49,17 @@ def qa_scores(model, tokenizer, records, max_new_tokens):
         predictions.append({"id": r["id"], "category": r["category"], "question": r["question"],
                             "answer": r["answer"], "prediction": prediction,
                             "em": exact_match(prediction, r["answer"]), "f1": token_f1(prediction, r["answer"])})
-    by_category = {}
-    for p in predictions:
-        by_category.setdefault(p["category"], []).append(p)
+    categories = sorted({p["category"] for p in predictions})
     return {"n": len(predictions), "unencodable": unencodable, **_means(predictions),
-            "by_category": {c: _means(ps) for c, ps in sorted(by_category.items())}, "predictions": predictions}
+            "by_category": {c: _means([p for p in predictions if p["category"] == c]) for c in categories},
+            "predictions": predictions}
 
 
 def _means(predictions):
-    return {"n": len(predictions), "exact_match": mean(p["em"] for p in predictions),
-            "f1": mean(p["f1"] for p in predictions)}
+    nan = float("nan")
+    return {"n": len(predictions), "exact_match": fmean(p["em"] for p in predictions) if predictions else nan,
+            "f1": fmean(p["f1"] for p in predictions) if predictions else nan}
 
-
-# ---------------------------------------------------------- text and samples
 
 def words(text):
     """Lower-case words, inner apostrophes kept: 'Achilles’ son—Thetis’s' -> ['achilles', 'son', 'thetis’s']."""
@@ -107,19 +95,12 @@ def vocab_share(texts, vocabulary):
     return sum(w in vocabulary for w in ws) / len(ws) if ws else float("nan")
 
 
-def corpus_passages(corpus, lengths):
-    """One passage per length, spread evenly over the corpus, each starting at a line."""
-    starts = [corpus.find("\n", len(corpus) * i // len(lengths)) + 1 for i in range(len(lengths))]
-    return [corpus[start: start + length] for start, length in zip(starts, lengths)]
-
-
 def sample_scores(model, tokenizer, corpus, n, settings):
     """Score n samples from SAMPLE_PROMPT (seeds settings.seed, + 1, ...) and same-length corpus passages."""
-    texts = []
-    for i in range(n):
-        ids, text_settings = text_prompt(tokenizer, SAMPLE_PROMPT, replace(settings, seed=settings.seed + i))
-        texts.append("".join(stream_text(model, tokenizer, ids, text_settings)))
-    reference = corpus_passages(corpus, [len(t) for t in texts])
+    texts = ["".join(stream_text(model, tokenizer, *text_prompt(tokenizer, SAMPLE_PROMPT, replace(settings, seed=s))))
+             for s in range(settings.seed, settings.seed + n)]
+    starts = [corpus.find("\n", len(corpus) * i // n) + 1 for i in range(n)]  # spread evenly, each at a line's start
+    reference = [corpus[start: start + len(t)] for start, t in zip(starts, texts)]  # as long as the samples
     vocabulary = set(words(corpus))
 
     def scores(ts):

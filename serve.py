@@ -50,8 +50,7 @@ def parse_args(argv=None):
 def listening_socket(host, port):
     """Bind the server's socket now, so a taken port or a bad address is one clear line before loading."""
     try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(2048)  # clients that connect before the server starts accepting wait in the backlog
@@ -93,8 +92,7 @@ def main(argv=None):
     if not is_loopback(args.host) and args.api_key is None:
         print(f"warning: listening on {args.host} with no --api-key: anyone who can reach this machine "
               f"can use the model", file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1)
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1)).run(sockets=[sock])
 
 
 if __name__ == "__main__":

@@ -1,11 +1,9 @@
-"""Serving many generations at once: continuous batching over one model.
-
-A one-token forward pass of a small model costs about the same for one sequence as for sixteen, so every active
-generation sits in a slot of one shared key/value cache, each at its own length, and one forward pass advances them
-all by a token. A new request is prefilled into a free slot between two steps; a finished or abandoned one frees its
-slot at once. Every sequence follows generate_ids' rules (sampling.py): the same window, slid the same way, and
-sample_next with its own seeded generator, so a request gets the tokens generate.py would give it, whatever else runs.
-"""
+"""Serving many generations at once: continuous batching over one model. A one-token forward pass of a small model costs
+about the same for one sequence as for sixteen, so every active generation sits in a slot of one shared key/value cache,
+each at its own length, and one forward pass advances them all by a token. A new request is prefilled into a free slot
+between two steps; a finished or abandoned one frees its slot at once. Every sequence follows generate_ids' rules
+(sampling.py): the same window, slid the same way, and sample_next with its own seeded generator, so a request gets the
+tokens generate.py would give it, whatever else runs."""
 import threading
 from collections import deque
 
@@ -15,24 +13,17 @@ from sampling import gradients_off, sample_next
 
 
 class SlotCache:
-    """Keys and values of up to max_batch sequences, one slot each, every slot at its own length.
-
-    The active sequences occupy slots 0..n-1, so a decoding step works on a view of the buffers rather than a
-    gathered copy; when a sequence leaves, the last one moves into its slot.
-    """
+    """Keys and values of up to max_batch sequences, one slot each, each at its own length. The active ones hold slots
+    0..n-1, so a decoding step works on a view, not a gathered copy; when one leaves, the last moves into its slot."""
 
     def __init__(self, n_layer, max_batch, max_len):
-        self.max_len = max_len
-        self.keys = [None] * n_layer
-        self.values = [None] * n_layer
+        self.max_len, self.keys, self.values = max_len, [None] * n_layer, [None] * n_layer
         self.lengths = [0] * max_batch  # tokens cached in each slot
         self.rows = None  # what the next forward pass covers: ('prefill', slots) or ('decode', n)
 
     def prefill(self, slots, lengths):
-        """Make the next forward pass fill these slots from position 0 with contexts of these lengths.
-
-        The contexts come padded at the end to one length: causal attention hides the padding from real tokens,
-        and a slot's next tokens overwrite it before anything reads it."""
+        """Make the next pass fill these slots from position 0 with contexts of these lengths, padded at the end to one
+        length: causal attention hides the padding from real tokens, and later tokens overwrite it unread."""
         self.rows = ("prefill", slots)
         self.cached_after = dict(zip(slots, lengths))  # slot: its length once the pass is through
 
@@ -69,34 +60,26 @@ class SlotCache:
         return keys[:n, :, :self.end], values[:n, :, :self.end], self.mask
 
     def advance(self, T):
-        """The pass went through: its slots hold their new lengths."""
         for slot, length in self.cached_after.items():
             self.lengths[slot] = length
 
     def move(self, src, dst):
-        for buffers in (self.keys, self.values):
-            for b in buffers:
-                if b is not None:
-                    b[dst] = b[src]
+        for b in self.keys + self.values:
+            if b is not None:
+                b[dst] = b[src]
         self.lengths[dst] = self.lengths[src]
 
 
 class Generation:
-    """One request: its tokens so far, its settings, and where its tokens go.
-
-    emit(token) is called from the generator's thread with each new token id, then emit(None) once when the
-    generation is over (stopped, at its length limit, or cancelled); emit(exception) if the model failed."""
+    """One request: its tokens, its settings, and emit, which the generator's thread calls with each new token id, then
+    with None once it is over (stopped, at its length limit, or cancelled), or with the model's exception."""
 
     def __init__(self, prompt_ids, settings, emit):
-        self.tokens = list(prompt_ids)
-        self.settings = settings
-        self.emit = emit
+        self.tokens, self.settings, self.emit = list(prompt_ids), settings, emit
         self.generator = torch.Generator().manual_seed(settings.seed) if settings.seed is not None else None
-        self.generated = 0
+        self.generated, self.cancelled, self._banned = 0, False, None
         self.start = 0  # the model's context is tokens[start:], as in generate_ids
         self.in_cache = False  # whether its slot holds tokens[start:-1]
-        self.cancelled = False
-        self._banned = None
 
     def cancel(self):
         """Stop this generation: its slot is freed before the next step. Safe from any thread."""
@@ -118,18 +101,15 @@ class BatchedGenerator:
     """A thread that runs every submitted Generation, up to max_batch of them in one forward pass."""
 
     def __init__(self, model, max_batch=16):
-        self.model = model
-        self.max_batch = max_batch
+        self.model, self.max_batch = model, max_batch
         self.block = model.config.block_size
         self.device = next(model.parameters()).device
         self.cache = SlotCache(len(model.blocks), max_batch, self.block)
         self.active = []  # the Generation in each slot, slots 0..n-1
-        self.waiting = deque()
-        self.wakeup = threading.Condition()
+        self.waiting, self.wakeup = deque(), threading.Condition()
         threading.Thread(target=self._run, name="batched-generator", daemon=True).start()
 
     def submit(self, prompt_ids, settings, emit):
-        """Queue a generation; returns its Generation (to cancel it)."""
         generation = Generation(prompt_ids, settings, emit)
         with self.wakeup:
             self.waiting.append(generation)
@@ -154,17 +134,16 @@ class BatchedGenerator:
         """Advance every active generation by a token (one that just joined, by two)."""
         self._drop_finished()
         # Generations new to their slots, or whose windows are full, first run their contexts through the model at once.
-        while any(self._needs_prefill(g) for g in self.active):
-            slots = [slot for slot, g in enumerate(self.active) if self._needs_prefill(g)]
+        while slots := [slot for slot, g in enumerate(self.active)
+                        if not g.in_cache or len(g.tokens) - g.start > self.block]:
             for slot, logits in zip(slots, self._prefill(slots)):
                 g = self.active[slot]
                 self._take(g, sample_next(logits, g.settings, g.generator))
             self._drop_finished()
         if not self.active:
             return
-        n = len(self.active)
         last = torch.tensor([[g.tokens[-1]] for g in self.active], device=self.device)
-        self.cache.decode(n, self.device)
+        self.cache.decode(len(self.active), self.device)
         logits, _ = self.model(last, kv_cache=self.cache)
         for g, token in zip(self.active, self._next_tokens(logits[:, -1].float().cpu())):
             self._take(g, token)
@@ -172,27 +151,20 @@ class BatchedGenerator:
 
     def _next_tokens(self, logits):
         """Each generation's next token from its row of logits (n, vocab); the greedy rows share one masked argmax."""
-        picks = [None] * len(self.active)
-        greedy = [i for i, g in enumerate(self.active) if g.settings.temperature == 0]
+        greedy, picks = [i for i, g in enumerate(self.active) if g.settings.temperature == 0], {}
         if greedy:
             banned = torch.stack([self.active[i].banned_mask(logits.size(-1)) for i in greedy])
-            for i, token in zip(greedy, logits[greedy].masked_fill(banned, float("-inf")).argmax(dim=-1).tolist()):
-                picks[i] = token
-        return [sample_next(logits[i], g.settings, g.generator) if token is None else token
-                for i, (g, token) in enumerate(zip(self.active, picks))]
-
-    def _needs_prefill(self, g):
-        return not g.in_cache or len(g.tokens) - g.start > self.block
+            picks = dict(zip(greedy, logits[greedy].masked_fill(banned, float("-inf")).argmax(dim=-1).tolist()))
+        return [picks[i] if i in picks else sample_next(logits[i], g.settings, g.generator)
+                for i, g in enumerate(self.active)]
 
     def _prefill(self, slots):
         """Run the contexts of the generations in these slots through the model; their last logits."""
         contexts = []
         for slot in slots:
             g = self.active[slot]
-            if g.in_cache:  # the window is full: keep its newest half
-                g.start = len(g.tokens) - max(1, self.block // 2)
-            else:
-                g.start = max(0, len(g.tokens) - self.block)
+            # a full window (of one in the cache) keeps its newest half
+            g.start = len(g.tokens) - max(1, self.block // 2) if g.in_cache else max(0, len(g.tokens) - self.block)
             g.in_cache = True
             contexts.append(g.tokens[g.start:])
         T = max(map(len, contexts))
@@ -208,15 +180,11 @@ class BatchedGenerator:
         g.emit(token)
 
     def _drop_finished(self):
-        slot = 0
-        while slot < len(self.active):
+        for slot in reversed(range(len(self.active))):  # from the end: what moves into a freed slot is checked
             g = self.active[slot]
-            if not g.finished():
-                slot += 1
-                continue
-            last = len(self.active) - 1
-            if slot != last:
-                self.cache.move(last, slot)
-            self.active[slot] = self.active[last]
-            self.active.pop()
-            g.emit(None)
+            if g.finished():
+                last = self.active.pop()
+                if slot < len(self.active):
+                    self.cache.move(len(self.active), slot)
+                    self.active[slot] = last
+                g.emit(None)

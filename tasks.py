@@ -5,7 +5,6 @@ trainer.py runs one loop for every task. A task has
     train_batches(n)                    n micro-batches, each a list of CPU tensors
     loss(model, batch)                  the scalar loss of one micro-batch (on the device)
     evaluate(model, max_tokens, dtype)  {'val_loss': ..., ...} scores
-TextTask pretrains on a corpus; ChatTask tunes on question/answer pairs in the chat format, with corpus text mixed in.
 """
 import torch
 import torch.nn.functional as F
@@ -34,16 +33,12 @@ class TextTask:
 
 
 class ChatRows:
-    """Question/answer pairs as chat turns, packed into rows of row_len = block_size + 1 tokens, padded with
-    <|endoftext|> (masked out). A turn longer than a row loses the start of its question (chat.fit_turn); pairs
-    whose answer alone does not fit (`too_long`) or with characters a char tokenizer lacks (`unencodable`) are
-    skipped and counted.
-
-    shuffle_words is the share of drawn training turns whose question has its words put in a random order, drawn
-    afresh each time. The two or three phrasings a fact is trained on share their content words ("Name Achilles’
-    father." / "Who is the father of Achilles?") far more than their order, so a model that must answer from the
-    words alone answers new phrasings better than one free to key the answer on a single wording.
-    """
+    """Question/answer pairs as chat turns, packed into rows of row_len = block_size + 1 tokens padded with
+    <|endoftext|> (masked out). A turn longer than a row loses the start of its question (chat.fit_turn); pairs whose
+    answer alone does not fit (`too_long`) or with characters a char tokenizer lacks (`unencodable`) are skipped and
+    counted. A shuffle_words share of drawn training turns get their question's words freshly shuffled: a fact's
+    phrasings share content words ("Name Achilles’ father." / "Who is the father of Achilles?") far more than word
+    order, so a model made to answer from the words alone answers new phrasings better."""
 
     def __init__(self, tokenizer, records, row_len, generator, shuffle_words=0.0):
         self.tokenizer, self.row_len, self.generator, self.shuffle_words = tokenizer, row_len, generator, shuffle_words
@@ -79,10 +74,9 @@ class ChatRows:
         if self.shuffle_words and float(torch.rand((), generator=self.generator)) < self.shuffle_words:
             question, answer = self.texts[k]
             words = question.split()
-            order = torch.randperm(len(words), generator=self.generator).tolist()
+            question = " ".join(words[i] for i in torch.randperm(len(words), generator=self.generator).tolist())
             try:
-                shuffled = fit_turn(*encode_turn(self.tokenizer, " ".join(words[i] for i in order), answer),
-                                    self.row_len)
+                shuffled = fit_turn(*encode_turn(self.tokenizer, question, answer), self.row_len)
             except UserError:  # a char vocabulary without a space
                 shuffled = None
             # A reordered question can also take more tokens (BPE) and no longer fit: keep the original.
@@ -103,8 +97,7 @@ class ChatRows:
         return self._tensors(rows)
 
     def val_batches(self, batch_size, max_tokens=None):
-        """Every turn once, in order, greedily packed into rows (a turn that does not fit starts the next row): the
-        interface validation.evaluate_loss reads."""
+        """Every turn once, in order, packed greedily into rows: what validation.evaluate_loss reads."""
         rows, ids, mask = [], [], []
         for turn_ids, turn_mask in self.turns:
             if len(ids) + len(turn_ids) > self.row_len:
@@ -118,11 +111,8 @@ class ChatRows:
 
 
 def sft_loss(logits, y, n_chat, text_weight):
-    """(1 - text_weight) * answer loss of the first n_chat rows + text_weight * loss of the others.
-
-    Weighting the two means, rather than averaging all targets together, keeps the text's 128 targets a row from
-    drowning the few answer tokens of a chat row.
-    """
+    """(1 - text_weight) * answer loss of the first n_chat rows + text_weight * loss of the others: weighting the two
+    means keeps a text row's 128 targets from drowning a chat row's few answer tokens."""
     V = logits.size(-1)
     chat_loss = F.cross_entropy(logits[:n_chat].reshape(-1, V), y[:n_chat].reshape(-1), ignore_index=-1)
     if n_chat == len(y):
@@ -131,15 +121,13 @@ def sft_loss(logits, y, n_chat, text_weight):
     return (1 - text_weight) * chat_loss + text_weight * text_loss
 
 
-class ChatTask:
-    """Answers to chat questions, with a share of corpus rows so the model keeps its prose: each micro-batch is
-    n_chat chat rows then n_text corpus blocks, both drawn by the corpus's generator, so the checkpoint holds all of
-    the data order."""
+class ChatTask(TextTask):
+    """Chat answers, with a share of corpus rows so the model keeps its prose: a micro-batch is n_chat chat rows then
+    n_text corpus blocks, all drawn by the corpus's generator, which the checkpoint holds."""
 
     def __init__(self, chat_rows, batches, n_chat, n_text, token_chars):
-        self.chat_rows, self.batches, self.token_chars = chat_rows, batches, token_chars
-        self.n_chat, self.n_text = n_chat, n_text
-        self.generator = batches.generator
+        super().__init__(batches, n_chat + n_text, token_chars)
+        self.chat_rows, self.n_chat, self.n_text = chat_rows, n_chat, n_text
 
     def train_batches(self, n):
         micro_batches = []
@@ -153,10 +141,8 @@ class ChatTask:
 
     def loss(self, model, batch):
         x, y = batch
-        logits, _ = model(x)
-        return sft_loss(logits, y, self.n_chat, self.n_text / (self.n_chat + self.n_text))
+        return sft_loss(model(x)[0], y, self.n_chat, self.n_text / self.batch_size)
 
     def evaluate(self, model, max_tokens, dtype=None):
-        batch_size = self.n_chat + self.n_text
-        qa = evaluate_loss(model, self.chat_rows, batch_size, dtype=dtype)["val_loss"]
-        return {"qa_loss": qa, **evaluate_loss(model, self.batches, batch_size, self.token_chars, max_tokens, dtype)}
+        qa = evaluate_loss(model, self.chat_rows, self.batch_size, dtype=dtype)["val_loss"]
+        return {"qa_loss": qa, **super().evaluate(model, max_tokens, dtype)}
