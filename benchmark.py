@@ -22,8 +22,7 @@ from sampling import Sampling, generate_ids
 from timing import (best_seconds, count_flop_params, mfu, model_flops_per_token, peak_flops, run_measured, timed,
                     tokens_per_second)
 from tokenizer import ENDOFTEXT
-from transformer import (ATTENTION_KINDS, MLP_KINDS, NORM_KINDS, POSITION_KINDS, GPTConfig, Transformer,
-                         config_problem, count_parameters, estimate_parameters)
+from transformer import CHOICES, GPTConfig, Transformer, config_problem, count_parameters, estimate_parameters
 
 CONVERT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "convert.py")
 
@@ -39,7 +38,7 @@ class Shape:
     block_size: int = setting(64, "context length in tokens")
     vocab_size: int = setting(68, "vocabulary size; random tokens are drawn from it")
     attention: str = setting("sdpa", "sdpa: F.scaled_dot_product_attention; explicit: matmul-softmax, for "
-                                     "DirectML", choices=ATTENTION_KINDS)
+                                     "DirectML", choices=CHOICES["attention"])
     seed: int = seed_setting(1337, "seed for weights and tokens")
 
     def __post_init__(self):
@@ -52,9 +51,6 @@ class Shape:
     def model_fields(self):
         """The settings that are GPTConfig's fields: the model's config, GPTConfig's defaults for the rest."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k in GPTConfig.__dataclass_fields__}
-
-    def model_config(self):
-        return GPTConfig(**self.model_fields())
 
 
 def generate_ours(model, prompt_ids, new_tokens, use_cache=True):
@@ -149,7 +145,7 @@ def run_step(s):
     peak = peak_flops(device)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"measured peak {peak / 1e9:.1f} GFLOP/s (float32 matmul)")
-    probe = Transformer(s.model_config())  # FLOPs per token do not depend on the optimizer
+    probe = Transformer(GPTConfig(**s.model_fields()))  # FLOPs per token do not depend on the optimizer
     fpt = model_flops_per_token(probe)
     print(f"{count_flop_params(probe) / 1e6:.2f}M params (excluding position embedding), "
           f"{fpt / 1e6:.1f} MFLOP/token, {tokens} tokens/step, median of {s.steps} steps after {s.warmup} warm-up")
@@ -157,7 +153,7 @@ def run_step(s):
           f"{'p90 ms':>8} {'tok/s':>9} {'GFLOP/s':>8} {'MFU':>6}")
     for name in s.optimizer_names():
         torch.manual_seed(s.seed)  # every row starts from the same weights
-        model = Transformer(s.model_config()).to(device)
+        model = Transformer(GPTConfig(**s.model_fields())).to(device)
         optimizer = build_optimizer(model, name, lr=s.lr, weight_decay=0.1)
         t = time_training_steps(model, optimizer, x, y, s.steps, s.warmup)
         ms = {phase: 1000 * np.median(seconds) for phase, seconds in t.items()}
@@ -185,9 +181,10 @@ class GenerateSettings(Shape):
     repeats: int = setting(3, "time each run this many times and keep the fastest", at_least(1))
     threads: Optional[int] = setting(None, "torch CPU threads (default: PyTorch's own choice)", at_least(1))
     skip_transformers: bool = setting(False, "time only our model (no transformers needed)")
-    positions: str = setting("learned", "position encoding of our model, as train.py's flag", choices=POSITION_KINDS)
-    norm: str = setting("layer", "normalisation of our model", choices=NORM_KINDS)
-    mlp: str = setting("gelu", "MLP of our model", choices=MLP_KINDS)
+    positions: str = setting("learned", "position encoding of our model, as train.py's flag",
+                             choices=CHOICES["positions"])
+    norm: str = setting("layer", "normalisation of our model", choices=CHOICES["norm"])
+    mlp: str = setting("gelu", "MLP of our model", choices=CHOICES["mlp"])
 
     def __post_init__(self):
         super().__post_init__()
@@ -209,10 +206,10 @@ def generation_runs(s):
                      n_head=s.n_head, n_positions=s.block_size, vocab_size=s.vocab_size, bos_token_id=None,
                      eos_token_id=None)
     torch.manual_seed(s.seed)
-    ours = Transformer(s.model_config()).eval()
+    ours = Transformer(GPTConfig(**s.model_fields())).eval()
     runs = {"ours, KV cache": lambda p, n: generate_ours(ours, p, n),
             "ours, no cache": lambda p, n: generate_ours(ours, p, n, use_cache=False)}
-    gpt2 = dataclasses.replace(s.model_config(), positions="learned", norm="layer", mlp="gelu")
+    gpt2 = dataclasses.replace(GPTConfig(**s.model_fields()), positions="learned", norm="layer", mlp="gelu")
     if gpt2 != ours.config:  # our model of the same size with GPT-2's parts (GPTConfig's defaults), to compare
         torch.manual_seed(s.seed)
         gpt2_parts = Transformer(gpt2).eval()

@@ -66,7 +66,7 @@ def upgrade_v1(checkpoint):
     trained_here = bool(settings) and "imported_from" not in settings
     c["run_config"] = {**(EARLIER_DEFAULTS if trained_here else {}),
                        **{k: v for k, v in settings.items() if k not in NOT_SETTINGS}}
-    if c["model_type"] in MODELS and isinstance(c["model_config"], dict):
+    if isinstance(c["model_type"], str) and c["model_type"] in MODELS and isinstance(c["model_config"], dict):
         c["model_config"] = {**config_defaults(c["model_type"]), **c["model_config"]}
     c["format_version"] = 2
     return c

@@ -26,7 +26,7 @@ from data import corpus_batches, iter_text_blocks
 from device import choose_device
 from errors import ArgumentParser, UserError, run_main
 from files import atomic_write, check_output_path, claimed, refuse_existing
-from flags import add_ckpt_flag, add_device_flag, add_seed_flag, check_seed
+from flags import add_flag, check_seed, ckpt_setting, device_setting, seed_setting
 from qa import SPLITS, load_qa
 from sampling import Sampling, text_prompt
 from scores import SAMPLE_PROMPT, qa_scores, sample_scores
@@ -38,7 +38,7 @@ MAX_TOKENS = 100_000
 
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_ckpt_flag(p, "checkpoint.pth", "checkpoint to evaluate")
+    add_flag(p, "ckpt", ckpt_setting("checkpoint.pth", "checkpoint to evaluate"))
     a = p.add_argument
     a("--qa", default="qa.jsonl", help="question/answer JSONL in make_qa.py's schema (default: %(default)s)")
     a("--split", default="test", choices=SPLITS, help="which questions of --qa to ask (default: %(default)s)")
@@ -53,8 +53,8 @@ def parse_args(argv=None):
     a("--sample-length", type=int, default=300, help="tokens per sample, 1 to 100,000 (default: %(default)s)")
     a("--temp", "--temperature", dest="temp", type=float, default=0.8,
       help="sampling temperature of the samples, >= 0; answers are always greedy (default: %(default)s)")
-    add_seed_flag(p, 1337, "seed of the first sample; the i-th uses seed + i")
-    add_device_flag(p)
+    add_flag(p, "seed", seed_setting(1337, "seed of the first sample; the i-th uses seed + i"), int)
+    add_flag(p, "device", device_setting())
     args = p.parse_args(argv)
     if args.data == "":
         raise UserError("--data is empty: name the corpus, or leave the flag out for the checkpoint's own")

@@ -46,7 +46,7 @@ def flag_name(name):
     return "--" + name.replace("_", "-")
 
 
-def add_flag(parser, name, setting_field, kind):
+def add_flag(parser, name, setting_field, kind=str):
     m, default = setting_field.metadata, setting_field.default
     if kind is bool:
         parser.add_argument(flag_name(name), *m["aliases"], dest=name, action="store_true", help=m["help"])
@@ -125,18 +125,6 @@ def device_setting():
 
 def seed_setting(default=1337, help="seeds everything"):
     return setting(default, help, rule=SEED)
-
-
-def add_ckpt_flag(parser, default, help):
-    add_flag(parser, "ckpt", ckpt_setting(default, help), str)
-
-
-def add_device_flag(parser):
-    add_flag(parser, "device", device_setting(), str)
-
-
-def add_seed_flag(parser, default=1337, help="seeds everything"):
-    add_flag(parser, "seed", seed_setting(default, help), int)
 
 
 def check_seed(seed, following=0):

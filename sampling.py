@@ -10,7 +10,7 @@ import torch
 
 from device import is_directml
 from errors import UserError
-from flags import add_ckpt_flag, add_device_flag, add_seed_flag, check_seed
+from flags import add_flag, check_seed, ckpt_setting, device_setting, seed_setting
 from tokenizer import ENDOFTEXT, StreamDecoder, fit_typed_text
 
 
@@ -161,7 +161,7 @@ MAX_LENGTH = 1_000_000
 
 
 def add_sampling_flags(parser):
-    add_ckpt_flag(parser, "checkpoint.pth", "checkpoint file")
+    add_flag(parser, "ckpt", ckpt_setting("checkpoint.pth", "checkpoint file"))
     a = parser.add_argument
     a("--length", type=int, default=500, help=f"new tokens to generate, 0 to {MAX_LENGTH:,} (default: %(default)s)")
     a("--temp", "--temperature", dest="temp", type=float, default=0.8,
@@ -169,8 +169,8 @@ def add_sampling_flags(parser):
     a("--top-k", type=int, default=0, help="keep only the k likeliest tokens; 0 keeps all (default: %(default)s)")
     a("--top-p", type=float, default=1.0,
       help="nucleus sampling: keep the likeliest tokens up to this total probability, in (0, 1] (default: %(default)s)")
-    add_seed_flag(parser, None, "random seed for reproducible samples")
-    add_device_flag(parser)
+    add_flag(parser, "seed", seed_setting(None, "random seed for reproducible samples"), int)
+    add_flag(parser, "device", device_setting())
     a("--no-cache", action="store_true", help="recompute the whole context each step instead of using the KV cache")
 
 

@@ -18,7 +18,7 @@ import torch
 from checkpoint import load_model
 from device import check_fits_in_memory, choose_device
 from errors import ArgumentParser, UserError, run_main
-from flags import add_ckpt_flag, add_device_flag
+from flags import add_flag, ckpt_setting, device_setting
 from sampling import supports_cache
 from serving import BatchedGenerator
 
@@ -26,7 +26,7 @@ from serving import BatchedGenerator
 def parse_args(argv=None):
     p = ArgumentParser(description="Serve a b_lm model: a chat page at / and the OpenAI API under /v1.")
     a = p.add_argument
-    add_ckpt_flag(p, "chat.pth", "checkpoint to serve")
+    add_flag(p, "ckpt", ckpt_setting("chat.pth", "checkpoint to serve"))
     a("--host", default="127.0.0.1",
       help="address to listen on; 0.0.0.0 opens the server to your network (default: %(default)s)")
     a("--port", type=int, default=8000, help="port, 0 to 65535; 0 picks a free one (default: %(default)s)")
@@ -36,7 +36,7 @@ def parse_args(argv=None):
     a("--threads", type=int, default=1, help="CPU threads for the model, in [1, 256]: one suits small models, whose "
       "decoding steps are too small to share out, and leaves the other cores to the HTTP side (default: %(default)s)")
     a("--name", default=None, help="the model's name in the API (default: the checkpoint's file name, no suffix)")
-    add_device_flag(p)
+    add_flag(p, "device", device_setting())
     args = p.parse_args(argv)
     for flag, low, high in [("--port", 0, 65535), ("--threads", 1, 256), ("--max-batch", 1, 4096)]:
         value = getattr(args, flag[2:].replace("-", "_"))

@@ -27,7 +27,7 @@ from api_schema import MAX_TOKENS_LIMIT
 from checkpoint import checked_tokenizer, load_checkpoint
 from errors import ArgumentParser, UserError, run_main, short_reason
 from files import check_input_file
-from flags import add_ckpt_flag
+from flags import add_flag, ckpt_setting
 from qa import load_qa
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -37,7 +37,7 @@ MAX_CLIENTS = 256  # a thread each, and the server's --max-batch
 def parse_args(argv=None):
     p = ArgumentParser(description="Benchmark serve.py: throughput and time to first token under load.")
     a = p.add_argument
-    add_ckpt_flag(p, "chat.pth", "chat checkpoint to serve")
+    add_flag(p, "ckpt", ckpt_setting("chat.pth", "chat checkpoint to serve"))
     a("--qa", default=os.path.join(ROOT, "qa.jsonl"), help="questions: its test split (default: qa.jsonl)")
     a("--clients", type=int, nargs="+", default=[1, 4, 16],
       help="concurrent clients, one run each, each in [1, 256] (default: 1 4 16)")

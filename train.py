@@ -27,8 +27,8 @@ from tasks import TextTask
 from tokenizer_io import load_tokenizer
 from run_config import TrainConfig, claimed_outputs, parse_command_line, resumed_run, training_processes
 from trainer import Run, train
-from transformer import (CELL_KINDS, MAX_LAYERS, MLP_KINDS, MODELS, NORM_KINDS, POSITION_KINDS, GPTConfig,
-                         build_model, config_problem, count_parameters, estimate_parameters, rope_table_floats)
+from transformer import (CHOICES, MAX_LAYERS, MODELS, GPTConfig, build_model, config_problem, count_parameters,
+                         estimate_parameters, rope_table_floats)
 
 GPT = GPTConfig.__dataclass_fields__  # the model's own defaults are the flags' defaults
 # What an --init-from run takes from its checkpoint's model config into its own settings.
@@ -56,12 +56,12 @@ class PretrainConfig(TrainConfig):
                                      "DirectML runs natively; auto: explicit on DirectML, else sdpa",
                              choices=["auto", "sdpa", "explicit"], resume=FIXED)
     positions: str = setting(GPT["positions"].default, "learned: a position embedding (GPT-2); rope: rotary "
-                             "embeddings of queries and keys (Llama)", choices=POSITION_KINDS, resume=FIXED)
-    norm: str = setting(GPT["norm"].default, "layer: LayerNorm (GPT-2); rms: RMSNorm (Llama)", choices=NORM_KINDS,
+                             "embeddings of queries and keys (Llama)", choices=CHOICES["positions"], resume=FIXED)
+    norm: str = setting(GPT["norm"].default, "layer: LayerNorm (GPT-2); rms: RMSNorm (Llama)", choices=CHOICES["norm"],
                         resume=FIXED)
     mlp: str = setting(GPT["mlp"].default, "gelu: 4x GELU MLP (GPT-2); swiglu: gated MLP of a 4x MLP's size "
-                       "(Llama)", choices=MLP_KINDS, resume=FIXED)
-    rnn_cell: str = setting("gru", "cell of --model rnn", choices=CELL_KINDS, resume=FIXED)
+                       "(Llama)", choices=CHOICES["mlp"], resume=FIXED)
+    rnn_cell: str = setting("gru", "cell of --model rnn", choices=CHOICES["cell"], resume=FIXED)
     val_fraction: float = setting(0.1, "last fraction of the tokens held out; without validation text there is "
                                        "no val loss", Rule("in (0, 1)", lambda v: 0 < v < 1), resume=FIXED)
 

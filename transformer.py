@@ -13,13 +13,9 @@ import torch.nn.functional as F
 from errors import shown
 
 
-ATTENTION_KINDS = ("sdpa", "explicit")
-POSITION_KINDS = ("learned", "rope")
-NORM_KINDS = ("layer", "rms")
-MLP_KINDS = ("gelu", "swiglu")
-CELL_KINDS = ("gru", "lstm")
-CHOICES = {"attention": ATTENTION_KINDS, "gelu": ("exact", "tanh"), "positions": POSITION_KINDS, "norm": NORM_KINDS,
-           "mlp": MLP_KINDS, "cell": CELL_KINDS}
+# The values each named part of a model config may take.
+CHOICES = {"attention": ("sdpa", "explicit"), "gelu": ("exact", "tanh"), "positions": ("learned", "rope"),
+           "norm": ("layer", "rms"), "mlp": ("gelu", "swiglu"), "cell": ("gru", "lstm")}
 # Deeper than any model b_lm can train well, and a million layers would take minutes just to build.
 MAX_LAYERS = 1000
 # No other size of a model (heads, width, context, vocabulary) reaches this; a config that says so is damaged.

@@ -144,12 +144,15 @@ def test_rotary_positions_need_an_even_head_size(tmp_path, tiny_ckpt, cli):
 
 @pytest.mark.parametrize("key, value, fragment", [("model_type", ["transformer"], "model_type"),
                                                   ("model_type", {"a": 1}, "model_type"),
+                                                  ("v1.model_type", ["transformer"], "model_type"),
                                                   ("tokenizer.kind", ["char"], "kind"),
                                                   ("tokenizer.kind", None, "kind")])
 def test_unhashable_names_in_a_checkpoint_are_refused(tmp_path, tiny_ckpt, cli, key, value, fragment):
     checkpoint = torch.load(tiny_ckpt, weights_only=True)
     if key == "tokenizer.kind":
         checkpoint["tokenizer"]["kind"] = value
+    elif key == "v1.model_type":  # a format-1 file is upgraded first: the upgrade must not trip on it either
+        checkpoint.update(format_version=1, train_args=checkpoint.pop("run_config"), model_type=value)
     else:
         checkpoint[key] = value
     torch.save(checkpoint, tmp_path / "changed.pth")
