@@ -75,7 +75,8 @@ class Params(Strict, extra="forbid"):
             temperature, top_p = 0.0, 1.0
         # a chat's newer name for max_tokens wins
         lengths = (getattr(self, "max_completion_tokens", None), self.max_tokens, default_max_tokens)
-        return Sampling(next(n for n in lengths if n is not None), temperature, top_p=top_p, seed=self.seed)
+        return Sampling(max_new_tokens=next(n for n in lengths if n is not None), temperature=temperature, top_p=top_p,
+                        seed=self.seed)
 
     def stops(self):
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

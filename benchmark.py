@@ -43,14 +43,14 @@ class Shape:
 
     def __post_init__(self):
         check_rules(self)
-        problem = config_problem("transformer", self.model_fields(), name=flag_name)  # the model's own check
-        if problem:
+        config = dataclasses.asdict(self.model_config())
+        if problem := config_problem("transformer", config, name=flag_name):  # the model's own check
             raise UserError(problem)
-        check_fits_in_memory(estimate_parameters("transformer", self.model_fields()), "cpu")
+        check_fits_in_memory(estimate_parameters("transformer", config), "cpu")
 
-    def model_fields(self):
-        """The settings that are GPTConfig's fields: the model's config, GPTConfig's defaults for the rest."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k in GPTConfig.__dataclass_fields__}
+    def model_config(self):
+        """The GPTConfig of the settings that are its fields, its defaults for the rest."""
+        return GPTConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in GPTConfig.__dataclass_fields__})
 
 
 def generate_ours(model, prompt_ids, new_tokens, use_cache=True):
@@ -145,7 +145,7 @@ def run_step(s):
     peak = peak_flops(device)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"measured peak {peak / 1e9:.1f} GFLOP/s (float32 matmul)")
-    probe = Transformer(GPTConfig(**s.model_fields()))  # FLOPs per token do not depend on the optimizer
+    probe = Transformer(s.model_config())  # FLOPs per token do not depend on the optimizer
     fpt = model_flops_per_token(probe)
     print(f"{count_flop_params(probe) / 1e6:.2f}M params (excluding position embedding), "
           f"{fpt / 1e6:.1f} MFLOP/token, {tokens} tokens/step, median of {s.steps} steps after {s.warmup} warm-up")
@@ -153,7 +153,7 @@ def run_step(s):
           f"{'p90 ms':>8} {'tok/s':>9} {'GFLOP/s':>8} {'MFU':>6}")
     for name in s.optimizer_names():
         torch.manual_seed(s.seed)  # every row starts from the same weights
-        model = Transformer(GPTConfig(**s.model_fields())).to(device)
+        model = Transformer(s.model_config()).to(device)
         optimizer = build_optimizer(model, name, lr=s.lr, weight_decay=0.1)
         t = time_training_steps(model, optimizer, x, y, s.steps, s.warmup)
         ms = {phase: 1000 * np.median(seconds) for phase, seconds in t.items()}
@@ -206,10 +206,10 @@ def generation_runs(s):
                      n_head=s.n_head, n_positions=s.block_size, vocab_size=s.vocab_size, bos_token_id=None,
                      eos_token_id=None)
     torch.manual_seed(s.seed)
-    ours = Transformer(GPTConfig(**s.model_fields())).eval()
+    ours = Transformer(s.model_config()).eval()
     runs = {"ours, KV cache": lambda p, n: generate_ours(ours, p, n),
             "ours, no cache": lambda p, n: generate_ours(ours, p, n, use_cache=False)}
-    gpt2 = dataclasses.replace(GPTConfig(**s.model_fields()), positions="learned", norm="layer", mlp="gelu")
+    gpt2 = dataclasses.replace(s.model_config(), positions="learned", norm="layer", mlp="gelu")
     if gpt2 != ours.config:  # our model of the same size with GPT-2's parts (GPTConfig's defaults), to compare
         torch.manual_seed(s.seed)
         gpt2_parts = Transformer(gpt2).eval()

@@ -161,6 +161,18 @@ def check_input_file(path, what):
         raise UserError(f"{what} {path} not found")
 
 
+def read_text(path, what):
+    """The text of a UTF-8 file; UserError, naming it as `what`, if it cannot be read."""
+    check_input_file(path, what)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def check_output_path(path, flag, inputs=()):
     """UserError unless `path` can be written as a file in a folder that exists, and is no `inputs` nor inside one."""
     _file_or_nothing(path, flag, " to write")

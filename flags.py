@@ -34,7 +34,7 @@ SEED = Rule("in [0, 2**63)", lambda v: 0 <= v < SEED_LIMIT)  # check_rules skips
 def setting(default, help, rule=None, choices=None, resume=KEPT, aliases=(), metavar=None):
     """A dataclass field that is also a flag: --name (underscores become dashes)."""
     return dataclasses.field(default=default, metadata=dict(help=help, rule=rule, choices=choices, resume=resume,
-                                                aliases=aliases, metavar=metavar))
+                                                            aliases=aliases, metavar=metavar))
 
 
 def same_setting(settings_class, name, default):

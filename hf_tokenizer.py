@@ -6,8 +6,8 @@ import os
 
 from bpe import BPETokenizer
 from errors import UserError
+from files import read_text
 from jsonfile import as_json, read_object
-from qa import read_text
 from tokenizer import ASSISTANT, END_OF_TURN, ENDOFTEXT, SPECIAL_TOKENS, USER, CharTokenizer
 
 # The pre-tokenizer regex of GPT-2 (and of Hugging Face's ByteLevel pre-tokenizer).

@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from errors import UserError
-from files import atomic_write, check_input_file, check_output_path, claimed, refuse_existing
+from files import atomic_write, check_input_file, check_output_path, claimed, read_text, refuse_existing
 from jsonfile import parse_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -47,18 +47,6 @@ def fold_case_and_quotes(s):
 def held_out_phrasing(fact_id, n):
     """Index of the phrasing held out for the test split: a stable hash of the id (sha256: hash() is salted), mod n."""
     return int(hashlib.sha256(fact_id.encode("utf-8")).hexdigest(), 16) % n
-
-
-def read_text(path, what):
-    """The text of a UTF-8 file; UserError, naming it as `what`, if it cannot be read."""
-    check_input_file(path, what)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
-    except OSError as e:
-        raise UserError(f"cannot read {what} {path}: {e.strerror}") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def read_corpus(path):

@@ -163,7 +163,7 @@ class BatchedGenerator:
         contexts = []
         for slot in slots:
             g = self.active[slot]
-            # a full window (of one in the cache) keeps its newest half
+            # a window already in the cache is full: it keeps its newest half
             g.start = len(g.tokens) - max(1, self.block // 2) if g.in_cache else max(0, len(g.tokens) - self.block)
             g.in_cache = True
             contexts.append(g.tokens[g.start:])
