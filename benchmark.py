@@ -185,6 +185,7 @@ class GenerateSettings(Shape):
                              choices=CHOICES["positions"])
     norm: str = setting("layer", "normalisation of our model", choices=CHOICES["norm"])
     mlp: str = setting("gelu", "MLP of our model", choices=CHOICES["mlp"])
+    qk_norm: bool = setting(False, "LayerNorm each head's queries and keys in our model")
 
     def __post_init__(self):
         super().__post_init__()
@@ -209,7 +210,7 @@ def generation_runs(s):
     ours = Transformer(s.model_config()).eval()
     runs = {"ours, KV cache": lambda p, n: generate_ours(ours, p, n),
             "ours, no cache": lambda p, n: generate_ours(ours, p, n, use_cache=False)}
-    gpt2 = dataclasses.replace(s.model_config(), positions="learned", norm="layer", mlp="gelu")
+    gpt2 = dataclasses.replace(s.model_config(), positions="learned", norm="layer", mlp="gelu", qk_norm=False)
     if gpt2 != ours.config:  # our model of the same size with GPT-2's parts (GPTConfig's defaults), to compare
         torch.manual_seed(s.seed)
         gpt2_parts = Transformer(gpt2).eval()
@@ -227,7 +228,7 @@ def run_generate(s):
     threads = torch.get_num_threads()
     theirs = "" if hf is None else f", transformers {sys.modules['transformers'].__version__}"
     print(f"{s.n_layer} layers, {s.n_embd} wide, {s.n_head} heads, block {s.block_size}, vocab {s.vocab_size}, "
-          f"{s.positions}/{s.norm}/{s.mlp}; batch 1, float32 on cpu, {threads} thread{'s' * (threads > 1)}, "
+          f"{s.positions}/{s.norm}/{s.mlp}{'/qk-norm' * s.qk_norm}; batch 1, float32 on cpu, {threads} thread{'s' * (threads > 1)}, "
           f"torch {torch.__version__}{theirs}")
     theirs = "" if hf is None else (f", GPT-2 {count_parameters(hf) / 1e6:.2f}M (it adds biases and ties its "
                                     f"embedding to the head)")

@@ -1,6 +1,6 @@
 """Models in the Hugging Face format: b_lm checkpoints to and from Hugging Face directories. b_lm's Transformer maps
 weight for weight onto `GPT2LMHeadModel` (learned positions, LayerNorm, a 4x GELU MLP), `StableLmForCausalLM` (rotary,
-LayerNorm, SwiGLU) or `LlamaForCausalLM` (rotary, RMSNorm, SwiGLU), both ways. Here config.json is written and read,
+LayerNorm, SwiGLU, with or without QK-norm) or `LlamaForCausalLM` (rotary, RMSNorm, SwiGLU), both ways. Here config.json is written and read,
 every field checked; hf_weights.py maps the weights, hf_tokenizer.py the tokenizer."""
 import json
 import math
@@ -91,6 +91,9 @@ def architecture(c):
     if kind is None:
         raise UserError(f"no Hugging Face architecture holds positions {c.positions}, norm {c.norm}, mlp {c.mlp}: "
                         f"GPT-2 is learned/layer/gelu, StableLM rope/layer/swiglu, Llama rope/rms/swiglu")
+    if c.qk_norm and kind != "stablelm":
+        raise UserError(f"{kind}, the Hugging Face architecture of {c.positions}/{c.norm}/{c.mlp}, has no norm of "
+                        f"queries and keys: a model trained with --qk-norm exports as StableLM (rope/layer/swiglu)")
     if kind == "stablelm" and c.bias:
         raise UserError("StableLM, the Hugging Face architecture of rope/layer/swiglu, has no biases in its "
                         "output projections and MLP: this model (trained with --bias) cannot be exported")
@@ -114,7 +117,7 @@ def config_json(kind, c, bos, eos):
                   "attention_bias": c.bias, "mlp_bias": c.bias},
         "stablelm": {"architectures": ["StableLmForCausalLM"], "model_type": "stablelm", **rotary,
                      "layer_norm_eps": EPS, "partial_rotary_factor": 1.0, "use_qkv_bias": False,
-                     "qk_layernorm": False, "use_parallel_residual": False, "hidden_dropout": 0.0},
+                     "qk_layernorm": c.qk_norm, "use_parallel_residual": False, "hidden_dropout": 0.0},
     }[kind]
     return {**config, "vocab_size": c.vocab_size, "tie_word_embeddings": c.tie_embeddings, "bos_token_id": bos,
             "eos_token_id": eos, "initializer_range": 0.02, "use_cache": True, "dtype": "float32",
@@ -222,8 +225,9 @@ def _rotary_fields(f, kind):
     f.number("rms_norm_eps" if kind == "llama" else "layer_norm_eps", EPS, want=EPS, why=f"b_lm's {norms} use {EPS}")
     for key in ("attention_bias", "mlp_bias", "use_qkv_bias"):
         f.flag(key, False, want=False, why="b_lm's rotary models have no biases")
-    f.flag("qk_layernorm", False, want=False, why="b_lm does not normalize queries and keys")
+    qk_norm = f.flag("qk_layernorm", False, want=False if kind == "llama" else None,
+                     why="Llama normalises no queries and keys")
     f.flag("use_parallel_residual", False, want=False, why="b_lm's blocks run attention, then the MLP")
     return dict(block_size=block, n_layer=n_layer, n_head=n_head, n_embd=C, positions="rope",
                 norm="rms" if kind == "llama" else "layer", mlp="swiglu", rope_theta=thetas[0] if thetas else 10000.0,
-                tie_embeddings=f.flag("tie_word_embeddings", False))
+                tie_embeddings=f.flag("tie_word_embeddings", False), qk_norm=qk_norm)

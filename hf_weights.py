@@ -41,6 +41,10 @@ def weight_map(kind, c):
         for ours, theirs, shape, transposed in block:
             links += _links(f"blocks.{i}.{ours}", [layer.format(i) + t for t in theirs], shape, transposed,
                             norm_bias if len(shape) == 1 else bias)
+        if c.qk_norm:  # StableLM: one LayerNorm (no bias) per head for the queries, one per head for the keys
+            links += _links(f"blocks.{i}.attn.qk_norm", [f"{layer.format(i)}self_attn.{x}_layernorm.norms.{h}"
+                                                         for x in "qk" for h in range(c.n_head)],
+                            (C // c.n_head,), False, False)
     links += _links("ln_f", [final], (C,), False, norm_bias)
     return links + ([("wpe.weight", [("wpe.weight", (c.block_size, C))], False)] if kind == "gpt2" else [])
 

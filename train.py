@@ -32,7 +32,8 @@ from transformer import (CHOICES, MAX_LAYERS, MODELS, GPTConfig, build_model, co
 
 GPT = GPTConfig.__dataclass_fields__  # the model's own defaults are the flags' defaults
 # What an --init-from run takes from its checkpoint's model config into its own settings.
-INIT_FROM_SHAPE = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "positions", "norm", "mlp")
+INIT_FROM_SHAPE = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "positions", "norm", "mlp",
+                   "qk_norm")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class PretrainConfig(TrainConfig):
                         resume=FIXED)
     mlp: str = setting(GPT["mlp"].default, "gelu: 4x GELU MLP (GPT-2); swiglu: gated MLP of a 4x MLP's size "
                        "(Llama)", choices=CHOICES["mlp"], resume=FIXED)
+    qk_norm: bool = setting(GPT["qk_norm"].default, "LayerNorm each head's queries and keys before attention "
+                                                    "(StableLM's qk_layernorm)", resume=FIXED)
     rnn_cell: str = setting("gru", "cell of --model rnn", choices=CHOICES["cell"], resume=FIXED)
     val_fraction: float = setting(0.1, "last fraction of the tokens held out; without validation text there is "
                                        "no val loss", Rule("in (0, 1)", lambda v: 0 < v < 1), resume=FIXED)
@@ -77,14 +80,15 @@ class PretrainConfig(TrainConfig):
         if self.model == "rnn":
             return dict(both, cell=self.rnn_cell)
         return dict(both, n_head=self.n_head, bias=self.bias, attention=attention_for(device, self.attention),
-                    positions=self.positions, norm=self.norm, mlp=self.mlp)
+                    positions=self.positions, norm=self.norm, mlp=self.mlp, qk_norm=self.qk_norm)
 
 
 def check_model_flags(settings, given):
     """UserError for a model flag the run would ignore: a shape flag with --init-from (the checkpoint's shape is
     trained), a Transformer's flag with --model rnn, --rnn-cell with a Transformer."""
     ignored = {"init_from": INIT_FROM_SHAPE + ("model", "attention", "rnn_cell"),
-               "rnn": ("n_head", "bias", "attention", "positions", "norm", "mlp"), "transformer": ("rnn_cell",)}
+               "rnn": ("n_head", "bias", "attention", "positions", "norm", "mlp", "qk_norm"),
+               "transformer": ("rnn_cell",)}
     why = ("--init-from: the checkpoint's model is trained as it is" if settings.init_from
            else f"--model {settings.model}: that model has no such part")
     for name in ignored["init_from" if settings.init_from else settings.model]:

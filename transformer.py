@@ -43,6 +43,8 @@ class GPTConfig:
     norm: str = "layer"  # or 'rms': RMSNorm, LayerNorm without the mean and the bias
     mlp: str = "gelu"  # or 'swiglu': the gated MLP silu(x W_gate) * (x W_up), then W_down
     rope_theta: float = 10000.0  # the longest rotary wavelength, in positions (2 pi theta)
+    # A LayerNorm over each head's queries and keys (StableLM's qk_layernorm): bounds the attention scores.
+    qk_norm: bool = False
 
 
 def mlp_width(mlp, n_embd):
@@ -58,6 +60,7 @@ class CausalSelfAttention(nn.Module):
         self.attention = config.attention
         self.dropout = config.dropout
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.qk_norm = QKNorm(config.n_embd) if config.qk_norm else None
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
@@ -66,10 +69,15 @@ class CausalSelfAttention(nn.Module):
         # (B, T, 3C) -> 3 x (B, nh, T, hs): each head attends independently. One view and one permute instead of a
         # split and three view/transposes: the same tensors, fewer ops, which matters when decoding one token at a time.
         qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head)
-        if rope is None:
+        if rope is None and self.qk_norm is None:
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        else:  # queries and keys turn together: one set of ops for both
-            q, k = rotate(qkv[:, :, :2], *rope).permute(2, 0, 3, 1, 4).unbind(0)
+        else:  # queries and keys are normalised and turned together: one set of ops for both
+            qk = qkv[:, :, :2]
+            if self.qk_norm is not None:
+                qk = self.qk_norm(qk)
+            if rope is not None:
+                qk = rotate(qk, *rope)
+            q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)
             v = qkv[:, :, 2].transpose(1, 2)
         mask = None
         if kv_cache is not None:
@@ -78,6 +86,21 @@ class CausalSelfAttention(nn.Module):
         y = attend(q, k, v, self.attention, self.dropout if self.training else 0.0, mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y))
+
+
+class QKNorm(nn.Module):
+    """LayerNorm without a bias over each head's queries and keys, before the rotation, with a gain per head and
+    dimension (StableLM's qk_layernorm). A score q.k is then bounded by the gains, however large the weights grow;
+    without it a rotary model's scores run away when it is tuned at a high learning rate, and its attention collapses
+    onto single tokens (RESULTS.md, 2026-12-01)."""
+
+    def __init__(self, n_embd, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(2 * n_embd))  # the queries' gains, then the keys', head by head
+
+    def forward(self, qk):  # (B, T, 2, nh, hs): one fused LayerNorm kernel for both
+        return F.layer_norm(qk, qk.shape[-1:], eps=self.eps) * self.weight.view(qk.shape[2:])
 
 
 def attend(q, k, v, kind="sdpa", dropout=0.0, mask=None):
@@ -305,7 +328,7 @@ def config_problem(model_type, config, name=str):
         value, most = c.get(key, 1), MAX_LAYERS if key == "n_layer" else MAX_SIZE
         if key in known and (type(value) is not int or not 1 <= value <= most):
             return f"{name(key)} must be a whole number from 1 to {most:,}, not {shown(value)}"
-    for key in ("bias", "tie_embeddings"):
+    for key in ("bias", "tie_embeddings", "qk_norm"):
         if key in known and type(c[key]) is not bool:
             return f"{name(key)} must be true or false, not {shown(c[key])}"
     if type(c["dropout"]) not in (int, float) or not 0 <= c["dropout"] < 1:
@@ -355,4 +378,5 @@ def estimate_parameters(model_type, config):
         return 2 * V * C + L * gates * (2 * C * C + 2 * C)
     mlp = (3 if c.get("mlp") == "swiglu" else 2) * C * mlp_width(c.get("mlp", "gelu"), C)
     positions = 0 if c.get("positions") == "rope" else T * C
-    return (1 if c.get("tie_embeddings") else 2) * V * C + positions + L * (4 * C * C + mlp + 13 * C)
+    qk_norm = 2 * C if c.get("qk_norm") else 0
+    return (1 if c.get("tie_embeddings") else 2) * V * C + positions + L * (4 * C * C + mlp + 13 * C + qk_norm)

@@ -35,15 +35,16 @@ def refused(capsys, *argv, fragment=""):
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, small_corpus):
-    """GPT-2-style (the default) char and BPE, and Llama-style and StableLM-style char checkpoints with a
-    context of 96, trained a little: {kind: path}."""
+    """GPT-2-style (the default) char and BPE, and Llama-style and StableLM-style (without and with QK-norm) char
+    checkpoints with a context of 96, trained a little: {kind: path}."""
     folder = tmp_path_factory.mktemp("convert")
     tokenizer_path = folder / "tok.json"
     train_bpe(open(small_corpus, encoding="utf-8").read(), 320).save(str(tokenizer_path))
     paths = {}
     for kind, flags in (("char", []), ("bpe", ["--tokenizer", str(tokenizer_path)]),
                         ("llama", ["--positions", "rope", "--norm", "rms", "--mlp", "swiglu"]),
-                        ("stablelm", ["--positions", "rope", "--mlp", "swiglu"])):
+                        ("stablelm", ["--positions", "rope", "--mlp", "swiglu"]),
+                        ("qk-norm", ["--positions", "rope", "--mlp", "swiglu", "--qk-norm"])):
         paths[kind] = str(folder / f"{kind}.pth")
         train.main(["--data", small_corpus, "--ckpt", paths[kind], "--metrics", "", *TINY, "--block-size", "96",
                     "--max-iters", "20", *flags])
@@ -56,11 +57,12 @@ def exported(ckpt, folder):
             transformers.AutoTokenizer.from_pretrained(str(folder)))
 
 
-@pytest.mark.parametrize("kind", ["char", "bpe", "llama", "stablelm"])
+@pytest.mark.parametrize("kind", ["char", "bpe", "llama", "stablelm", "qk-norm"])
 def test_an_exported_model_is_the_same_model_in_transformers(tmp_path, checkpoints, kind):
     model, tokenizer, _ = load_model(checkpoints[kind])
     theirs, their_tokenizer = exported(checkpoints[kind], tmp_path / "hf")
-    architecture = {"llama": "LlamaForCausalLM", "stablelm": "StableLmForCausalLM"}.get(kind, "GPT2LMHeadModel")
+    architecture = {"llama": "LlamaForCausalLM", "stablelm": "StableLmForCausalLM",
+                    "qk-norm": "StableLmForCausalLM"}.get(kind, "GPT2LMHeadModel")
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == [architecture]
     assert type(theirs).__name__ == architecture
     for prompt in PROMPTS:
@@ -166,7 +168,7 @@ def test_a_gpt2_model_imports_with_its_tokenizer_and_logits(tmp_path, gpt2_folde
     assert their_tokenizer.decode(out[0, x.shape[1]:]) == ours
 
 
-@pytest.mark.parametrize("kind", ["char", "bpe", "llama", "stablelm"])
+@pytest.mark.parametrize("kind", ["char", "bpe", "llama", "stablelm", "qk-norm"])
 def test_the_round_trip_gives_back_the_same_model(tmp_path, checkpoints, kind):
     convert.main(["to-hf", checkpoints[kind], str(tmp_path / "hf")])
     convert.main(["from-hf", str(tmp_path / "hf"), str(tmp_path / "back.pth")])
@@ -277,7 +279,10 @@ def test_an_imported_model_samples_and_chat_tunes_like_our_own(tmp_path, gpt2_fo
 
 
 @pytest.mark.parametrize("flags, fragment", [(["--positions", "rope"], "no Hugging Face architecture holds"),
-                                             (["--positions", "rope", "--mlp", "swiglu", "--bias"], "--bias")])
+                                             (["--positions", "rope", "--mlp", "swiglu", "--bias"], "--bias"),
+                                             (["--positions", "rope", "--norm", "rms", "--mlp", "swiglu",
+                                               "--qk-norm"], "no norm of queries and keys"),
+                                             (["--qk-norm"], "no norm of queries and keys")])
 def test_a_model_no_hugging_face_architecture_holds_is_refused(tmp_path, capsys, small_corpus, flags, fragment):
     ckpt = tmp_path / "mixed.pth"
     train.main(["--data", small_corpus, "--ckpt", str(ckpt), "--metrics", "", *TINY, "--max-iters", "2", *flags])
@@ -380,9 +385,15 @@ def config_cases():
         eps = "rms_norm_eps" if kind == "llama" else "layer_norm_eps"
         cases += [(kind, {eps: v}, eps) for v in EPSILONS]
         for field in ("attention_bias", "mlp_bias", "use_qkv_bias", "qk_layernorm", "use_parallel_residual"):
-            cases += [(kind, {field: v}, field) for v in (True, "yes", 1, None)]
+            can_be_true = (kind, field) == ("stablelm", "qk_layernorm")  # b_lm's --qk-norm
+            cases += [(kind, {field: v}, field) for v in ("yes", 1, None) + ((True,) * (not can_be_true))]
         cases += [(kind, {"tie_word_embeddings": v}, "tie_word_embeddings") for v in FLAGS]
     return cases
+
+
+def test_a_stablelm_folder_that_says_qk_layernorm_needs_the_norms_weights(tmp_path, capsys, hf_folders):
+    folder = changed(tmp_path, hf_folders, "stablelm", {"qk_layernorm": True})
+    refused_import(capsys, folder, tmp_path / "x.pth", "self_attn.q_layernorm.norms.0.weight is missing")
 
 
 @pytest.mark.parametrize("kind, change, field", config_cases(),

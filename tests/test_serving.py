@@ -52,8 +52,9 @@ def record_forward_passes(model, on_pass=None):
 LLAMA = dict(positions="rope", norm="rms", mlp="swiglu")
 
 
-@pytest.mark.parametrize("attention,parts", [("sdpa", {}), ("explicit", {}), ("sdpa", LLAMA), ("explicit", LLAMA)],
-                         ids=["sdpa", "explicit", "llama-sdpa", "llama-explicit"])
+@pytest.mark.parametrize("attention,parts", [("sdpa", {}), ("explicit", {}), ("sdpa", LLAMA), ("explicit", LLAMA),
+                                             ("sdpa", dict(positions="rope", mlp="swiglu", qk_norm=True))],
+                         ids=["sdpa", "explicit", "llama-sdpa", "llama-explicit", "qk-norm"])
 def test_concurrent_generations_equal_generate_ids_alone(attention, parts):
     torch.manual_seed(0)
     model = Transformer(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32,

@@ -240,3 +240,18 @@ def test_the_tokenizer_benchmarks_scale_table_trains_in_fresh_processes(tmp_path
     rows = [line.split() for line in lines if line.strip().startswith(("1x", "4x", "16x"))]
     assert [row[0] for row in rows] == ["1x", "4x", "16x"]
     assert all(float(seconds) > 0 and float(peak_mb) > 1 for _, _, seconds, peak_mb in rows)
+
+
+def test_the_nanogpt_benchmark_runs_nanogpt_again_only_when_its_time_misses_ours_by_over_5_percent():
+    from nanogpt_benchmark import corrected_iterations
+    assert corrected_iterations(9163, 375.0, 362.0) is None  # 3.6% over
+    assert corrected_iterations(9163, 344.0, 362.0) is None  # 5.0% under
+    assert corrected_iterations(9163, 400.0, 362.0) == 8293  # its own pace: 9163 x 362 / 400
+    assert corrected_iterations(9163, 300.0, 362.0) == 11057
+    assert corrected_iterations(1, 1000.0, 1.0) == 1  # never none at all
+
+
+def test_the_nanogpt_benchmark_refuses_a_validation_split_shorter_than_a_context():
+    from nanogpt_benchmark import val_nats_per_char
+    with pytest.raises(UserError, match="shorter than a context of 64"):
+        val_nats_per_char(lambda x: None, torch.arange(64), 64)

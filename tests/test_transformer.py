@@ -13,17 +13,18 @@ def tiny(attention="sdpa", **kw):
 
 
 LLAMA = dict(positions="rope", norm="rms", mlp="swiglu")
+QK_NORM = dict(positions="rope", mlp="swiglu", qk_norm=True)  # StableLM's block with qk_layernorm
 
 
 @pytest.mark.parametrize("model_type", ["transformer-sdpa", "transformer-explicit", "llama-sdpa", "llama-explicit",
-                                        "rnn"])
+                                        "qknorm-sdpa", "qknorm-explicit", "rnn"])
 def test_causality(model_type):
     if model_type == "rnn":
         torch.manual_seed(0)
         model = build_model("rnn", RNNConfig(vocab_size=11, n_layer=2, n_embd=16)).eval()
     else:
         kind, attention = model_type.split("-")
-        model = tiny(attention, **(LLAMA if kind == "llama" else {}))
+        model = tiny(attention, **{"llama": LLAMA, "qknorm": QK_NORM}.get(kind, {}))
     idx = torch.randint(0, 11, (2, 12))
     changed = idx.clone()
     changed[:, 7] = (changed[:, 7] + 1) % 11
@@ -45,7 +46,8 @@ def test_sdpa_and_explicit_attention_agree():
     torch.testing.assert_close(loss_a, loss_b)
 
 
-@pytest.mark.parametrize("parts", [{}, LLAMA, dict(positions="rope")], ids=["gpt2", "llama", "rope"])
+@pytest.mark.parametrize("parts", [{}, LLAMA, dict(positions="rope"), QK_NORM, dict(qk_norm=True)],
+                         ids=["gpt2", "llama", "rope", "qk-norm", "learned-qk-norm"])
 def test_kv_cache_matches_full_forward(parts):
     model = tiny(**parts)
     idx = torch.randint(0, 11, (1, 12))
@@ -91,7 +93,7 @@ def test_rotary_attention_depends_only_on_distance():
 def test_the_llama_parts_keep_the_parameter_count_and_the_estimate_follows():
     from dataclasses import asdict
     from transformer import count_parameters, estimate_parameters
-    for parts in ({}, LLAMA):
+    for parts in ({}, LLAMA, QK_NORM):
         model = tiny(n_embd=48, **parts)
         estimate = estimate_parameters("transformer", asdict(model.config))
         assert count_parameters(model) <= estimate <= 1.1 * count_parameters(model)
