@@ -1,6 +1,6 @@
 """b_lm's default run against nanoGPT's README CPU recipe, at equal wall time, on one machine.
 
-    python nanogpt_benchmark.py --nanogpt ~/src/nanoGPT                 # runs both (about 2 x 5 minutes)
+    python nanogpt_benchmark.py --nanogpt ~/src/nanoGPT                 # runs both (2 x 5 minutes, or more)
     python nanogpt_benchmark.py --nanogpt ~/src/nanoGPT --ours checkpoint.pth --ours-seconds 479
 
 It clones nothing: give it a checkout of github.com/karpathy/nanoGPT. b_lm runs `python train.py` as the quick start

@@ -147,10 +147,10 @@ class OpRecorder(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def tiny_model(attention):
+def tiny_model(attention, **parts):
     torch.manual_seed(0)
     return Transformer(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16,
-                                 attention=attention))
+                                 attention=attention, **parts))
 
 
 def ops_of_training(model, optimizer, steps=2):
@@ -175,6 +175,12 @@ def test_training_with_explicit_attention_uses_only_ops_directml_has(name):
     ops = ops_of_training(model, build_optimizer(model, name, lr=1e-3, weight_decay=0.1))
     assert "mm" in ops and "native_layer_norm_backward" in ops  # forward and backward were seen
     assert lacking(ops) == []
+
+
+def test_the_rotary_block_with_qk_norm_uses_only_ops_directml_has():
+    model = tiny_model("explicit", positions="rope", mlp="swiglu", qk_norm=True)
+    ops = ops_of_training(model, build_optimizer(model, "muon", lr=1e-3, weight_decay=0.1))
+    assert {"native_layer_norm_backward", "addcmul", "silu"} <= ops and lacking(ops) == []
 
 
 def test_cached_generation_with_explicit_attention_uses_only_ops_directml_has():
