@@ -228,8 +228,8 @@ def run_generate(s):
     threads = torch.get_num_threads()
     theirs = "" if hf is None else f", transformers {sys.modules['transformers'].__version__}"
     print(f"{s.n_layer} layers, {s.n_embd} wide, {s.n_head} heads, block {s.block_size}, vocab {s.vocab_size}, "
-          f"{s.positions}/{s.norm}/{s.mlp}{'/qk-norm' * s.qk_norm}; batch 1, float32 on cpu, {threads} thread{'s' * (threads > 1)}, "
-          f"torch {torch.__version__}{theirs}")
+          f"{s.positions}/{s.norm}/{s.mlp}{'/qk-norm' * s.qk_norm}; batch 1, float32 on cpu, "
+          f"{threads} thread{'s' * (threads > 1)}, torch {torch.__version__}{theirs}")
     theirs = "" if hf is None else (f", GPT-2 {count_parameters(hf) / 1e6:.2f}M (it adds biases and ties its "
                                     f"embedding to the head)")
     print(f"ours {count_parameters(ours) / 1e6:.2f}M parameters{theirs}")

@@ -1,7 +1,7 @@
 """Models in the Hugging Face format: b_lm checkpoints to and from Hugging Face directories. b_lm's Transformer maps
 weight for weight onto `GPT2LMHeadModel` (learned positions, LayerNorm, a 4x GELU MLP), `StableLmForCausalLM` (rotary,
-LayerNorm, SwiGLU, with or without QK-norm) or `LlamaForCausalLM` (rotary, RMSNorm, SwiGLU), both ways. Here config.json is written and read,
-every field checked; hf_weights.py maps the weights, hf_tokenizer.py the tokenizer."""
+LayerNorm, SwiGLU, with or without QK-norm) or `LlamaForCausalLM` (rotary, RMSNorm, SwiGLU), both ways. Here
+config.json is written and read, every field checked; hf_weights.py maps the weights, hf_tokenizer.py the tokenizer."""
 import json
 import math
 import os
