@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from checkpoint import load_model
 from errors import ArgumentParser, UserError, run_main
-from files import check_input_file
+from files import check_input_file, read_text
 from timing import run_timed
 
 WEEK = 7 * 24 * 3600  # --ours-seconds beyond this is a typo: nanoGPT would train for it
@@ -119,7 +119,10 @@ def run_nanogpt(args, work, out_dir, iters):
     # nanoGPT reads configurator.py and data/ from its working directory: run it in ours, with a copy.
     shutil.copy(os.path.join(args.nanogpt, "configurator.py"), work)
     seconds, done = run_timed(command, "nanoGPT", cwd=work)
-    return seconds, [float(ms) for ms in re.findall(r"^iter \d+: .*time ([\d.]+)ms", done.stdout, re.M)]
+    times = [float(ms) for ms in re.findall(r"^iter \d+: .*time ([\d.]+)ms", done.stdout, re.M)]
+    if not times:
+        raise UserError(f"cannot read nanoGPT's iteration times from its log: is {args.nanogpt} karpathy/nanoGPT?")
+    return seconds, times
 
 
 def score_nanogpt(args, out_dir, val):
@@ -157,7 +160,7 @@ def main(argv=None):
 
 def compare(args, work):
     """Train (or take) b_lm's run, time and run nanoGPT's recipe for the same time in work, score both."""
-    text = open(args.data, encoding="utf-8").read()
+    text = read_text(args.data, "data file")
     val = prepare_nanogpt_data(text, os.path.join(work, "data", "iliad_char"))
 
     if args.ours is None:
@@ -178,33 +181,30 @@ def compare(args, work):
     # the mean past the warm-up, in a run that evaluates as the real one does (RECIPE's every 250), is its cost per
     # iteration with its evals, as b_lm's training time has its own.
     _, times = run_nanogpt(args, work, os.path.join(work, "timing"), 500)
-    if len(times) <= 20:
-        raise UserError(f"cannot read nanoGPT's iteration times from its log: is {args.nanogpt} karpathy/nanoGPT?")
-    per_iter = statistics.mean(times[20:]) / 1000
+    per_iter = statistics.mean(times[20:] or times) / 1000
     iters = round(ours_seconds / per_iter)
     print(f"nanoGPT: {per_iter * 1000:.1f} ms per iteration with its evals, so {iters} iterations in "
           f"{ours_seconds:.0f} s; training ...", flush=True)
     out_dir = os.path.join(work, "out")
-    wall, times = run_nanogpt(args, work, out_dir, iters)
     # A long run's steady-state iterations run at their own pace (slower than the timing run's here): when the
     # training missed b_lm's time by more than 5%, run again with the iterations its own pace says fit.
-    for _ in range(MAX_RERUNS):
+    for run in range(1 + MAX_RERUNS):
+        wall, times = run_nanogpt(args, work, out_dir, iters)
         trained = sum(times) / 1000
         again = corrected_iterations(iters, trained, ours_seconds)
-        if again is None:
+        if again is None or run == MAX_RERUNS:
             break
         print(f"nanoGPT: {iters} iterations took {trained:.0f} s, not {ours_seconds:.0f} s: again with {again} ...",
               flush=True)
         iters = again
-        wall, times = run_nanogpt(args, work, out_dir, iters)
     theirs, best_iter = score_nanogpt(args, out_dir, val)
 
     print("\n| run | iterations | training time | val loss (nats/char) |\n|---|---|---|---|")
     print(f"| b_lm default `python train.py` | {checkpoint['step']} | {ours_seconds:.0f} s | {ours:.4f} |")
     print(f"| nanoGPT CPU recipe, same training time (best checkpoint: iteration {best_iter}) | {iters} | "
-          f"{sum(times) / 1000:.0f} s ({wall:.0f} s with start-up) | {theirs:.4f} |")
+          f"{trained:.0f} s ({wall:.0f} s with start-up) | {theirs:.4f} |")
     print(f"\nb_lm leads by {theirs - ours:.3f} nats/char")
-    if corrected_iterations(iters, sum(times) / 1000, ours_seconds) is not None:
+    if again is not None:
         print(f"(nanoGPT's training time still missed b_lm's by more than {TOLERANCE:.0%} after {MAX_RERUNS} more "
               f"runs: its pace changed from run to run; measure again with nothing else busy)")
 
