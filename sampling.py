@@ -12,6 +12,7 @@ from device import is_directml
 from errors import UserError
 from flags import add_flag, check_seed, ckpt_setting, device_setting, seed_setting
 from tokenizer import ENDOFTEXT, StreamDecoder, fit_typed_text
+from transformer import attend
 
 
 class KVCache:
@@ -29,18 +30,18 @@ class KVCache:
     def advance(self, T):
         self.length += T
 
-    def append(self, layer, k, v):
-        """Store new k, v (B, nh, T, hs) after the cached ones; return them all, no mask: every row is at one place."""
+    def attend(self, layer, q, k, v, kind):
+        """Store new k, v (B, nh, T, hs) after the cached ones; attention of the new queries q over all of them."""
         if self.keys[layer] is None:
             B, nh, _, hs = k.shape
             self.keys[layer] = k.new_empty(B, nh, self.max_len, hs)
             self.values[layer] = v.new_empty(B, nh, self.max_len, hs)
-        # narrow() rather than [:, :, a:b]: the same views, but a decoding step calls this twice per layer per token,
-        # and indexing with slices costs several times more Python and dispatch overhead.
+        # narrow() rather than [:, :, a:b]: the same views, but a decoding step calls this four times per layer per
+        # token, and indexing with slices costs several times more Python and dispatch overhead.
         T, end = k.size(2), self.length + k.size(2)
         self.keys[layer].narrow(2, self.length, T).copy_(k)
         self.values[layer].narrow(2, self.length, T).copy_(v)
-        return self.keys[layer].narrow(2, 0, end), self.values[layer].narrow(2, 0, end), None
+        return attend(q, self.keys[layer].narrow(2, 0, end), self.values[layer].narrow(2, 0, end), kind)
 
 
 @dataclass(frozen=True)

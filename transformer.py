@@ -79,11 +79,10 @@ class CausalSelfAttention(nn.Module):
                 qk = rotate(qk, *rope)
             q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)
             v = qkv[:, :, 2].transpose(1, 2)
-        mask = None
-        if kv_cache is not None:
-            # The new keys/values join those of earlier positions; queries are only the new ones.
-            k, v, mask = kv_cache.append(layer, k, v)
-        y = attend(q, k, v, self.attention, self.dropout if self.training else 0.0, mask)
+        if kv_cache is None:
+            y = attend(q, k, v, self.attention, self.dropout if self.training else 0.0)
+        else:  # the new keys and values join those of earlier positions, which the new queries see too
+            y = kv_cache.attend(layer, q, k, v, self.attention)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y))
 
@@ -249,7 +248,7 @@ class Transformer(nn.Module):
                 raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}")
             pos = torch.arange(T, device=idx.device)
         else:
-            pos = kv_cache.positions(T, idx.device)  # (T,), or (B, T) when rows sit at different positions
+            pos = kv_cache.positions(T, idx.device)  # (T,), or (B, T) when rows sit at their own positions
         x, rope = self.wte(idx), None  # (B, T, C)
         if self.config.positions == "learned":
             x = x + self.wpe(pos)

@@ -22,7 +22,7 @@ QUESTIONS = ["Who is the father of Achilles?", "Who killed Patroclus?", "Where i
 
 
 # serve.py as it runs, with the model's forward pass wrapped to log what the model receives: one JSON line per
-# pass, {"kind": "prefill" or "decode", "ids": the token ids, a row per sequence}. Arguments: ROOT, the log, flags.
+# pass, {"ids": the token ids it adds to each slot, a list per slot}. Arguments: ROOT, the log, flags.
 OBSERVED_SERVE = """
 import json, os, runpy, sys
 root, log = sys.argv[1:3]
@@ -33,7 +33,10 @@ forward = transformer.Transformer.forward
 
 def logged(self, idx, targets=None, kv_cache=None):
     with open(log, "a") as f:
-        f.write(json.dumps({"kind": kv_cache.rows[0], "ids": idx.tolist()}) + "\\n")
+        ids, rows = idx[0].tolist(), []
+        for fed in kv_cache.feeds:
+            rows, ids = rows + [ids[:fed]], ids[fed:]
+        f.write(json.dumps({"ids": rows}) + "\\n")
     return forward(self, idx, targets, kv_cache)
 
 transformer.Transformer.forward = logged
@@ -63,7 +66,7 @@ def serving(ckpt, *flags, log=None):
 
 
 def forward_passes(log):
-    """The forward passes a served model has logged so far: [{"kind": ..., "ids": [[...], ...]}, ...]."""
+    """The forward passes a served model has logged so far: [{"ids": [[...], ...]}, ...]."""
     if not os.path.exists(log):
         return []
     with open(log, encoding="utf-8") as f:
@@ -197,9 +200,10 @@ def test_a_conversation_uses_its_history_and_system_messages_are_ignored(observe
         """(the prompt ids the server's model received, the reply's text, its usage.prompt_tokens)."""
         start = len(forward_passes(log))
         reply = client(url).chat.completions.create(model="chat", messages=messages, max_tokens=15, temperature=0)
-        first = forward_passes(log)[start]  # nothing else runs: the first pass is this prompt's prefill, alone
-        assert first["kind"] == "prefill" and len(first["ids"]) == 1, first
-        return first["ids"][0], reply.choices[0].message.content, reply.usage.prompt_tokens
+        passes = forward_passes(log)[start:]  # nothing else runs: the passes feed this prompt, then its answer
+        assert all(len(p["ids"]) == 1 for p in passes), passes
+        fed = [token for p in passes for token in p["ids"][0]]
+        return fed[:reply.usage.prompt_tokens], reply.choices[0].message.content, reply.usage.prompt_tokens
 
     def user(text):
         return {"role": "user", "content": text}
@@ -313,7 +317,7 @@ def test_concurrent_requests_share_the_model_s_forward_passes(observed):
     assert not errors, errors
     assert together == alone
     passes = forward_passes(log)[start:]
-    assert 1 < max(len(p["ids"]) for p in passes if p["kind"] == "decode") <= 4  # --max-batch 4
+    assert 1 < max(sum(len(ids) == 1 for ids in p["ids"]) for p in passes) <= 4  # decoding together, --max-batch 4
     assert len(passes) <= solo / 2, (len(passes), solo)
 
 

@@ -1,6 +1,7 @@
 """serving.py: batched generation gives each request exactly the tokens generate_ids gives it alone, and
 concurrent requests share the model's forward passes."""
 import queue
+import threading
 import time
 
 import pytest
@@ -33,20 +34,26 @@ def collect(q, seconds=60):
 
 
 def record_forward_passes(model, on_pass=None):
-    """Wrap model's forward: the list returned fills with (kind, rows) of each pass, kind 'prefill' or 'decode'.
+    """Wrap model's forward: the list returned fills with each pass's feeds, the tokens it adds to each slot.
 
-    on_pass(kind, rows), if given, is called at each pass, in the generator's thread, before the model runs.
+    on_pass(feeds), if given, is called at each pass, in the generator's thread, before the model runs.
     """
     passes = []
     forward = model.forward
 
     def recorded(idx, targets=None, kv_cache=None):
-        passes.append((kv_cache.rows[0], idx.size(0)))
+        passes.append(list(kv_cache.feeds))
+        assert idx.shape == (1, sum(kv_cache.feeds))  # one row: the slots' new tokens packed, no padding
         if on_pass:
-            on_pass(*passes[-1])
+            on_pass(passes[-1])
         return forward(idx, targets, kv_cache)
     model.forward = recorded
     return passes
+
+
+def fed(feeds):
+    """How many slots a pass feeds."""
+    return sum(1 for f in feeds if f)
 
 
 LLAMA = dict(positions="rope", norm="rms", mlp="swiglu")
@@ -93,8 +100,8 @@ def test_concurrent_generations_share_forward_passes():
             generator.submit(prompt, settings, q.put)
     assert [collect(q) for q in queues] == expected
     together = passes[start:]
-    assert max(rows for kind, rows in together if kind == "decode") == 4  # a full batch decodes in one pass
-    assert max(rows for kind, rows in together) <= 4  # and never more than max_batch
+    assert [1, 1, 1, 1] in together  # a full batch decodes in one pass
+    assert max(map(len, together)) == 4  # and never more than max_batch
     assert len(together) <= solo / 2, (len(together), solo)
 
 
@@ -107,8 +114,8 @@ def test_a_cancelled_generation_ends_and_the_others_go_on():
     expected, expected_short = (list(generate_ids(model, [4, 5], s)) for s in (joining, settings))
     cancelled_before = []  # how many passes there were when the endless generation was cancelled
 
-    def cancel_once_both_decode(kind, rows):  # in the generator's thread, in the midst of a step
-        if (kind, rows) == ("decode", 2) and not cancelled_before:
+    def cancel_once_both_decode(feeds):  # in the generator's thread, in the midst of a step
+        if feeds == [1, 1] and not cancelled_before:
             cancelled_before.append(len(passes))
             endless.cancel()
     passes = record_forward_passes(model, cancel_once_both_decode)
@@ -118,7 +125,7 @@ def test_a_cancelled_generation_ends_and_the_others_go_on():
     generator.submit([4, 5], joining, other.put)  # it joins the running batch: the next decoding pass has both
     collect(tokens, seconds=10)  # tokens already on their way, then the end
     assert collect(other) == expected  # the other went on, from the slot the cancelled one left
-    assert cancelled_before and all(rows == 1 for _, rows in passes[cancelled_before[0]:])
+    assert cancelled_before and all(fed(feeds) == 1 for feeds in passes[cancelled_before[0]:])
     generator.submit([4, 5], settings, short.put)  # and a new one is served as generate_ids serves it
     assert collect(short) == expected_short
     assert not generator.active and not generator.waiting
@@ -129,3 +136,28 @@ def test_zero_new_tokens_ends_at_once():
     q = queue.Queue()
     BatchedGenerator(model).submit([1], Sampling(max_new_tokens=0), q.put)
     assert collect(q) == []
+
+
+@pytest.mark.parametrize("parts", [{}, dict(positions="rope", mlp="swiglu", qk_norm=True)], ids=["gpt2", "qk-norm"])
+def test_a_long_prompt_rides_in_chunks_beside_the_running_generations(parts):
+    torch.manual_seed(0)
+    model = Transformer(GPTConfig(vocab_size=30, block_size=32, n_layer=2, n_head=2, n_embd=16, **parts)).eval()
+    running = Sampling(max_new_tokens=60, temperature=0.8, seed=1)  # slides its window twice on the way
+    joining = [(torch.randint(0, 30, (n,)).tolist(), Sampling(max_new_tokens=12, temperature=0.0)) for n in (19, 10)]
+    expected = [list(generate_ids(model, [3], running))] + [list(generate_ids(model, p, s)) for p, s in joining]
+    generator = BatchedGenerator(model, max_batch=4, prefill_chunk=4)
+    queues = [queue.Queue() for _ in expected]
+    first_token = threading.Event()
+    passes = record_forward_passes(model)
+    generator.submit([3], running, lambda item: (queues[0].put(item), first_token.set()))
+    assert first_token.wait(60)
+    with generator.wakeup:  # both prompts join the running generation at the same step
+        for (prompt, settings), q in zip(joining, queues[1:]):
+            generator.submit(prompt, settings, q.put)
+    assert [collect(q) for q in queues] == expected
+    joined = next(i for i, feeds in enumerate(passes) if len(feeds) == 3)
+    prompt_passes = passes[joined:joined + 8]
+    # The prompts' 29 tokens share 4 a pass, the first prompt's first; each pass decodes the running one, and the first
+    # joiner as soon as its prompt is in.
+    assert [feeds[1:] for feeds in prompt_passes] == [[4, 0]] * 4 + [[3, 1], [1, 4], [1, 4], [1, 1]]
+    assert all(feeds[0] == 1 for feeds in prompt_passes)
