@@ -13,12 +13,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-from device import check_fits_in_memory, choose_device
+from device import check_fits_in_memory, choose_device, device_name
 from errors import ArgumentParser, UserError
 from flags import (POSITIVE, add_flags, at_least, check_rules, device_setting, flag_name, from_args, same_setting,
                    seed_setting, setting)
 from optimizers import OPTIMIZER_NAMES, build_optimizer
-from sampling import Sampling, generate_ids
+from sampling import Sampling, generate_ids, gradients_off
 from timing import (best_seconds, count_flop_params, mfu, model_flops_per_token, peak_flops, run_measured, timed,
                     tokens_per_second)
 from tokenizer import ENDOFTEXT
@@ -71,7 +71,7 @@ def hf_gpt2(who, **config):
 
 def generate_hf(model, prompt_ids, new_tokens):
     """Greedy ids from transformers' generate() with its KV cache; exactly new_tokens of them."""
-    x = torch.tensor([prompt_ids])
+    x = torch.tensor([prompt_ids], device=model.device)
     out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, use_cache=True,
                          max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
     ids = out[0, len(prompt_ids):].tolist()
@@ -85,12 +85,13 @@ def matrix_weights(model):
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def weight_read_seconds(n_weights, repeats):
+def weight_read_seconds(n_weights, repeats, device="cpu"):
     """Fastest seconds to read n_weights float32 numbers once, as one matrix-vector product: a ceiling no decoder
     beats. At batch 1 a decoding step reads each weight once for 2 FLOPs, so memory bandwidth sets the pace."""
-    weights, vector = torch.randn(math.ceil(n_weights / 1024), 1024), torch.randn(1024)
-    torch.mv(weights, vector)  # warm-up
-    return best_seconds(lambda: torch.mv(weights, vector), 20 * repeats)[0]
+    weights = torch.randn(math.ceil(n_weights / 1024), 1024, device=device)
+    vector = torch.randn(1024, device=device)
+    timed(lambda: torch.mv(weights, vector), device)  # warm-up
+    return best_seconds(lambda: timed(lambda: torch.mv(weights, vector), device)[0], 20 * repeats)[0]
 
 
 # -------------------------------------------------- step: one training step
@@ -168,9 +169,10 @@ def run_step(s):
 
 @dataclass(frozen=True)
 class GenerateSettings(Shape):
-    """Time greedy generation at batch 1, float32 on the CPU, random weights: ours with the KV cache, ours without it,
-    and Hugging Face transformers' GPT2LMHeadModel.generate (with its cache) for the same shape. Reports new tokens
-    per second and the time to the first token after a long prompt (the prefill plus one sampling step)."""
+    """Time greedy generation at batch 1, float32, random weights: ours with the KV cache, ours without it, and
+    Hugging Face transformers' GPT2LMHeadModel.generate (with its cache) for the same shape, on the same device.
+    Reports new tokens per second and the time to the first token after a long prompt (the prefill plus one sampling
+    step)."""
     n_layer: int = same_setting(Shape, "n_layer", 6)
     n_embd: int = same_setting(Shape, "n_embd", 256)
     n_head: int = same_setting(Shape, "n_head", 8)
@@ -186,6 +188,7 @@ class GenerateSettings(Shape):
     norm: str = setting("layer", "normalisation of our model", choices=CHOICES["norm"])
     mlp: str = setting("gelu", "MLP of our model", choices=CHOICES["mlp"])
     qk_norm: bool = setting(False, "LayerNorm each head's queries and keys in our model")
+    device: str = device_setting()
 
     def __post_init__(self):
         super().__post_init__()
@@ -197,23 +200,23 @@ class GenerateSettings(Shape):
                 raise UserError(f"{flag} {tokens}: {what} must fit in --block-size {self.block_size}")
 
 
-def generation_runs(s):
-    """{row name: generate(prompt_ids, new_tokens)}, our model, and transformers' (None if skipped)."""
+def generation_runs(s, device):
+    """{row name: generate(prompt_ids, new_tokens)}, our model, and transformers' (None if skipped), on device."""
     hf = None
     if not s.skip_transformers:
         # No bos/eos: GPT-2's (50256) lie outside a small vocabulary, and with no eos it never stops early.
         torch.manual_seed(s.seed)
         hf = hf_gpt2("the generate benchmark (or pass --skip-transformers)", n_layer=s.n_layer, n_embd=s.n_embd,
                      n_head=s.n_head, n_positions=s.block_size, vocab_size=s.vocab_size, bos_token_id=None,
-                     eos_token_id=None)
+                     eos_token_id=None).to(device)
     torch.manual_seed(s.seed)
-    ours = Transformer(s.model_config()).eval()
+    ours = Transformer(s.model_config()).eval().to(device)
     runs = {"ours, KV cache": lambda p, n: generate_ours(ours, p, n),
             "ours, no cache": lambda p, n: generate_ours(ours, p, n, use_cache=False)}
     gpt2 = dataclasses.replace(s.model_config(), positions="learned", norm="layer", mlp="gelu", qk_norm=False)
     if gpt2 != ours.config:  # our model of the same size with GPT-2's parts (GPTConfig's defaults), to compare
         torch.manual_seed(s.seed)
-        gpt2_parts = Transformer(gpt2).eval()
+        gpt2_parts = Transformer(gpt2).eval().to(device)
         runs["GPT-2 parts, cache"] = lambda p, n: generate_ours(gpt2_parts, p, n)
     if hf is not None:
         runs["transformers GPT-2"] = lambda p, n: generate_hf(hf, p, n)
@@ -224,12 +227,14 @@ def run_generate(s):
     """Print the generation table of GenerateSettings s, and the ceiling memory bandwidth puts on it."""
     if s.threads is not None:
         torch.set_num_threads(s.threads)
-    runs, ours, hf = generation_runs(s)
+    device = choose_device(s.device)
+    runs, ours, hf = generation_runs(s, device)
     threads = torch.get_num_threads()
     theirs = "" if hf is None else f", transformers {sys.modules['transformers'].__version__}"
+    where = f"{threads} thread{'s' * (threads > 1)}" if device.type == "cpu" else device_name(device)
     print(f"{s.n_layer} layers, {s.n_embd} wide, {s.n_head} heads, block {s.block_size}, vocab {s.vocab_size}, "
-          f"{s.positions}/{s.norm}/{s.mlp}{'/qk-norm' * s.qk_norm}; batch 1, float32 on cpu, "
-          f"{threads} thread{'s' * (threads > 1)}, torch {torch.__version__}{theirs}")
+          f"{s.positions}/{s.norm}/{s.mlp}{'/qk-norm' * s.qk_norm}; batch 1, float32 on {device.type}, "
+          f"{where}, torch {torch.__version__}{theirs}")
     theirs = "" if hf is None else (f", GPT-2 {count_parameters(hf) / 1e6:.2f}M (it adds biases and ties its "
                                     f"embedding to the head)")
     print(f"ours {count_parameters(ours) / 1e6:.2f}M parameters{theirs}")
@@ -239,7 +244,7 @@ def run_generate(s):
     prompt = torch.randint(s.vocab_size, (1,), generator=g).tolist()
     long_prompt = torch.randint(s.vocab_size, (s.prompt_tokens,), generator=g).tolist()
     results = {}  # {name: (best seconds of the run, best seconds to the first token after the long prompt, ids)}
-    with torch.inference_mode():  # what generate_ids uses on the CPU; transformers gets it too
+    with gradients_off(device):  # what generate_ids uses; transformers gets it too
         for name, generate in runs.items():
             generate(prompt, min(s.new_tokens, 4))  # warm-up: first calls pay for allocation
             seconds, ids = best_seconds(lambda: generate(prompt, s.new_tokens), s.repeats)
@@ -252,7 +257,7 @@ def run_generate(s):
     same = results["ours, KV cache"][2] == results["ours, no cache"][2]
     print(f"ours with and without the cache gave the same {s.new_tokens} tokens: {same}")
     n_weights = matrix_weights(ours)
-    read = weight_read_seconds(n_weights, s.repeats)
+    read = weight_read_seconds(n_weights, s.repeats, device)
     theirs = "" if base is None else f", {base / (read * s.new_tokens):.1f}x transformers"
     print(f"ceiling: each step reads all {n_weights / 1e6:.2f}M matrix weights ({4 * n_weights / 1e6:.1f} MB); "
           f"reading them once takes {1000 * read:.3f} ms here ({4 * n_weights / read / 1e9:.0f} GB/s), "

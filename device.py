@@ -52,6 +52,12 @@ def flush_denormals():
     torch.set_flush_denormal(True)  # a no-op where the CPU lacks the mode
 
 
+def device_name(device):
+    """What a device is, for reports and caches: a GPU's model name, else the device type."""
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
 def synchronize(device):
     """Wait until the device has finished the work queued so far (GPUs run asynchronously)."""
     device = torch.device(device)

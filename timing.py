@@ -5,7 +5,8 @@ A training step costs 6N + 12*L*C*T FLOPs per token (PaLM appendix B, nanoGPT): 
 forward and 4 backward (6N); attention's QK^T and AV add 2*2*T*C per layer forward, times 3 with backward. N leaves
 out the position embedding, a lookup with no multiply-adds (a token embedding tied to lm_head is the head's matmul;
 an untied one is a lookup too, so 6N overcounts a little). The peak is measured, not a datasheet figure: the best
-FLOP/s of a large float32 matmul on this device, cached in ~/.cache/b_lm/peak_flops.json (or $B_LM_CACHE's).
+FLOP/s of a large matmul on this device in the precision the model computes in (float32, or the bfloat16/float16 of
+autocast on a GPU), cached in ~/.cache/b_lm/peak_flops.json (or $B_LM_CACHE's).
 """
 
 from errors import stop_cleanly
@@ -21,7 +22,7 @@ import time
 
 import torch
 
-from device import synchronize
+from device import device_name, synchronize
 from errors import UserError
 from files import atomic_write, cache_dir
 from jsonfile import read_object
@@ -77,30 +78,30 @@ def mfu(tokens_per_s, flops_per_tok, peak):
 
 # ------------------------------------------------------------ peak FLOP/s
 
-def measure_matmul_flops(device, n, reps=3):
-    """Best FLOP/s of an n x n float32 matmul (2*n^3 FLOPs) over `reps` runs."""
+def measure_matmul_flops(device, n, reps=3, dtype=torch.float32):
+    """Best FLOP/s of an n x n matmul in dtype (2*n^3 FLOPs) over `reps` runs."""
     device = torch.device(device)
     g = torch.Generator().manual_seed(0)  # our own: measuring must not move the training RNG
-    a = torch.randn(n, n, generator=g).to(device)
-    b = torch.randn(n, n, generator=g).to(device)
+    a = torch.randn(n, n, generator=g).to(device, dtype)
+    b = torch.randn(n, n, generator=g).to(device, dtype)
     timed(lambda: a @ b, device)  # warm-up: first call pays for allocation and kernel selection
     return 2 * n ** 3 / best_seconds(lambda: timed(lambda: a @ b, device), reps)[0]
 
 
-def peak_flops(device, n=None, reps=3, cache_path=None):
-    """Measured peak float32 FLOP/s of `device`, cached per device/torch/threads/n."""
-    device = torch.device(device)
-    n = n or (2048 if device.type == "cpu" else 4096)
+def peak_flops(device, n=None, reps=3, cache_path=None, dtype=None):
+    """Measured peak FLOP/s of `device` in dtype (None: float32), cached per device/torch/threads/n/dtype."""
+    device, dtype = torch.device(device), dtype or torch.float32
+    n = n or (2048 if device.type == "cpu" else 8192)  # a GPU needs a large matmul to reach its peak
     cache_path = cache_path or os.path.join(cache_dir(), "peak_flops.json")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    key = f"{name}|torch {torch.__version__}|threads {torch.get_num_threads()}|n {n}"
+    key = f"{device_name(device)}|torch {torch.__version__}|threads {torch.get_num_threads()}|n {n}"
+    key += "" if dtype == torch.float32 else f"|{str(dtype).replace('torch.', '')}"  # float32's keys as before
     try:
         cache = read_object(cache_path)
     except UserError:  # missing or damaged: measure again
         cache = {}
     if type(cache.get(key)) in (int, float) and 0 < cache[key] < math.inf:
         return float(cache[key])
-    cache[key] = measure_matmul_flops(device, n, reps)
+    cache[key] = measure_matmul_flops(device, n, reps, dtype)
     try:
         os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
         with atomic_write(cache_path, "w") as f:

@@ -184,8 +184,8 @@ class Loop:
             shown = [f"train loss {row['train_loss']:.4f}"] if self.losses else []
             shown += [f"{SCORE_LABELS[k][0]} {v:.{SCORE_LABELS[k][1]}f}" for k, v in scores.items()]
             if self.losses:
-                utilization = mfu(row["tokens_per_s"], self.flops_per_token,
-                                  peak_flops(self.device) * self.procs.world_size)
+                utilization = mfu(row["tokens_per_s"], self.flops_per_token,  # against the autocast dtype's peak
+                                  peak_flops(self.device, dtype=self.dtype) * self.procs.world_size)
                 shown += [f"{row['tokens_per_s']:,} tokens/s, MFU {utilization:.0%}"]
             self.say(f"step {self.progress.step}: " + ", ".join(shown))
         self.progress.history.append(row)

@@ -1,6 +1,7 @@
 """The meter (timing.py) and the step benchmark built on it; no assertions about wall-clock speed."""
 import json
 import os
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -109,6 +110,25 @@ def test_peak_flops_is_measured_once_then_cached(tmp_path, monkeypatch):
         raise AssertionError("should have used the cache")
     monkeypatch.setattr(timing, "measure_matmul_flops", boom)
     assert timing.peak_flops("cpu", n=32, reps=1, cache_path=str(cache)) == first
+
+
+def test_peak_flops_is_measured_in_the_precision_asked_for(tmp_path, monkeypatch):
+    """MFU under bfloat16 autocast is against the bfloat16 peak (a GPU's is many times its float32 one)."""
+    measured = []
+
+    def measure(device, n, reps, dtype=torch.float32):
+        measured.append(dtype)
+        return {torch.float32: 1e9, torch.bfloat16: 4e9}[dtype]
+    monkeypatch.setattr(timing, "measure_matmul_flops", measure)
+    cache = tmp_path / "peak_flops.json"
+    assert timing.peak_flops("cpu", n=8, cache_path=str(cache)) == 1e9
+    assert timing.peak_flops("cpu", n=8, cache_path=str(cache), dtype=torch.bfloat16) == 4e9
+    assert timing.peak_flops("cpu", n=8, cache_path=str(cache), dtype=torch.bfloat16) == 4e9  # cached, its own key
+    assert measured == [torch.float32, torch.bfloat16]
+    float32_key, bfloat16_key = json.loads(cache.read_text())
+    assert "float" not in float32_key and bfloat16_key == float32_key + "|bfloat16"
+    monkeypatch.undo()  # and the real measurement runs in that dtype
+    assert timing.measure_matmul_flops("cpu", n=16, reps=1, dtype=torch.bfloat16) > 0
 
 
 def test_peak_flops_survives_a_damaged_cache(tmp_path):
@@ -255,3 +275,29 @@ def test_the_nanogpt_benchmark_refuses_a_validation_split_shorter_than_a_context
     from nanogpt_benchmark import val_nats_per_char
     with pytest.raises(UserError, match="shorter than a context of 64"):
         val_nats_per_char(lambda x: None, torch.arange(64), 64)
+
+
+def test_the_gpu_check_runs_every_step_and_reads_each_result():
+    """gpu_check.py at toy sizes on the CPU: the same steps and readers as on a GPU, so a lent GPU's run is not the
+    first time they meet the scripts' output."""
+    done = run_script("gpu_check.py", "--device", "cpu", "--quick")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [row[0].strip("| ") for row in rows[1:]] == [
+        "device tests", "training, default model (toy here)", "training, GPT-2-small shape (toy here)",
+        "generation (toy here)", "serving, text completions"]
+    results = [row[2].strip(" |") for row in rows[1:]]
+    assert re.fullmatch(r"\d+ passed(, \d+ skipped)? in [\d.]+s", results[0]), results[0]
+    for training in results[1:3]:
+        assert re.fullmatch(r"[\d,]+ tokens/s, MFU \d+%; val loss [\d.]+ after 4 steps", training), training
+    assert re.fullmatch(r"ours [\d,]+ tokens/s, transformers [\d,]+: [\d.]+x; cache and no cache the same tokens: "
+                        r"True", results[3]), results[3]
+    assert re.fullmatch(r"1 clients [\d,]+ tokens/s \(1\.0x\), TTFT p95 \d+ ms; 2 clients .*", results[4]), results[4]
+    assert "0 of the steps failed" in done.stdout
+
+
+@pytest.mark.parametrize("flags, fragment", [(["--device", "cuda"], "no CUDA"), (["--device", "gpu"], "unknown device")])
+def test_the_gpu_check_without_the_device_is_one_line(flags, fragment):
+    if flags == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert_clean_error(run_script("gpu_check.py", *flags), fragment)
