@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from device import check_fits_in_memory, choose_device, device_name
+from device import check_fits_in_memory, choose_device, device_name, lay_out_for_decoding
 from errors import ArgumentParser, UserError
 from flags import (POSITIVE, add_flags, at_least, check_rules, device_setting, flag_name, from_args, same_setting,
                    seed_setting, setting)
@@ -86,12 +86,32 @@ def matrix_weights(model):
 
 
 def weight_read_seconds(n_weights, repeats, device="cpu"):
-    """Fastest seconds to read n_weights float32 numbers once, as one matrix-vector product: a ceiling no decoder
-    beats. At batch 1 a decoding step reads each weight once for 2 FLOPs, so memory bandwidth sets the pace."""
-    weights = torch.randn(math.ceil(n_weights / 1024), 1024, device=device)
-    vector = torch.randn(1024, device=device)
-    timed(lambda: torch.mv(weights, vector), device)  # warm-up
-    return best_seconds(lambda: timed(lambda: torch.mv(weights, vector), device)[0], 20 * repeats)[0]
+    """Fastest seconds to read n_weights float32 numbers once, as a matrix-vector product: a ceiling no decoder
+    beats. At batch 1 a decoding step reads each weight once for 2 FLOPs, so memory bandwidth sets the pace. Both
+    ways of storing the matrix are timed, rows of 1024 (dot products) and columns of 1024 (sums of scaled rows), and
+    the faster kept: a CPU reads one of them faster (see device.lay_out_for_decoding)."""
+    rows = math.ceil(n_weights / 1024)
+    weights, vector = torch.randn(rows, 1024, device=device), torch.randn(1024, device=device)
+    transposed, row_vector = torch.randn(1024, rows, device=device), torch.randn(1, 1024, device=device)
+    seconds = []
+    for product in (lambda: torch.mv(weights, vector), lambda: row_vector @ transposed):
+        timed(product, device)  # warm-up
+        seconds.append(best_seconds(lambda: timed(product, device)[0], 20 * repeats)[0])
+    return min(seconds)
+
+
+def matrix_products_seconds(model, repeats, device="cpu"):
+    """Fastest seconds of the model's matrix products alone: one vector through each weight matrix in turn, as stored,
+    as a decoding step multiplies them. The floor of any decoder that makes a call per matrix: what a step spends
+    beyond it is everything else (attention, norms, Python), and below the bandwidth ceiling by the start-up cost of
+    reading each matrix on its own."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = {m.in_features: torch.randn(1, m.in_features, device=device) for m in linears}
+
+    def products():
+        return [torch.nn.functional.linear(inputs[m.in_features], m.weight) for m in linears]
+    timed(products, device)  # warm-up
+    return best_seconds(lambda: timed(products, device)[0], 5 * repeats)[0]
 
 
 # -------------------------------------------------- step: one training step
@@ -210,13 +230,13 @@ def generation_runs(s, device):
                      n_head=s.n_head, n_positions=s.block_size, vocab_size=s.vocab_size, bos_token_id=None,
                      eos_token_id=None).to(device)
     torch.manual_seed(s.seed)
-    ours = Transformer(s.model_config()).eval().to(device)
+    ours = lay_out_for_decoding(Transformer(s.model_config()).eval().to(device))  # as generate.py loads it
     runs = {"ours, KV cache": lambda p, n: generate_ours(ours, p, n),
             "ours, no cache": lambda p, n: generate_ours(ours, p, n, use_cache=False)}
     gpt2 = dataclasses.replace(s.model_config(), positions="learned", norm="layer", mlp="gelu", qk_norm=False)
     if gpt2 != ours.config:  # our model of the same size with GPT-2's parts (GPTConfig's defaults), to compare
         torch.manual_seed(s.seed)
-        gpt2_parts = Transformer(gpt2).eval().to(device)
+        gpt2_parts = lay_out_for_decoding(Transformer(gpt2).eval().to(device))
         runs["GPT-2 parts, cache"] = lambda p, n: generate_ours(gpt2_parts, p, n)
     if hf is not None:
         runs["transformers GPT-2"] = lambda p, n: generate_hf(hf, p, n)
@@ -262,7 +282,16 @@ def run_generate(s):
     print(f"ceiling: each step reads all {n_weights / 1e6:.2f}M matrix weights ({4 * n_weights / 1e6:.1f} MB); "
           f"reading them once takes {1000 * read:.3f} ms here ({4 * n_weights / read / 1e9:.0f} GB/s), "
           f"so at most {1 / read:.0f} tokens/s{theirs}")
+    print_products_floor(ours, read, s.repeats, device, base / s.new_tokens if base is not None else None)
     return 0
+
+
+def print_products_floor(model, read, repeats, device, their_step=None):
+    """Print what the model's matrix products alone take, one call each, against the bandwidth ceiling `read`."""
+    products = matrix_products_seconds(model, repeats, device)
+    theirs = "" if their_step is None else f", {their_step / products:.1f}x transformers"
+    print(f"floor: the model's matrix products alone, a call each, take {1000 * products:.3f} ms "
+          f"({read / products:.0%} of the ceiling's speed), so at most {1 / products:.0f} tokens/s{theirs}")
 
 
 # ------------------------------------------- hf: a GPT-2-small through convert.py
@@ -328,13 +357,15 @@ def run_hf(s):
         results = {name: best_seconds(run, 2) for name, run in runs.items()}
     same = results["ours, KV cache"][1] == [to_ours[i] for i in results["transformers GPT-2"][1]]
     base = results["transformers GPT-2"][0]
-    ceiling = 1 / weight_read_seconds(matrix_weights(ours), 1)
+    read = weight_read_seconds(matrix_weights(ours), 1)
+    ceiling = 1 / read
     print(f"greedy, batch 1, {s.new_tokens} new tokens after {s.prompt_tokens}, "
           f"{torch.get_num_threads()} threads; the same tokens: {same}")
     for name, (seconds, _) in results.items():
         tps = tokens_per_second(s.new_tokens, seconds)
         print(f"{name:20} {tps:8.1f} tok/s {base / seconds:6.2f}x transformers {tps / ceiling:6.0%} of the "
               f"memory-bandwidth ceiling ({ceiling:.0f} tok/s)")
+    print_products_floor(ours, read, 1, "cpu", base / s.new_tokens)
     return 0
 
 

@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from device import attention_for
+from device import attention_for, lay_out_for_decoding
 from errors import UserError, short_reason, shown
 from files import atomic_write, check_input_file
 from tokenizer_io import tokenizer_from_dict
@@ -244,6 +244,7 @@ def training_data_path(checkpoint, override=None):
 
 
 def load_model(path, device="cpu"):
-    """Load a checkpoint file for inference: (model, tokenizer, checkpoint)."""
+    """Load a checkpoint file for inference: (model, tokenizer, checkpoint), its weights laid out for decoding."""
     checkpoint = load_checkpoint(path)
-    return (*model_from_checkpoint(checkpoint, device, path), checkpoint)
+    model, tokenizer = model_from_checkpoint(checkpoint, device, path)
+    return lay_out_for_decoding(model), tokenizer, checkpoint

@@ -6,6 +6,7 @@ import generate
 from checkpoint import load_model
 from conftest import assert_clean_error, run_script
 from sampling import Sampling, generate_ids, gradients_off, sample_next, stream_text, text_prompt
+from transformer import GPTConfig, Transformer
 
 
 def test_seed_example_runs_and_is_reproducible(tiny_ckpt, cli):
@@ -130,3 +131,34 @@ def test_generation_turns_gradients_off_in_a_way_each_device_supports():
     assert isinstance(gradients_off(torch.device("cpu")), torch.inference_mode)
     # torch-directml fails under inference_mode (microsoft/DirectML#602); DirectML shows up as privateuseone.
     assert isinstance(gradients_off(torch.device("privateuseone")), torch.no_grad)
+
+
+@pytest.mark.parametrize("parts", [{}, dict(positions="rope", norm="rms", mlp="swiglu"),
+                                   dict(positions="rope", mlp="swiglu", qk_norm=True), dict(tie_embeddings=True)],
+                         ids=["gpt2", "llama", "qk-norm", "tied"])
+def test_weights_laid_out_for_decoding_compute_the_same_model(parts):
+    from device import lay_out_for_decoding
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=90, block_size=32, n_layer=2, n_head=2, n_embd=16, bias=True, **parts)
+    plain = Transformer(config).eval()
+    laid = Transformer(config).eval()
+    laid.load_state_dict(plain.state_dict())
+    storage = {name: p.untyped_storage().nbytes() for name, p in laid.named_parameters()}
+    assert lay_out_for_decoding(laid) is laid
+    tall = {id(m.weight) for m in laid.modules() if isinstance(m, torch.nn.Linear) and m.out_features > m.in_features}
+    for name, p in laid.named_parameters():  # a tied head is the token embedding's matrix: it moves too
+        # A tall matrix (qkv, the MLP's first layer, the head) is stored transposed; nothing else moves, no copy stays.
+        assert p.t().is_contiguous() if id(p) in tall else p.is_contiguous(), name
+        assert p.untyped_storage().nbytes() == storage[name], name
+    assert sum(1 for m in laid.modules() if isinstance(m, torch.nn.Linear) and not m.weight.is_contiguous()) == 5
+    idx = torch.randint(0, 90, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(laid(idx)[0], plain(idx)[0], rtol=1e-5, atol=1e-5)
+    for settings in (Sampling(max_new_tokens=40, temperature=0), Sampling(max_new_tokens=40, temperature=1.0, seed=3)):
+        assert list(generate_ids(laid, [1, 2, 3], settings)) == list(generate_ids(plain, [1, 2, 3], settings))
+
+
+def test_models_loaded_for_inference_are_laid_out_for_decoding(tiny_ckpt):
+    model, tokenizer, _ = load_model(tiny_ckpt)
+    assert model.lm_head.out_features > model.lm_head.in_features  # the head is tall: its storage is transposed
+    assert model.lm_head.weight.t().is_contiguous() and not model.lm_head.weight.is_contiguous()

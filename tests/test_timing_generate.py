@@ -1,5 +1,6 @@
 """`python timing.py generate` and `hf` (benchmark.py): tiny shapes, their rows; no wall-clock assertions."""
 import math
+import re
 import sys
 
 import pytest
@@ -34,6 +35,8 @@ def test_generate_without_transformers(capsys):
     assert "gave the same 10 tokens: True" in out
     assert "2 layers, 32 wide, 2 heads, block 32, vocab 68" in out
     assert "ceiling: each step reads all 0.03M matrix weights" in out
+    assert re.search(r"^floor: the model's matrix products alone, a call each, take [\d.]+ ms .* so at most \d+ "
+                     r"tokens/s$", out, re.MULTILINE)  # no transformers to compare with
 
 
 def test_other_parts_are_timed_beside_gpt2s(capsys):
@@ -71,8 +74,8 @@ def test_the_weight_read_covers_every_weight(monkeypatch):
         return 0.25, products[-1]
     monkeypatch.setattr(benchmark, "best_seconds", fastest)
     assert benchmark.weight_read_seconds(3000, repeats=1) == 0.25
-    [product] = products  # one matrix-vector product: rows of 1024, enough of them for 3000 weights
-    assert product.shape == (math.ceil(3000 / 1024),)
+    by_rows, by_columns = products  # a matrix-vector product each way: rows of 1024, then columns of 1024
+    assert by_rows.shape == (math.ceil(3000 / 1024),) and by_columns.shape == (1, math.ceil(3000 / 1024))
 
 
 def test_generate_against_transformers(capsys):
@@ -162,4 +165,6 @@ def test_the_hf_mode_end_to_end_at_a_tiny_shape(capsys, monkeypatch):
     assert lines[0].startswith("GPT-2-small shape (1 layers, 16 wide, block 16, vocab 300), 0 MB of weights")
     assert lines[1].startswith("from-hf ") and "; to-hf " in lines[1] and "peak RSS" in lines[1]
     assert lines[2].startswith("greedy, batch 1, 4 new tokens after 3,") and lines[2].endswith("the same tokens: True")
-    assert [line[:20].strip() for line in lines[3:]] == ["ours, KV cache", "transformers GPT-2"]
+    assert [line[:20].strip() for line in lines[3:5]] == ["ours, KV cache", "transformers GPT-2"]
+    assert re.fullmatch(r"floor: the model's matrix products alone, a call each, take [\d.]+ ms \(\d+% of the "
+                        r"ceiling's speed\), so at most \d+ tokens/s, [\d.]+x transformers", lines[5]), lines[5]
