@@ -1,10 +1,12 @@
-"""Move models between b_lm and the Hugging Face format (GPT-2, StableLM, Llama).
+"""Move models between b_lm and the Hugging Face format (GPT-2, StableLM, Llama), and out to GGUF (llama.cpp).
 
     python convert.py to-hf checkpoint.pth hf_model/     # then transformers loads hf_model/
     python convert.py from-hf gpt2/ gpt2.pth             # a GPT-2 directory you downloaded
+    python convert.py to-gguf checkpoint.pth model.gguf  # then llama.cpp, Ollama or LM Studio loads model.gguf
 
 to-hf writes a folder (a chat model's with its chat template) that transformers' `AutoModelForCausalLM` and
-`AutoTokenizer` load without b_lm; from-hf a checkpoint that every b_lm script uses like its own.
+`AutoTokenizer` load without b_lm; from-hf a checkpoint that every b_lm script uses like its own; to-gguf one file
+with the model, its tokenizer and a chat model's template.
 """
 
 from errors import stop_cleanly
@@ -18,6 +20,7 @@ import tempfile
 from checkpoint import checked_tokenizer, checkpoint_dict, load_checkpoint, save_checkpoint
 from errors import ArgumentParser, UserError, run_main
 from files import check_output_folder, check_output_path, claimed, refuse_existing, swap_in_folder, temporary_prefix
+from gguf_export import DTYPES, gguf_problem, write_gguf
 from hf import from_hf, is_b_lm_export, to_hf
 
 
@@ -56,9 +59,35 @@ def import_(args):
           f"vocab {tokenizer.vocab_size} ({tokenizer.kind})" + (", a chat model" if chat else ""))
 
 
+def export_gguf(args):
+    check_output_path(args.file, "FILE", [args.ckpt])
+    with claimed(args.file, "FILE"):
+        refuse_existing(args.file, "FILE", args.overwrite)
+        checkpoint = load_checkpoint(args.ckpt)
+        tokenizer = checked_tokenizer(checkpoint, args.ckpt)
+        if problem := gguf_problem(checkpoint, tokenizer):
+            raise UserError(f"{args.ckpt}: {problem}")
+        # Written beside it, then renamed over it: a failed export never leaves half a file under the name.
+        real = os.path.realpath(args.file)
+        fd, staging = tempfile.mkstemp(dir=os.path.dirname(real), prefix=temporary_prefix(real), suffix=".tmp")
+        os.close(fd)
+        try:
+            name = os.path.splitext(os.path.basename(args.ckpt))[0]
+            write_gguf(checkpoint, tokenizer, staging, name, args.dtype)
+            os.chmod(staging, 0o644)
+            os.replace(staging, real)
+        finally:
+            if os.path.exists(staging):
+                os.unlink(staging)
+    c = checkpoint["model_config"]
+    print(f"wrote {args.file}: {os.path.getsize(args.file) / 1e6:.1f} MB, {args.dtype}, llama.cpp's gpt2, "
+          f"{c['n_layer']} layers, {c['n_embd']} wide, vocab {tokenizer.vocab_size}, {tokenizer.kind} tokenizer"
+          + (", chat template" if checkpoint.get("chat") else ""))
+
+
 def main(argv=None):
     parser = ArgumentParser(description="Convert between b_lm checkpoints and Hugging Face model folders "
-                                        "(GPT-2, StableLM, Llama).")
+                                        "(GPT-2, StableLM, Llama), or write a GGUF file for llama.cpp.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     to = commands.add_parser("to-hf", help="b_lm checkpoint -> Hugging Face folder", description=(
         "Write a b_lm checkpoint as a Hugging Face folder: GPT-2 for the default parts (learned/layer/gelu), "
@@ -75,6 +104,15 @@ def main(argv=None):
     back.add_argument("ckpt", help="the b_lm checkpoint to write")
     back.add_argument("--overwrite", action="store_true", help="replace ckpt if it exists")
     back.set_defaults(run=import_)
+    gguf = commands.add_parser("to-gguf", help="b_lm checkpoint -> GGUF file (llama.cpp)", description=(
+        "Write a b_lm checkpoint as one GGUF file, for llama.cpp and the apps built on it: GPT-2's block (the "
+        "default) as llama.cpp's gpt2, a character or BPE tokenizer, a chat model's template."))
+    gguf.add_argument("ckpt", help="the b_lm checkpoint")
+    gguf.add_argument("file", help="the .gguf file to write")
+    gguf.add_argument("--dtype", choices=DTYPES, default="f32", help="how the weight matrices are stored "
+                      "(default: %(default)s; f16 halves the file)")
+    gguf.add_argument("--overwrite", action="store_true", help="replace file if it exists")
+    gguf.set_defaults(run=export_gguf)
     args = parser.parse_args(argv)
     args.run(args)
 

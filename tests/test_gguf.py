@@ -1,0 +1,117 @@
+"""convert.py to-gguf: the file loads in the real llama.cpp (through llama-cpp-python) as the same model, with the
+same tokenizer, and a chat model answers through its embedded template as generate.py --chat does."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import convert
+import sft
+import train
+from bpe import train_bpe
+from chat import answer_settings, build_prompt, prompt_budget
+from checkpoint import load_model
+from conftest import DATA, QA, TINY, assert_clean_error, run_script
+from sampling import Sampling, generate_ids
+from tokenizer import END_OF_TURN
+
+llama_cpp = pytest.importorskip("llama_cpp")
+CORPUS = open(DATA, encoding="utf-8").read()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """The default block with a character and a BPE vocabulary, trained a little on all of data.txt: {kind: path}."""
+    folder = tmp_path_factory.mktemp("gguf")
+    train_bpe(CORPUS[:200_000], 320).save(str(folder / "tok.json"))
+    paths = {}
+    for kind, flags in (("char", []), ("bpe", ["--tokenizer", str(folder / "tok.json")])):
+        paths[kind] = str(folder / f"{kind}.pth")
+        train.main(["--data", DATA, "--ckpt", paths[kind], "--metrics", "", *TINY, "--block-size", "96",
+                    "--max-iters", "30", *flags])
+    return paths
+
+
+def llama(path, context):
+    """llama.cpp's model of a GGUF file: float32 keys and values (its default float16 cache would round them)."""
+    return llama_cpp.Llama(model_path=path, n_ctx=context, n_threads=1, logits_all=True, verbose=False,
+                           type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+
+
+def llama_greedy(llm, ids, n):
+    llm.reset()
+    llm.eval(ids)
+    out = []
+    for _ in range(n):
+        out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval(out[-1:])
+    return out
+
+
+@pytest.mark.parametrize("kind, dtype", [("char", "f32"), ("bpe", "f32"), ("char", "f16")])
+def test_an_exported_file_is_the_same_model_in_llama_cpp(tmp_path, checkpoints, kind, dtype):
+    path = str(tmp_path / "model.gguf")
+    convert.main(["to-gguf", checkpoints[kind], path, "--dtype", dtype])
+    model, tokenizer, _ = load_model(checkpoints[kind])
+    llm = llama(path, model.config.block_size)
+    # The tokenizer: llama.cpp cuts all of data.txt into b_lm's ids, and reads them back as the text.
+    ids = tokenizer.encode(CORPUS)
+    assert llm.tokenize(CORPUS.encode("utf-8"), add_bos=False, special=False) == ids
+    assert llm.detokenize(ids[:5000]).decode("utf-8") == tokenizer.decode(ids[:5000])
+    # The model: the logits of a 64-token prompt, then 50 greedy tokens.
+    prompt = ids[10_000:10_064]
+    llm.reset()
+    llm.eval(prompt)
+    with torch.no_grad():
+        ours = model(torch.tensor([prompt]))[0][0].numpy()
+    # llama.cpp's GELU rounds through a float16 table (GGML_GELU_FP16 in ggml-cpu), float16 weights more so.
+    assert np.abs(np.array(llm.scores[:64]) - ours).max() < (1e-2 if dtype == "f32" else 5e-2)
+    if dtype == "f32":  # within the context: llama.cpp's gpt2 has no position past it (it aborts)
+        start = prompt[:model.config.block_size - 50]
+        assert llama_greedy(llm, start, 50) == list(generate_ids(model, start, Sampling(50, temperature=0)))
+    f32 = 4 * sum(v.numel() for v in model.state_dict().values())
+    assert os.path.getsize(path) < (1.2 if dtype == "f32" else 0.7) * f32
+
+
+def test_a_chat_model_answers_through_its_embedded_template(tmp_path, checkpoints):
+    chat_ckpt, path = str(tmp_path / "chat.pth"), str(tmp_path / "chat.gguf")
+    sft.main(["--init-from", checkpoints["char"], "--qa", QA, "--ckpt", chat_ckpt, "--max-iters", "30", "--batch-size",
+              "8", "--eval-interval", "15", "--eval-tokens", "256", "--warmup-iters", "2", "--lr", "1e-2",
+              "--metrics", "", "--plot", ""])
+    convert.main(["to-gguf", chat_ckpt, path])
+    model, tokenizer, _ = load_model(chat_ckpt)
+    llm = llama(path, model.config.block_size)
+    for question in ("Who is the father of Achilles?", "Where do the Achaeans camp?"):
+        settings = answer_settings(tokenizer, Sampling(max_new_tokens=40, temperature=0))
+        prompt = build_prompt(tokenizer, [], question, prompt_budget(model.config.block_size, 40))
+        ids = list(generate_ids(model, prompt.ids, settings))
+        ended = ids[-1] == tokenizer.special_tokens[END_OF_TURN]
+        reply = llm.create_chat_completion(messages=[{"role": "user", "content": question}], temperature=0,
+                                           max_tokens=40)
+        choice = reply["choices"][0]
+        assert reply["usage"]["prompt_tokens"] == len(prompt.ids)
+        assert choice["message"]["content"] == tokenizer.decode(ids[:-1] if ended else ids)
+        assert choice["finish_reason"] == ("stop" if ended else "length")
+
+
+def test_bad_exports_are_one_line_and_write_nothing(tmp_path, checkpoints, tiny_ckpt):
+    existing = tmp_path / "there.gguf"
+    existing.write_bytes(b"mine")
+    rope = str(tmp_path / "rope.pth")
+    train.main(["--data", DATA, "--ckpt", rope, "--metrics", "", *TINY, "--max-iters", "2", "--positions", "rope"])
+    rnn = str(tmp_path / "rnn.pth")
+    train.main(["--data", DATA, "--ckpt", rnn, "--metrics", "", "--plot", "", "--model", "rnn", "--n-layer", "1",
+                "--n-embd", "16", "--block-size", "16", "--batch-size", "4", "--eval-tokens", "256",
+                "--max-iters", "2"])
+    before = sorted(os.listdir(tmp_path))
+    for args, fragment in ((["to-gguf", tiny_ckpt, existing], "already exists"),
+                           (["to-gguf", tiny_ckpt, tmp_path], "is a folder"),
+                           (["to-gguf", rope, tmp_path / "rope.gguf"], "GPT-2's block"),
+                           (["to-gguf", rnn, tmp_path / "rnn.gguf"], "CharRNN"),
+                           (["to-gguf", tmp_path / "missing.pth", tmp_path / "m.gguf"], "not found"),
+                           (["to-gguf", tiny_ckpt, tmp_path / "x.gguf", "--dtype", "q4"], "invalid choice")):
+        assert_clean_error(run_script("convert.py", *map(str, args)), fragment)
+    assert sorted(os.listdir(tmp_path)) == before and existing.read_bytes() == b"mine"
+    assert run_script("convert.py", "to-gguf", tiny_ckpt, str(existing), "--overwrite").returncode == 0
+    assert existing.read_bytes()[:4] == b"GGUF"
