@@ -74,12 +74,20 @@ def test_an_exported_file_is_the_same_model_in_llama_cpp(tmp_path, checkpoints, 
     assert os.path.getsize(path) < (1.2 if dtype == "f32" else 0.7) * f32
 
 
-def test_a_chat_model_answers_through_its_embedded_template(tmp_path, checkpoints):
-    chat_ckpt, path = str(tmp_path / "chat.pth"), str(tmp_path / "chat.gguf")
+@pytest.fixture(scope="module")
+def chat(checkpoints, tmp_path_factory):
+    """The char checkpoint tuned by sft.py into a (poor) chat model, and its GGUF file: (checkpoint, file)."""
+    folder = tmp_path_factory.mktemp("gguf-chat")
+    chat_ckpt, path = str(folder / "chat.pth"), str(folder / "chat.gguf")
     sft.main(["--init-from", checkpoints["char"], "--qa", QA, "--ckpt", chat_ckpt, "--max-iters", "30", "--batch-size",
               "8", "--eval-interval", "15", "--eval-tokens", "256", "--warmup-iters", "2", "--lr", "1e-2",
               "--metrics", "", "--plot", ""])
     convert.main(["to-gguf", chat_ckpt, path])
+    return chat_ckpt, path
+
+
+def test_a_chat_model_answers_through_its_embedded_template(chat):
+    chat_ckpt, path = chat
     model, tokenizer, _ = load_model(chat_ckpt)
     llm = llama(path, model.config.block_size)
     for question in ("Who is the father of Achilles?", "Where do the Achaeans camp?"):
@@ -115,3 +123,17 @@ def test_bad_exports_are_one_line_and_write_nothing(tmp_path, checkpoints, tiny_
     assert sorted(os.listdir(tmp_path)) == before and existing.read_bytes() == b"mine"
     assert run_script("convert.py", "to-gguf", tiny_ckpt, str(existing), "--overwrite").returncode == 0
     assert existing.read_bytes()[:4] == b"GGUF"
+
+
+def test_serve_benchmark_runs_the_same_load_against_llama_cpp_s_server(chat):
+    chat_ckpt, path = chat
+    done = run_script("serve_benchmark.py", "--ckpt", chat_ckpt, "--llama-cpp", path, "--seconds", "1", "--clients",
+                      "1", "2", "--max-tokens", "8")
+    assert done.returncode == 0, done.stderr[-2000:]
+    tables = done.stdout.split("llama_cpp.server on ")
+    assert len(tables) == 2 and tables[0].splitlines()[1] == "serve.py"
+    for table in tables:  # a row per load, each with tokens served
+        rows = [line.split() for line in table.splitlines() if line.strip()[:1].isdigit()]
+        assert [row[0] for row in rows] == ["1", "2"] and all(int(row[2].replace(",", "")) > 0 for row in rows)
+    assert_clean_error(run_script("serve_benchmark.py", "--ckpt", chat_ckpt, "--llama-cpp", path + ".missing"),
+                       "--llama-cpp")
