@@ -65,7 +65,7 @@ def export_gguf(args):
         refuse_existing(args.file, "FILE", args.overwrite)
         checkpoint = load_checkpoint(args.ckpt)
         tokenizer = checked_tokenizer(checkpoint, args.ckpt)
-        if problem := gguf_problem(checkpoint, tokenizer):
+        if problem := gguf_problem(checkpoint, tokenizer, args.dtype):
             raise UserError(f"{args.ckpt}: {problem}")
         # Written beside it, then renamed over it: a failed export never leaves half a file under the name.
         real = os.path.realpath(args.file)
@@ -110,7 +110,7 @@ def main(argv=None):
     gguf.add_argument("ckpt", help="the b_lm checkpoint")
     gguf.add_argument("file", help="the .gguf file to write")
     gguf.add_argument("--dtype", choices=DTYPES, default="f32", help="how the weight matrices are stored "
-                      "(default: %(default)s; f16 halves the file)")
+                      "(default: %(default)s; f16 halves the file, q8_0 quarters it)")
     gguf.add_argument("--overwrite", action="store_true", help="replace file if it exists")
     gguf.set_defaults(run=export_gguf)
     args = parser.parse_args(argv)

@@ -20,12 +20,14 @@ from hf_tokenizer import CHAT_TEMPLATE, byte_to_unicode
 from tokenizer import END_OF_TURN, ENDOFTEXT
 
 # How each precision stores the matrices; vectors (norms, biases) stay float32, as llama.cpp's own files keep them.
-DTYPES = {"f32": (np.float32, gguf.LlamaFileType.ALL_F32), "f16": (np.float16, gguf.LlamaFileType.MOSTLY_F16)}
+# q8_0 is llama.cpp's 8-bit type: blocks of 32 weights sharing one float16 scale (rows must be multiples of 32).
+DTYPES = {"f32": (np.float32, gguf.LlamaFileType.ALL_F32), "f16": (np.float16, gguf.LlamaFileType.MOSTLY_F16),
+          "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0)}
 SPACE = "\u2581"  # SentencePiece's visible space
 
 
-def gguf_problem(checkpoint, tokenizer):
-    """Why this checkpoint cannot be written as GGUF (yet), or None."""
+def gguf_problem(checkpoint, tokenizer, dtype="f32"):
+    """Why this checkpoint cannot be written as GGUF (yet) in dtype, or None."""
     if checkpoint["model_type"] != "transformer":
         return "a CharRNN has no GGUF architecture: only Transformers can be exported"
     c = checkpoint["model_config"]
@@ -35,6 +37,8 @@ def gguf_problem(checkpoint, tokenizer):
                 f"{'/'.join(parts)}{'/qk-norm' * bool(c.get('qk_norm'))}: export it with to-hf instead")
     if tokenizer.kind == "char" and SPACE in tokenizer.char_to_idx:
         return f"its vocabulary holds {SPACE!r}, which GGUF's character vocabularies use for the space"
+    if dtype == "q8_0" and c["n_embd"] % 32:
+        return f"q8_0 stores rows in blocks of 32 weights; this model is {c['n_embd']} wide: use f16 or f32"
     if tokenizer.kind == "bpe" and tokenizer.pattern != GPT4_PATTERN:
         return "its BPE splits text with its own pattern; llama.cpp knows only standard ones such as GPT-4's"
     return None
@@ -56,7 +60,12 @@ def write_gguf(checkpoint, tokenizer, path, name, dtype="f32"):
     writer.add_file_type(file_type)
     add_vocabulary(writer, tokenizer, chat)
     for name, tensor in gguf_tensors(checkpoint["model"], c):
-        writer.add_tensor(name, tensor.astype(numbers if tensor.ndim == 2 else np.float32))
+        if tensor.ndim == 1:
+            writer.add_tensor(name, tensor)
+        elif isinstance(numbers, gguf.GGMLQuantizationType):
+            writer.add_tensor(name, gguf.quants.quantize(tensor, numbers), raw_dtype=numbers)
+        else:
+            writer.add_tensor(name, tensor.astype(numbers))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -74,6 +74,24 @@ def test_an_exported_file_is_the_same_model_in_llama_cpp(tmp_path, checkpoints, 
     assert os.path.getsize(path) < (1.2 if dtype == "f32" else 0.7) * f32
 
 
+def test_an_8_bit_file_loads_and_tokenizes_alike(tmp_path):
+    ckpt, path = str(tmp_path / "wide.pth"), str(tmp_path / "q8.gguf")
+    train.main(["--data", DATA, "--ckpt", ckpt, "--metrics", "", *TINY, "--n-embd", "32", "--block-size", "96",
+                "--max-iters", "10"])
+    convert.main(["to-gguf", ckpt, path, "--dtype", "q8_0"])
+    model, tokenizer, _ = load_model(ckpt)
+    llm = llama(path, model.config.block_size)
+    ids = tokenizer.encode(CORPUS[:20_000])
+    assert llm.tokenize(CORPUS[:20_000].encode("utf-8"), add_bos=False, special=False) == ids
+    llm.reset()
+    llm.eval(ids[:64])
+    with torch.no_grad():
+        ours = model(torch.tensor([ids[:64]]))[0][0].numpy()
+    assert np.abs(np.array(llm.scores[:64]) - ours).max() < 0.5  # 8-bit weights: 0.18 on the default model
+    f32 = 4 * sum(v.numel() for v in model.state_dict().values())
+    assert os.path.getsize(path) < 0.5 * f32
+
+
 @pytest.fixture(scope="module")
 def chat(checkpoints, tmp_path_factory):
     """The char checkpoint tuned by sft.py into a (poor) chat model, and its GGUF file: (checkpoint, file)."""
@@ -118,7 +136,8 @@ def test_bad_exports_are_one_line_and_write_nothing(tmp_path, checkpoints, tiny_
                            (["to-gguf", rope, tmp_path / "rope.gguf"], "GPT-2's block"),
                            (["to-gguf", rnn, tmp_path / "rnn.gguf"], "CharRNN"),
                            (["to-gguf", tmp_path / "missing.pth", tmp_path / "m.gguf"], "not found"),
-                           (["to-gguf", tiny_ckpt, tmp_path / "x.gguf", "--dtype", "q4"], "invalid choice")):
+                           (["to-gguf", tiny_ckpt, tmp_path / "x.gguf", "--dtype", "q4"], "invalid choice"),
+                           (["to-gguf", tiny_ckpt, tmp_path / "x.gguf", "--dtype", "q8_0"], "blocks of 32")):
         assert_clean_error(run_script("convert.py", *map(str, args)), fragment)
     assert sorted(os.listdir(tmp_path)) == before and existing.read_bytes() == b"mine"
     assert run_script("convert.py", "to-gguf", tiny_ckpt, str(existing), "--overwrite").returncode == 0
