@@ -90,13 +90,14 @@ def weight_read_seconds(n_weights, repeats, device="cpu"):
     beats. At batch 1 a decoding step reads each weight once for 2 FLOPs, so memory bandwidth sets the pace. Both
     ways of storing the matrix are timed, rows of 1024 (dot products) and columns of 1024 (sums of scaled rows), and
     the faster kept: a CPU reads one of them faster (see device.lay_out_for_decoding)."""
-    rows = math.ceil(n_weights / 1024)
-    weights, vector = torch.randn(rows, 1024, device=device), torch.randn(1024, device=device)
-    transposed, row_vector = torch.randn(1024, rows, device=device), torch.randn(1, 1024, device=device)
-    seconds = []
-    for product in (lambda: torch.mv(weights, vector), lambda: row_vector @ transposed):
+    rows, seconds = math.ceil(n_weights / 1024), []
+    for by_rows in (True, False):  # one matrix at a time: GPT-2 small's is 0.5 GB
+        weights = torch.randn((rows, 1024) if by_rows else (1024, rows), device=device)
+        vector = torch.randn(1024, device=device) if by_rows else torch.randn(1, 1024, device=device)
+        product = (lambda: torch.mv(weights, vector)) if by_rows else (lambda: vector @ weights)
         timed(product, device)  # warm-up
         seconds.append(best_seconds(lambda: timed(product, device)[0], 20 * repeats)[0])
+        weights = vector = None  # freed before the next is made
     return min(seconds)
 
 

@@ -19,7 +19,8 @@ import tempfile
 
 from checkpoint import checked_tokenizer, checkpoint_dict, load_checkpoint, save_checkpoint
 from errors import ArgumentParser, UserError, run_main
-from files import check_output_folder, check_output_path, claimed, refuse_existing, swap_in_folder, temporary_prefix
+from files import (atomic_path, check_output_folder, check_output_path, claimed, refuse_existing, swap_in_folder,
+                   temporary_prefix)
 from gguf_export import DTYPES, gguf_problem, write_gguf
 from hf import from_hf, is_b_lm_export, to_hf
 
@@ -67,18 +68,8 @@ def export_gguf(args):
         tokenizer = checked_tokenizer(checkpoint, args.ckpt)
         if problem := gguf_problem(checkpoint, tokenizer, args.dtype):
             raise UserError(f"{args.ckpt}: {problem}")
-        # Written beside it, then renamed over it: a failed export never leaves half a file under the name.
-        real = os.path.realpath(args.file)
-        fd, staging = tempfile.mkstemp(dir=os.path.dirname(real), prefix=temporary_prefix(real), suffix=".tmp")
-        os.close(fd)
-        try:
-            name = os.path.splitext(os.path.basename(args.ckpt))[0]
-            write_gguf(checkpoint, tokenizer, staging, name, args.dtype)
-            os.chmod(staging, 0o644)
-            os.replace(staging, real)
-        finally:
-            if os.path.exists(staging):
-                os.unlink(staging)
+        with atomic_path(args.file) as staging:  # a failed export never leaves half a file under the name
+            write_gguf(checkpoint, tokenizer, staging, os.path.splitext(os.path.basename(args.ckpt))[0], args.dtype)
     c = checkpoint["model_config"]
     print(f"wrote {args.file}: {os.path.getsize(args.file) / 1e6:.1f} MB, {args.dtype}, llama.cpp's gpt2, "
           f"{c['n_layer']} layers, {c['n_embd']} wide, vocab {tokenizer.vocab_size}, {tokenizer.kind} tokenizer"

@@ -29,17 +29,18 @@ def cache_dir():
 
 
 @contextmanager
-def atomic_write(path, mode="wb", **open_kwargs):
-    """Open a temporary file beside `path`; on success rename it over `path` (os.replace is atomic: readers see the
-    old file or the whole new one). If the block raises, `path` stays untouched. A symbolic link is written through."""
+def atomic_path(path):
+    """A temporary path beside `path` to write, for writers that open the file themselves (the gguf package); on
+    success it is renamed over `path` (os.replace is atomic: readers see the old file or the whole new one). If the
+    block raises, `path` stays untouched. A symbolic link is written through."""
     path = os.path.realpath(path)
     if _kind_of(path, "output") not in (None, "file"):
         raise UserError(f"{path} is not a regular file: b_lm writes only files it can replace")
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=temporary_prefix(path), suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, **open_kwargs) as f:
-            yield f
-            f.flush()
+        yield tmp
+        with open(tmp, "r+b") as f:  # on disk before the rename, or a power cut could leave an empty file there
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; give them the usual mode
         os.replace(tmp, path)
@@ -49,6 +50,13 @@ def atomic_write(path, mode="wb", **open_kwargs):
         raise
     if path in _HELD_FILES:  # the name now points at a new file: hold that one
         _HELD_FILES[path] = _lock_file(path, _HELD_FILES.pop(path))
+
+
+@contextmanager
+def atomic_write(path, mode="wb", **open_kwargs):
+    """Open a temporary file beside `path`, renamed over it on success (atomic_path)."""
+    with atomic_path(path) as tmp, open(tmp, mode, **open_kwargs) as f:
+        yield f
 
 
 def temporary_prefix(path):

@@ -16,7 +16,7 @@ import gguf
 import numpy as np
 
 from bpe import GPT4_PATTERN
-from hf_tokenizer import CHAT_TEMPLATE, byte_to_unicode
+from hf_tokenizer import CHAT_TEMPLATE, byte_level_texts
 from tokenizer import END_OF_TURN, ENDOFTEXT
 
 # How each precision stores the matrices; vectors (norms, biases) stay float32, as llama.cpp's own files keep them.
@@ -73,23 +73,19 @@ def write_gguf(checkpoint, tokenizer, path, name, dtype="f32"):
 
 
 def add_vocabulary(writer, tokenizer, chat):
-    special = set(tokenizer.special_tokens.values())
+    special = {i: name for name, i in tokenizer.special_tokens.items()}
     if tokenizer.kind == "char":
         writer.add_tokenizer_model("llama")
         writer.add_tokenizer_pre("default")
-        pieces = [tokenizer.decode([i]) if i not in special else None for i in range(tokenizer.vocab_size)]
         writer.add_add_space_prefix(False)
         writer.add_token_scores([0.0] * tokenizer.vocab_size)
+        pieces = [special.get(i) or tokenizer.decode([i]).replace(" ", SPACE) for i in range(tokenizer.vocab_size)]
     else:
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre("llama-bpe")
-        alphabet = byte_to_unicode()
-        pieces = ["".join(alphabet[b] for b in tokenizer.token_bytes(i)) if i not in special else None
-                  for i in range(tokenizer.vocab_size)]
+        pieces = [*byte_level_texts(tokenizer), *(special[i] for i in sorted(special))]
         writer.add_token_merges([f"{pieces[a]} {pieces[b]}" for a, b in tokenizer.merges])
-    by_id = {i: s for s, i in tokenizer.special_tokens.items()}
-    writer.add_token_list([by_id[i] if i in special else p.replace(" ", SPACE) if tokenizer.kind == "char" else p
-                           for i, p in enumerate(pieces)])
+    writer.add_token_list(pieces)
     writer.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL
                             for i in range(tokenizer.vocab_size)])
     s = tokenizer.special_tokens

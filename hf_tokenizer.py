@@ -31,6 +31,13 @@ def byte_to_unicode():
     return {b: chr(b) if b in printable else chr(next(stand_ins)) for b in range(256)}
 
 
+def byte_level_texts(tokenizer):
+    """The text of each of a BPE tokenizer's byte and merge tokens, its bytes written in byte_to_unicode's alphabet
+    (how GPT-2's vocab.json, tokenizer.json and llama.cpp's gpt2 vocabularies spell them)."""
+    alphabet = byte_to_unicode()
+    return ["".join(alphabet[b] for b in tokenizer.token_bytes(i)) for i in range(256 + len(tokenizer.merges))]
+
+
 def tokenizer_json(tokenizer):
     added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
               "special": True} for s, i in tokenizer.special_tokens.items()]
@@ -38,8 +45,7 @@ def tokenizer_json(tokenizer):
         pre_tokenizer, decoder = CHAR_PRE_TOKENIZER, {"type": "Fuse"}
         model = {"type": "WordLevel", "vocab": dict(tokenizer.char_to_idx), "unk_token": ENDOFTEXT}
     else:
-        alphabet, merges = byte_to_unicode(), tokenizer.merges
-        text = ["".join(alphabet[b] for b in tokenizer.token_bytes(i)) for i in range(256 + len(merges))]
+        merges, text = tokenizer.merges, byte_level_texts(tokenizer)
         pre_tokenizer = {"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": tokenizer.pattern}, "behavior": "Isolated", "invert": False},
             BYTE_LEVEL]}

@@ -32,12 +32,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from api_schema import MAX_TOKENS_LIMIT
+from chat import build_prompt
 from checkpoint import checked_tokenizer, load_checkpoint
 from errors import ArgumentParser, UserError, run_main, short_reason
 from files import check_input_file
 from flags import add_flag, ckpt_setting
 from qa import load_qa
-from tokenizer import fit_typed_text
+from sampling import Sampling, text_prompt
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MAX_CLIENTS = 256  # a thread each, and the server's --max-batch
@@ -77,7 +78,6 @@ def parse_args(argv=None):
 def stream_one(host, port, question, max_tokens, text_mode=False):
     """One streamed chat answer (greedy) or text (sampled): (seconds to the first text, in all, completion tokens:
     the usage the server reports, or else its streamed pieces)."""
-    max_tokens = max_tokens(question) if callable(max_tokens) else max_tokens
     body = {"max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}, "temperature": 0}
     if text_mode:
         path, body = "/v1/completions", {**body, "prompt": question, "temperature": 0.8, "seed": len(question)}
@@ -104,13 +104,15 @@ def stream_one(host, port, question, max_tokens, text_mode=False):
 
 
 def run_load(host, port, questions, clients, seconds, max_tokens, text_mode):
-    """clients threads streaming back to back for seconds: (tokens/s over all, TTFT list, requests)."""
+    """clients threads streaming back to back for seconds, each question's max_tokens from the dict max_tokens:
+    (tokens/s over all, TTFT list, requests)."""
     deadline = time.perf_counter() + seconds
 
     def client(k):  # asks questions k, k + clients, k + 2 * clients, ... until the time is up
         results, i = [], k
         while time.perf_counter() < deadline:
-            results.append(stream_one(host, port, questions[i % len(questions)], max_tokens, text_mode))
+            question = questions[i % len(questions)]
+            results.append(stream_one(host, port, question, max_tokens[question], text_mode))
             i += clients
         return results
 
@@ -185,11 +187,11 @@ def main(argv=None):
         raise UserError(f"{args.ckpt} is a base model: the chat load needs a chat model (sft.py), or pass --text")
     context = checkpoint["model_config"]["block_size"]
     del checkpoint
-
-    def room(question):  # the answer's room after the prompt (<|user|> q <|end|> <|assistant|>, or the text alone)
-        ids = tokenizer.encode(fit_typed_text(tokenizer, question))
-        return max(1, min(args.max_tokens, context - len(ids) - (0 if args.text else 3)))
-    max_tokens = args.max_tokens if args.llama_cpp is None else room
+    max_tokens = {q: args.max_tokens for q in questions}  # each question's, in every load
+    if args.llama_cpp is not None:  # the answer's room after the question's prompt, as serve.py builds it
+        for q in questions:
+            ids = text_prompt(tokenizer, q, Sampling())[0] if args.text else build_prompt(tokenizer, [], q, context).ids
+            max_tokens[q] = max(1, min(args.max_tokens, context - len(ids)))
     what = (f"text completions of {args.max_tokens} tokens" if args.text else
             f"greedy chat answers of at most {args.max_tokens} tokens")
     print(f"{args.ckpt}: {args.seconds:g} s per load, {what}")

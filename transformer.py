@@ -248,7 +248,7 @@ class Transformer(nn.Module):
                 raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}")
             pos = torch.arange(T, device=idx.device)
         else:
-            pos = kv_cache.positions(T, idx.device)  # (T,), or (B, T) when rows sit at their own positions
+            pos = kv_cache.positions(T, idx.device)  # (T,), or (1, T) for several sequences packed in one row
         x, rope = self.wte(idx), None  # (B, T, C)
         if self.config.positions == "learned":
             x = x + self.wpe(pos)
