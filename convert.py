@@ -66,12 +66,13 @@ def export_gguf(args):
         refuse_existing(args.file, "FILE", args.overwrite)
         checkpoint = load_checkpoint(args.ckpt)
         tokenizer = checked_tokenizer(checkpoint, args.ckpt)
-        if problem := gguf_problem(checkpoint, tokenizer, args.dtype):
+        if problem := gguf_problem(checkpoint, tokenizer):
             raise UserError(f"{args.ckpt}: {problem}")
         with atomic_path(args.file) as staging:  # a failed export never leaves half a file under the name
-            write_gguf(checkpoint, tokenizer, staging, os.path.splitext(os.path.basename(args.ckpt))[0], args.dtype)
+            kind = write_gguf(checkpoint, tokenizer, staging, os.path.splitext(os.path.basename(args.ckpt))[0],
+                              args.dtype)
     c = checkpoint["model_config"]
-    print(f"wrote {args.file}: {os.path.getsize(args.file) / 1e6:.1f} MB, {args.dtype}, llama.cpp's gpt2, "
+    print(f"wrote {args.file}: {os.path.getsize(args.file) / 1e6:.1f} MB, {args.dtype}, llama.cpp's {kind}, "
           f"{c['n_layer']} layers, {c['n_embd']} wide, vocab {tokenizer.vocab_size}, {tokenizer.kind} tokenizer"
           + (", chat template" if checkpoint.get("chat") else ""))
 
@@ -97,11 +98,12 @@ def main(argv=None):
     back.set_defaults(run=import_)
     gguf = commands.add_parser("to-gguf", help="b_lm checkpoint -> GGUF file (llama.cpp)", description=(
         "Write a b_lm checkpoint as one GGUF file, for llama.cpp and the apps built on it: GPT-2's block (the "
-        "default) as llama.cpp's gpt2, a character or BPE tokenizer, a chat model's template."))
+        "default) as llama.cpp's gpt2, rope/layer/swiglu (with or without --qk-norm) as stablelm, rope/rms/swiglu "
+        "as llama; a character or BPE tokenizer, a chat model's template."))
     gguf.add_argument("ckpt", help="the b_lm checkpoint")
     gguf.add_argument("file", help="the .gguf file to write")
     gguf.add_argument("--dtype", choices=DTYPES, default="f32", help="how the weight matrices are stored "
-                      "(default: %(default)s; f16 halves the file, q8_0 quarters it)")
+                      "(default: %(default)s; f16 halves the file, q8_0 about quarters it)")
     gguf.add_argument("--overwrite", action="store_true", help="replace file if it exists")
     gguf.set_defaults(run=export_gguf)
     args = parser.parse_args(argv)
