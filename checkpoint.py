@@ -11,7 +11,8 @@ A checkpoint is a dict of tensors and plain Python values (dict, list, str, int,
     tokenizer       the tokenizer's to_dict()
     run_config      the settings of the run that made it (run_config.py and the script's own), as a dict
     chat            True for instruction-tuned chat models
-    step, best_val_loss, elapsed_s, history, rng: the fields of Progress (below), where the run stands
+    step, best_val_loss, elapsed_s, history, rng, weight_average: the fields of Progress (below), where the run
+                    stands
 """
 import math
 import os
@@ -47,6 +48,7 @@ class Progress:
     elapsed_s: float = 0.0  # seconds of training so far, over all resumed runs
     history: list = field(default_factory=list)  # metric rows (dicts), as in the metrics CSV
     rng: Optional[dict] = None  # {'torch': ByteTensor, 'batches': ByteTensor} generator states
+    weight_average: Optional[dict] = None  # {'steps': n, 'weights': {name: tensor}}: mean of the last n steps' weights
 
 
 def checkpoint_dict(model_type, model_config, weights, tokenizer, optimizer_state=None, progress=None,
@@ -165,15 +167,17 @@ def resumed_progress(checkpoint, path, optimizer, generator):
         raise UserError(f"{path} holds no optimizer state, so it cannot be resumed")
     rng = checkpoint.get("rng")
     p = Progress(checkpoint.get("step"), checkpoint.get("best_val_loss"), checkpoint.get("elapsed_s", 0.0),
-                 checkpoint.get("history", []), rng)
+                 checkpoint.get("history", []), rng, checkpoint.get("weight_average"))
     fine = (type(p.step) is int and p.step >= 0
             and (p.best_val_loss is None or isinstance(p.best_val_loss, float))
             and isinstance(p.elapsed_s, (int, float)) and math.isfinite(p.elapsed_s)
             and isinstance(p.history, list) and all(isinstance(row, dict) for row in p.history)
             and isinstance(rng, dict)
-            and all(isinstance(rng.get(k), torch.Tensor) and rng[k].dtype == torch.uint8 for k in ("torch", "batches")))
+            and all(isinstance(rng.get(k), torch.Tensor) and rng[k].dtype == torch.uint8 for k in ("torch", "batches"))
+            and (p.weight_average is None or isinstance(p.weight_average, dict)))
     if not fine:
-        raise UserError(f"{path} cannot be resumed: its step, history or random-generator states are damaged")
+        raise UserError(f"{path} cannot be resumed: its step, history, random-generator states or weight average "
+                        f"are damaged")
     try:
         optimizer.load_state_dict(checkpoint["optimizer"])
         torch.set_rng_state(rng["torch"])

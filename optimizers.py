@@ -189,6 +189,49 @@ class MuonAdamW(PerTensorOptimizer):
             adam_update(p, state, group, decoupled=True)
 
 
+class WeightAverage:
+    """The running mean of a model's weights over the steps it is told of (add), for a run to end with.
+
+    Late in a run each step's noise moves the weights about the minimum they have found; their mean over the last
+    steps lies nearer its middle. A chat model ends better as that mean than as its last step: it answers new
+    phrasings of what it learned more often (RESULTS.md, 2026-12-02). The mean is updated in place, one tensor at a
+    time with plain ops (DirectML has no lerp), and its state is tensors and an int, so a checkpoint holds it and
+    --resume continues it exactly."""
+
+    def __init__(self, model):
+        self.named = list(model.named_parameters())  # a tied tensor once, under its first name
+        self.steps, self.weights = 0, None
+
+    @torch.no_grad()
+    def add(self):
+        """Fold the model's weights as they are now into the mean."""
+        self.steps += 1
+        if self.weights is None:
+            self.weights = [p.detach().clone() for _, p in self.named]
+            return
+        for mean, (_, p) in zip(self.weights, self.named):
+            mean.add_(p.detach() - mean, alpha=1 / self.steps)  # mean of n = mean of n-1 + (x - mean) / n
+
+    @torch.no_grad()
+    def copy_to_model(self):
+        for mean, (_, p) in zip(self.weights, self.named):
+            p.copy_(mean)
+
+    def state_dict(self):
+        return {"steps": self.steps, "weights": {name: w for (name, _), w in zip(self.named, self.weights)}}
+
+    def load_state_dict(self, state):
+        """Continue a saved mean; ValueError if it is not one of this model's weights."""
+        weights = state.get("weights") if isinstance(state, dict) else None
+        if not (type(state.get("steps") if weights else None) is int and state["steps"] > 0
+                and isinstance(weights, dict) and list(weights) == [name for name, _ in self.named]
+                and all(isinstance(w, torch.Tensor) and w.shape == p.shape for w, (_, p) in
+                        zip(weights.values(), self.named))):
+            raise ValueError("its weight average does not fit the model")
+        self.steps = state["steps"]
+        self.weights = [w.to(p.device, p.dtype).clone() for w, (_, p) in zip(weights.values(), self.named)]
+
+
 def split_parameters(model):
     """A model's trainable parameters by role -> (matrices, head, other): the 2-D weights inside the blocks; the
     2-D weights of model.lm_head (or named 'lm_head...'); embeddings (a head tied to one included), norms, biases."""

@@ -9,7 +9,8 @@ sees answers that follow earlier turns. The loss counts only the answer tokens a
 --pretrain-mix of the rows are random blocks of the base model's corpus, their loss weighted by the same share, so the
 model keeps its prose while it learns to answer (tasks.ChatTask). Half the drawn questions (--shuffle-words) have
 their words put in a random order each time, so the model learns to answer from the words a question holds, which new
-phrasings of a fact share far more than their order (tasks.ChatRows).
+phrasings of a fact share far more than their order (tasks.ChatRows). The chat model saved is the mean of the
+weights over the run's last third of steps (--average-last), which answers new phrasings better than the last step's.
 
 Every --eval-interval steps we print the loss on the answers of all train questions and the corpus's validation loss
 (same split as train.py). The loop is trainer.py's; the result is a checkpoint in train.py's format with chat=True.
@@ -48,6 +49,7 @@ class SftConfig(TrainConfig):
     min_lr_ratio: float = same_setting(TrainConfig, "min_lr_ratio", 0.1)
     warmup_iters: int = same_setting(TrainConfig, "warmup_iters", 50)
     muon_weight_decay: float = same_setting(TrainConfig, "muon_weight_decay", 0.0)
+    average_last: float = same_setting(TrainConfig, "average_last", 1 / 3)
     eval_interval: int = same_setting(TrainConfig, "eval_interval", 500)
     eval_tokens: int = same_setting(TrainConfig, "eval_tokens", 16384)
     final_eval_tokens: int = same_setting(TrainConfig, "final_eval_tokens", 0)

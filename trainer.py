@@ -21,7 +21,7 @@ from checkpoint import Progress, checkpoint_dict, resumed_progress, save_checkpo
 from device import autocast, autocast_dtype, check_fits_in_memory, maybe_compile
 from distributed import mean_across, replicas_identical
 from errors import Stopped, UserError, deferred_stop
-from optimizers import build_optimizer, lr_multiplier, set_lr_multiplier
+from optimizers import WeightAverage, build_optimizer, lr_multiplier, set_lr_multiplier
 from plots import plot_history, write_metrics
 from timing import mfu, model_flops_per_token, peak_flops
 from transformer import count_parameters, model_type_of
@@ -72,15 +72,38 @@ def train(run):
     say(run.description + f", device {run.device}" + (f", {procs.world_size} processes" if procs.enabled else "")
         + (f", autocast {str(dtype).replace('torch.', '')}" if dtype else "")
         + (f", resuming at step {progress.step}" if run.resume_from else ""))
-    return Loop(run, optimizer, progress, dtype, say).train()
+    return Loop(run, optimizer, progress, dtype, say, resumed_average(run, progress, say)).train()
+
+
+def resumed_average(run, progress, say):
+    """The WeightAverage a run goes on with: empty, or the one its checkpoint holds where that is the mean of the
+    steps since the averaging began (a --max-iters or --average-last given to --resume can move that start)."""
+    average, saved = WeightAverage(run.model), progress.weight_average
+    if saved is not None:
+        try:
+            average.load_state_dict(saved)
+        except ValueError as e:
+            raise UserError(f"{run.settings.ckpt} cannot be resumed: {e}") from None
+    due = max(0, progress.step - first_averaged_step(run.settings) + 1)  # the steps it should hold by now
+    if average.steps == due:
+        return average
+    say(f"the mean of the weights starts afresh at step {progress.step}: {run.settings.ckpt} holds the mean of "
+        f"{average.steps} steps, and --max-iters with --average-last now ask for the last {due}")
+    return WeightAverage(run.model)
+
+
+def first_averaged_step(settings):
+    """The first step whose weights enter the mean: the run's last --average-last share of --max-iters."""
+    return settings.max_iters - round(settings.average_last * settings.max_iters) + 1
 
 
 class Loop:
     """One run of the loop: its state between steps, its log rows and its checkpoints."""
 
-    def __init__(self, run, optimizer, progress, dtype, say):
+    def __init__(self, run, optimizer, progress, dtype, say, average):
         self.run, self.s, self.model, self.task = run, run.settings, run.model, run.task
         self.optimizer, self.progress, self.dtype, self.say = optimizer, progress, dtype, say
+        self.average, self.first_averaged = average, first_averaged_step(run.settings)
         self.procs, self.device = run.procs, run.device
         self.start, self.elapsed_before = time.time(), progress.elapsed_s
         self.saved_step = progress.step if run.resume_from else None
@@ -156,6 +179,8 @@ class Loop:
         scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.progress.step += 1
+        if self.progress.step >= self.first_averaged:
+            self.average.add()
         self.losses.append(loss)
         self.seconds += time.time() - t0
         self.smoothed = loss if math.isnan(self.smoothed) else 0.9 * self.smoothed + 0.1 * loss
@@ -197,6 +222,7 @@ class Loop:
 
     def save(self):  # on rank 0, as log() is
         self.progress.elapsed_s = self.elapsed()
+        self.progress.weight_average = self.average.state_dict() if self.average.steps else None
         self.progress.rng = {"torch": torch.get_rng_state(), "batches": self.task.generator.get_state()}
         model, run = self.model, self.run
         save_checkpoint(self.s.ckpt, checkpoint_dict(model_type_of(model), asdict(model.config), model.state_dict(),
@@ -222,6 +248,11 @@ class Loop:
     def finish(self, stop):
         """The final evaluation, saved with the loss curve; returns the final scores (None off rank 0)."""
         s, procs = self.s, self.procs
+        if self.average.steps:  # the run ends as the mean of its last steps' weights, which a resume no longer needs
+            self.average.copy_to_model()
+            self.say(f"the final weights are the mean of the last {self.average.steps} steps' (--average-last "
+                     f"{s.average_last:g})")
+            self.average = WeightAverage(self.model)
         identical = replicas_identical(procs, self.model)
         if not procs.is_main:
             return None

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import optimizers
 from errors import UserError
-from optimizers import (SGD, Adam, AdamW, MuonAdamW, build_optimizer,
+from optimizers import (SGD, Adam, AdamW, MuonAdamW, WeightAverage, build_optimizer,
                         newton_schulz, set_lr_multiplier)
 
 
@@ -275,3 +275,39 @@ def test_every_optimizer_trains_the_stand_in(name):
 def test_unknown_optimizer_is_a_user_error():
     with pytest.raises(UserError, match="unknown optimizer 'lion'"):
         build_optimizer(StandIn(), "lion", lr=1e-3, weight_decay=0.0)
+
+
+# ------------------------------------------------------ the weight average
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_the_weight_average_is_the_mean_of_the_steps_it_was_given_and_resumes_exactly(tie):
+    torch.manual_seed(0)
+    model = StandIn(tie=tie)
+    opt = build_optimizer(model, "muon", lr=1e-2, weight_decay=0.1)
+    average, seen = WeightAverage(model), []
+    for step in range(5):
+        loss = model(torch.randint(0, 11, (2, 8)), torch.randint(0, 11, (2, 8)))[1]
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if step == 2:  # continue from a saved state, as --resume does
+            saved = average.state_dict()
+            average = WeightAverage(model)
+            average.load_state_dict(saved)
+        seen.append([p.detach().clone() for p in model.parameters()])
+        average.add()
+    assert average.steps == 5 and len(average.weights) == len(list(model.parameters()))  # a tied tensor once
+    last = [p.detach().clone() for p in model.parameters()]
+    average.copy_to_model()
+    for i, p in enumerate(model.parameters()):
+        expected = torch.stack([weights[i] for weights in seen]).mean(0)
+        assert torch.allclose(p, expected, atol=1e-6) and not torch.equal(p, last[i])
+    if tie:
+        assert model.lm_head.weight is model.wte.weight
+
+
+def test_a_weight_average_of_another_model_is_refused():
+    average = WeightAverage(StandIn(n_embd=8))
+    average.add()
+    with pytest.raises(ValueError, match="does not fit"):
+        WeightAverage(StandIn(n_embd=16)).load_state_dict(average.state_dict())

@@ -261,12 +261,14 @@ def test_a_damaged_checkpoint_is_refused_by_every_reader(tmp_path, tiny_ckpt, ca
     assert snapshot(tmp_path) == before
 
 
-DAMAGED_STATE = "cannot be resumed: its step, history or random-generator states are damaged"
+DAMAGED_STATE = "cannot be resumed: its step, history, random-generator states or weight average are damaged"
 
 
 @pytest.mark.parametrize("key, value, fragment", [
     ("step", "3", DAMAGED_STATE), ("step", -1, DAMAGED_STATE), ("rng", None, DAMAGED_STATE),
     ("rng", {"torch": 1}, DAMAGED_STATE), ("history", "rows", DAMAGED_STATE), ("best_val_loss", "low", DAMAGED_STATE),
+    ("weight_average", [1.0], DAMAGED_STATE),
+    ("weight_average", {"steps": 2, "weights": {"wte.weight": torch.zeros(1)}}, "its weight average does not fit"),
     ("optimizer", None, "holds no optimizer state, so it cannot be resumed"),
     ("run_config", ["--lr"], "is damaged: run_config must be a dict")])
 def test_a_checkpoint_that_cannot_resume_says_so(workdir, capsys, key, value, fragment):
@@ -282,7 +284,7 @@ def test_a_checkpoint_that_cannot_resume_says_so(workdir, capsys, key, value, fr
 # ------------------------------------------------------------------- 6: numbers
 
 TRAIN_FLOATS = {"--lr": [0, -1e-3], "--muon-lr": [0], "--beta2": [1.5, 1.0, -0.1], "--min-lr-ratio": [-5, 1.5],
-                "--grad-clip": [-1], "--time-limit": [-1], "--weight-decay": [-0.1], "--dropout": [1.0, -0.5],
+                "--grad-clip": [-1], "--time-limit": [-1], "--average-last": [-0.1, 1.5], "--weight-decay": [-0.1], "--dropout": [1.0, -0.5],
                 "--val-fraction": [0, 1, -0.1]}
 SAMPLING_FLOATS = {"--temp": [-0.5], "--top-p": [0, 1.5]}
 NOT_A_NUMBER = [math.nan, math.inf, -math.inf]
@@ -306,7 +308,7 @@ def test_every_float_flag_of_sampling_refuses_nan_infinity_and_out_of_range(tiny
 
 
 def test_the_tables_hold_every_case():
-    assert len(every_pair(TRAIN_FLOATS)) == 43 and len(every_pair(SAMPLING_FLOATS)) == 9
+    assert len(every_pair(TRAIN_FLOATS)) == 48 and len(every_pair(SAMPLING_FLOATS)) == 9
 
 
 @pytest.mark.parametrize("flags, fragment", [

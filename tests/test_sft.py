@@ -103,15 +103,17 @@ def test_existing_checkpoint_is_not_overwritten_without_asking(tmp_path, tiny_ck
     assert load_checkpoint(ckpt)["step"] == 2
 
 
-def test_an_interrupted_and_resumed_run_ends_as_an_uninterrupted_one(tmp_path, tiny_ckpt, monkeypatch):
+@pytest.mark.parametrize("call", [2, 5])  # before the last third of the run, whose weights are averaged, and in it
+def test_an_interrupted_and_resumed_run_ends_as_an_uninterrupted_one(tmp_path, tiny_ckpt, monkeypatch, call):
     common = ["--max-iters", "6", "--eval-interval", "3", "--grad-clip", "0"]
     whole, whole_ckpt = run(tmp_path, tiny_ckpt, *common, name="whole")
     with monkeypatch.context() as patch:
-        interrupt_during(patch, "backward", call=2)
+        interrupt_during(patch, "backward", call=call)
         with pytest.raises(Stopped):
             run(tmp_path, tiny_ckpt, *common, name="split")
     saved = load_checkpoint(str(tmp_path / "split.pth"))
-    assert saved["step"] == 2 and saved["chat"] is True
+    assert saved["step"] == call and saved["chat"] is True  # the step in flight finishes, then the run stops
+    assert (saved["weight_average"] or {}).get("steps") == (1 if call == 5 else None)  # step 5 of the mean of 5, 6
     resumed, split_ckpt = run(tmp_path, tiny_ckpt, *common, "--resume", name="split")
     assert (resumed["qa_loss"], resumed["val_loss"]) == (whole["qa_loss"], whole["val_loss"])
     a, b = load_checkpoint(whole_ckpt)["model"], load_checkpoint(split_ckpt)["model"]
@@ -133,11 +135,12 @@ def test_the_readmes_resume_finishes_a_short_run_where_it_was_headed(tmp_path, t
 
 def test_a_run_saved_before_shuffled_words_existed_resumes_as_it_was_trained(tmp_path, tiny_ckpt, monkeypatch):
     common = ["--max-iters", "6", "--eval-interval", "3", "--grad-clip", "0"]
-    whole, _ = run(tmp_path, tiny_ckpt, *common, "--shuffle-words", "0", name="whole")
+    then = ["--shuffle-words", "0", "--average-last", "0"]  # as sft.py trained before either flag existed
+    whole, _ = run(tmp_path, tiny_ckpt, *common, *then, name="whole")
     with monkeypatch.context() as patch:
         interrupt_during(patch, "backward", call=2)
         with pytest.raises(Stopped):
-            run(tmp_path, tiny_ckpt, *common, "--shuffle-words", "0", name="old")
+            run(tmp_path, tiny_ckpt, *common, *then, name="old")
     path = tmp_path / "old.pth"
     saved = torch.load(path, weights_only=True)
     saved["format_version"], saved["train_args"] = 1, saved.pop("run_config")  # as an sft.py without the flag
@@ -145,6 +148,22 @@ def test_a_run_saved_before_shuffled_words_existed_resumes_as_it_was_trained(tmp
     torch.save(saved, path)
     resumed, _ = run(tmp_path, tiny_ckpt, *common, "--resume", name="old")  # the default 0.5 is not taken
     assert (resumed["qa_loss"], resumed["val_loss"]) == (whole["qa_loss"], whole["val_loss"])
+
+
+def test_a_run_saved_before_weight_averaging_existed_resumes_without_it(tmp_path, tiny_ckpt, monkeypatch):
+    common = ["--max-iters", "6", "--eval-interval", "3", "--grad-clip", "0"]
+    whole, _ = run(tmp_path, tiny_ckpt, *common, "--average-last", "0", name="whole")
+    with monkeypatch.context() as patch:
+        interrupt_during(patch, "backward", call=2)
+        with pytest.raises(Stopped):
+            run(tmp_path, tiny_ckpt, *common, name="old")
+    path = tmp_path / "old.pth"
+    saved = torch.load(path, weights_only=True)
+    del saved["run_config"]["average_last"], saved["weight_average"]  # as the sft.py of 2026-12-01 saved it
+    torch.save(saved, path)
+    resumed, _ = run(tmp_path, tiny_ckpt, *common, "--resume", name="old")  # the default, a third, is not taken
+    assert (resumed["qa_loss"], resumed["val_loss"]) == (whole["qa_loss"], whole["val_loss"])
+    assert load_checkpoint(str(path))["run_config"]["average_last"] == 0
 
 
 @pytest.mark.parametrize("case, fragment", [

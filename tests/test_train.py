@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import train
+import trainer
 from conftest import INTERRUPT_POINTS, ROOT, TINY, assert_clean_error, interrupt_during, run_script, signal_training_run
 from errors import Stopped, UserError
 
@@ -68,7 +69,8 @@ def test_resume_gives_the_uninterrupted_run(tmp_path, small_corpus):
 def test_a_bare_resume_finishes_exactly_the_interrupted_run(tmp_path, small_corpus, monkeypatch, capsys):
     # Every flag of the run differs from its default; the resume names none of them, not even --data.
     flags = ["--max-iters", "12", "--eval-interval", "4", "--lr-decay-iters", "10", "--warmup-iters", "3",
-             "--log-interval", "2", "--min-lr-ratio", "0.3", "--final-eval-tokens", "512", "--seed", "7"]
+             "--log-interval", "2", "--min-lr-ratio", "0.3", "--final-eval-tokens", "512", "--seed", "7",
+             "--average-last", "0.75"]  # the mean of steps 4 to 12: the stop during step 5 saves a mean of one
     run(tmp_path, small_corpus, *flags, name="whole")
     whole = capsys.readouterr().out.strip().splitlines()[-1]
     with monkeypatch.context() as patch:
@@ -81,6 +83,21 @@ def test_a_bare_resume_finishes_exactly_the_interrupted_run(tmp_path, small_corp
     assert resumed.startswith("final: step=12 ")
     a, b = torch.load(tmp_path / "whole.pth", weights_only=True), torch.load(tmp_path / "split.pth", weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # with the default clipping
+
+
+def test_average_last_ends_the_run_with_the_mean_of_its_last_steps(tmp_path, small_corpus, monkeypatch, capsys):
+    saved = []  # the weights of every checkpoint written: after steps 1, 2 and 3, then the final ones
+    keep = trainer.save_checkpoint
+    monkeypatch.setattr(trainer, "save_checkpoint", lambda path, c: saved.append({k: t.clone() for k, t in c["model"].items()}) or keep(path, c))
+    flags = ["--max-iters", "4", "--eval-interval", "1", "--eval-tokens", "64", "--final-eval-tokens", "64"]
+    run(tmp_path, small_corpus, *flags, name="last")
+    *_, after_3, after_4 = saved
+    run(tmp_path, small_corpus, *flags, "--average-last", "0.5", name="mean")
+    assert "the final weights are the mean of the last 2 steps' (--average-last 0.5)" in capsys.readouterr().out
+    mean = saved[-1]
+    assert all(torch.allclose(mean[k], (after_3[k] + after_4[k]) / 2, atol=1e-6) for k in mean)
+    assert not all(torch.equal(mean[k], after_4[k]) for k in mean)
+    assert torch.load(tmp_path / "mean.pth", weights_only=True)["weight_average"] is None  # a finished run needs none
 
 
 def test_flags_given_with_resume_override_the_run_except_the_model_and_optimizer(tmp_path, small_corpus, capsys):
