@@ -214,6 +214,7 @@ class WeightAverage:
 
     @torch.no_grad()
     def copy_to_model(self):
+        """The model's weights become the mean."""
         for mean, (_, p) in zip(self.weights, self.named):
             p.copy_(mean)
 
@@ -221,12 +222,13 @@ class WeightAverage:
         return {"steps": self.steps, "weights": {name: w for (name, _), w in zip(self.named, self.weights)}}
 
     def load_state_dict(self, state):
-        """Continue a saved mean; ValueError if it is not one of this model's weights."""
+        """Continue a saved mean; ValueError if it is not a mean of this model's weights."""
         weights = state.get("weights") if isinstance(state, dict) else None
-        if not (type(state.get("steps") if weights else None) is int and state["steps"] > 0
-                and isinstance(weights, dict) and list(weights) == [name for name, _ in self.named]
-                and all(isinstance(w, torch.Tensor) and w.shape == p.shape for w, (_, p) in
-                        zip(weights.values(), self.named))):
+        fits = (isinstance(weights, dict) and list(weights) == [name for name, _ in self.named]
+                and type(state.get("steps")) is int and state["steps"] > 0
+                and all(isinstance(w, torch.Tensor) and w.is_floating_point() and w.shape == p.shape
+                        for w, (_, p) in zip(weights.values(), self.named)))
+        if not fits:
             raise ValueError("its weight average does not fit the model")
         self.steps = state["steps"]
         self.weights = [w.to(p.device, p.dtype).clone() for w, (_, p) in zip(weights.values(), self.named)]
