@@ -31,8 +31,10 @@ from transformer import MODELS, build_model, config_defaults, config_problem, es
 
 FORMAT_VERSION = 2
 REQUIRED_KEYS = ("format_version", "model_type", "model_config", "model", "tokenizer")
-# What a format-1 run was trained with when its train_args lack a setting: the defaults before the setting existed.
-EARLIER_DEFAULTS = dict(positions="learned", norm="layer", mlp="gelu", muon_weight_decay=0.0, shuffle_words=0.0)
+# What a run was trained with when its saved settings lack one: the defaults before the setting existed (format 1
+# saved fewer settings; average_last came after format 2).
+EARLIER_DEFAULTS = dict(positions="learned", norm="layer", mlp="gelu", muon_weight_decay=0.0, shuffle_words=0.0,
+                        average_last=0.0)
 # Flags format 1 recorded that name an invocation rather than the run.
 NOT_SETTINGS = ("resume", "overwrite", "given")
 # The weights a model can hold: float32 (what b_lm trains), and the half and double precisions it converts
@@ -60,14 +62,13 @@ def checkpoint_dict(model_type, model_config, weights, tokenizer, optimizer_stat
 
 
 def upgrade_v1(checkpoint):
-    """A format-1 checkpoint as format 2: its train_args as run_config, both configs given the fields added since."""
+    """A format-1 checkpoint as format 2: its train_args as run_config, its model config given the fields added since
+    (load_checkpoint gives the run config its own)."""
     c = dict(checkpoint)
     settings = c.pop("train_args", None) or {}
     if not isinstance(settings, dict):
         return {**c, "run_config": settings}  # content_problem says what is wrong
-    trained_here = bool(settings) and "imported_from" not in settings
-    c["run_config"] = {**(EARLIER_DEFAULTS if trained_here else {}),
-                       **{k: v for k, v in settings.items() if k not in NOT_SETTINGS}}
+    c["run_config"] = {k: v for k, v in settings.items() if k not in NOT_SETTINGS}
     if isinstance(c["model_type"], str) and c["model_type"] in MODELS and isinstance(c["model_config"], dict):
         c["model_config"] = {**config_defaults(c["model_type"]), **c["model_config"]}
     c["format_version"] = 2
@@ -106,7 +107,14 @@ def load_checkpoint(path, map_location="cpu"):
         raise UserError(f"{path} is damaged: a format-{version} checkpoint without its run_config")
     if problem := content_problem(checkpoint):
         raise UserError(f"{path} is damaged: {problem}")
-    return checkpoint
+    return {**checkpoint, "run_config": with_earlier_defaults(checkpoint["run_config"])}
+
+
+def with_earlier_defaults(run_config):
+    """A trained run's settings, with EARLIER_DEFAULTS for those it predates; an imported model's (or none) as they
+    are."""
+    trained_here = bool(run_config) and "imported_from" not in run_config
+    return {**(EARLIER_DEFAULTS if trained_here else {}), **run_config}
 
 
 def read_pickled(path, map_location="cpu"):

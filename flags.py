@@ -31,15 +31,10 @@ SEED_LIMIT = 2 ** 63  # torch.manual_seed takes seeds below this
 SEED = Rule("in [0, 2**63)", lambda v: 0 <= v < SEED_LIMIT)  # check_rules skips an unset (None) seed
 
 
-NOT_GIVEN = object()
-
-
-def setting(default, help, rule=None, choices=None, resume=KEPT, aliases=(), metavar=None, absent=NOT_GIVEN):
-    """A dataclass field that is also a flag: --name (underscores become dashes). `absent`, for a setting added after
-    runs were saved without it: the value --resume takes for it from such a checkpoint (how that run was trained)."""
-    metadata = dict(help=help, rule=rule, choices=choices, resume=resume, aliases=aliases, metavar=metavar)
-    return dataclasses.field(default=default, metadata=metadata if absent is NOT_GIVEN else {**metadata,
-                                                                                             "absent": absent})
+def setting(default, help, rule=None, choices=None, resume=KEPT, aliases=(), metavar=None):
+    """A dataclass field that is also a flag: --name (underscores become dashes)."""
+    return dataclasses.field(default=default, metadata=dict(help=help, rule=rule, choices=choices, resume=resume,
+                                                            aliases=aliases, metavar=metavar))
 
 
 def same_setting(settings_class, name, default):
@@ -92,14 +87,12 @@ def check_rules(settings):
 
 def resumed(settings, saved, given, where):
     """The settings a --resume runs with: the saved ones (the checkpoint's dict), but for LOCAL settings and the
-    flags given (named in `given`); one the checkpoint lacks is its `absent` value if it has one, else its default;
-    a FIXED setting may be given only as it was saved."""
+    flags given (named in `given`); a FIXED setting may be given only as it was saved."""
     values = {}
     for f in dataclasses.fields(settings):
         name, mine, policy = f.name, getattr(settings, f.name), f.metadata.get("resume", KEPT)
         if policy == LOCAL or name not in saved:
-            unsaved = name not in given and policy != LOCAL and "absent" in f.metadata
-            values[name] = f.metadata["absent"] if unsaved else mine
+            values[name] = mine
             continue
         theirs, kind = saved[name], _kind(f.type)
         # A saved value must be of the setting's kind: an int is a float too, a bool is not an int.

@@ -38,8 +38,7 @@ class TrainConfig:
     muon_weight_decay: float = setting(0.1, "decoupled weight decay of Muon's matrices", NON_NEGATIVE, resume=FIXED)
     beta2: float = setting(0.99, "Adam beta2", BELOW_ONE, resume=FIXED)
     average_last: float = setting(0.0, "share of the run, at its end, whose weights are averaged: the run ends with "
-                                       "their mean (a share of --max-iters; 0 = the last step's weights)", FRACTION,
-                                  absent=0.0)
+                                       "their mean (a share of --max-iters; 0 = the last step's weights)", FRACTION)
     grad_clip: float = setting(1.0, "clip the gradient norm to this; 0 disables", NON_NEGATIVE)
     eval_interval: int = setting(250, "evaluate and save every N steps", at_least(1))
     eval_tokens: int = setting(32768, "val tokens per periodic evaluation", at_least(1))
