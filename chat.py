@@ -1,8 +1,9 @@
 """The chat format: conversations as token ids, for fine-tuning and for answering. A turn (question, answer) renders as
 `<|user|>{question}<|end|><|assistant|>{answer}<|end|>` with the special tokens every tokenizer reserves (tokenizer.py).
 The user's text is encoded with no special tokens allowed: typing "<|end|>" cannot forge a turn boundary. Fine-tuning
-learns from the answer tokens and their <|end|> only: the model is to learn to answer, not to predict the user's
-questions. Answering samples after `<|assistant|>` until <|end|>."""
+learns to answer from the answer tokens and their <|end|> (the answer mask), and at a small weight also to predict the
+question's own tokens (question_mask): a model that reads questions as text answers new phrasings better. Answering
+samples after `<|assistant|>` until <|end|>."""
 from collections import namedtuple
 from dataclasses import replace
 
@@ -25,6 +26,13 @@ def encode_turn(tokenizer, question, answer):
 def targets_from_mask(ids, mask):
     """(inputs, targets) of a rendered row: ids[t + 1] where it is masked in, -1 (the loss ignores it) elsewhere."""
     return ids[:-1], [i if m else -1 for i, m in zip(ids[1:], mask[1:])]
+
+
+def question_mask(mask):
+    """The question's mask of a rendered turn (encode_turn's or fit_turn's answer mask): 1 where the target is a
+    character of the question or the <|end|> that closes it, what a reader of the question would predict."""
+    answer_start = mask.index(1)  # <|user|> q <|end|> <|assistant|> a <|end|>
+    return [int(1 <= i <= answer_start - 2) for i in range(len(mask))]
 
 
 def fit_turn(ids, mask, max_len):

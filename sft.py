@@ -5,12 +5,14 @@
 
 Learns from the train split of --qa only (the test split is for evaluate.py). Each batch is mostly chat rows: random
 train questions in the chat format (chat.py) packed into the model's context, several turns a row, so the model also
-sees answers that follow earlier turns. The loss counts only the answer tokens and their closing <|end|>. The other
---pretrain-mix of the rows are random blocks of the base model's corpus, their loss weighted by the same share, so the
-model keeps its prose while it learns to answer (tasks.ChatTask). Half the drawn questions (--shuffle-words) have
-their words put in a random order each time, so the model learns to answer from the words a question holds, which new
-phrasings of a fact share far more than their order (tasks.ChatRows). The chat model saved is the mean of the
-weights over the run's last third of steps (--average-last), which answers new phrasings better than the last step's.
+sees answers that follow earlier turns. The loss counts the answer tokens and their closing <|end|>, and at 0.3 of
+their weight (--question-loss) the question's own tokens: a model that goes on reading the questions as text answers
+new phrasings of them better. The other --pretrain-mix of the rows are random blocks of the base model's corpus, their
+loss weighted by the same share, so the model keeps its prose while it learns to answer (tasks.ChatTask). Half the
+drawn questions (--shuffle-words) have their words put in a random order each time, so the model learns to answer from
+the words a question holds, which new phrasings of a fact share far more than their order (tasks.ChatRows). The chat
+model saved is the mean of the weights over the run's last third of steps (--average-last), which answers new
+phrasings better than the last step's.
 
 Every --eval-interval steps we print the loss on the answers of all train questions and the corpus's validation loss
 (same split as train.py). The loop is trainer.py's; the result is a checkpoint in train.py's format with chat=True.
@@ -30,7 +32,7 @@ from checkpoint import load_checkpoint, model_from_checkpoint, training_data_pat
 from data import corpus_batches
 from errors import UserError, run_main
 from files import check_output_path
-from flags import BELOW_ONE, FIXED, FRACTION, same_setting, setting
+from flags import BELOW_ONE, FIXED, FRACTION, NON_NEGATIVE, same_setting, setting
 from qa import load_qa
 from tasks import ChatRows, ChatTask
 from run_config import TrainConfig, claimed_outputs, parse_command_line, resumed_run, training_processes
@@ -63,6 +65,8 @@ class SftConfig(TrainConfig):
     shuffle_words: float = setting(0.5, "share of drawn train questions whose words are put in a random order, so "
                                         "that the model answers from the words a question holds rather than from "
                                         "one wording", FRACTION, resume=FIXED)
+    question_loss: float = setting(0.3, "weight in the loss of predicting each question's own tokens, beside its "
+                                        "answer's (0: the answers only)", NON_NEGATIVE, resume=FIXED)
 
     def __post_init__(self):
         super().__post_init__()
@@ -102,7 +106,7 @@ def fine_tune(settings, invocation):
         description = (f"fine-tuning {settings.init_from} ({tokenizer.kind} tokenizer, context {block}) on "
                        f"{len(chat_rows.turns)} train questions of {settings.qa}" + chat_rows.skipped_note()
                        + f", {n_chat} chat + {n_text} text rows per micro-batch from {settings.data}")
-        task = ChatTask(chat_rows, batches, n_chat, n_text, tokenizer.token_chars())
+        task = ChatTask(chat_rows, batches, n_chat, n_text, tokenizer.token_chars(), settings.question_loss)
         run_config = {**base_run, **asdict(settings)}  # the base's model settings, this run's training settings
         return train(Run(settings, model.train(), tokenizer, task, procs, device, description, run_config=run_config,
                          chat=True, resume_from=resumed, eval_at_start=True))

@@ -9,7 +9,7 @@ trainer.py runs one loop for every task. A task has
 import torch
 import torch.nn.functional as F
 
-from chat import encode_turn, fit_turn, targets_from_mask
+from chat import encode_turn, fit_turn, question_mask, targets_from_mask
 from errors import UserError
 from tokenizer import ENDOFTEXT
 from validation import evaluate_loss
@@ -64,6 +64,7 @@ class ChatRows:
         return f" ({self.too_long + self.unencodable} skipped: {', '.join(reasons)})" if reasons else ""
 
     def _tensors(self, rows):
+        """(inputs, targets) of rows of (ids, mask), the targets -1 where the mask is 0 and in the padding."""
         x, y = zip(*(targets_from_mask(ids + [self.pad] * (self.row_len - len(ids)),
                                        mask + [0] * (self.row_len - len(mask))) for ids, mask in rows))
         return torch.tensor(x, dtype=torch.long), torch.tensor(y, dtype=torch.long)  # (B, row_len - 1) each
@@ -84,17 +85,19 @@ class ChatRows:
         return self.turns[k]
 
     def train_batch(self, batch_size):
-        """Rows of random turns: each row a short conversation of unrelated questions."""
+        """Rows of random turns, each row a short conversation of unrelated questions, as (inputs, answer targets,
+        question targets): the targets of the answers' tokens, and of the questions' own tokens."""
         rows = []
         for _ in range(batch_size):
-            ids, mask = [], []
+            ids, answers, questions = [], [], []
             while True:
                 turn_ids, turn_mask = self.draw_turn()
                 if ids and len(ids) + len(turn_ids) > self.row_len:
                     break  # the row is as full as this draw allows; the draw is dropped
-                ids, mask = ids + turn_ids, mask + turn_mask
-            rows.append((ids, mask))
-        return self._tensors(rows)
+                ids, answers, questions = ids + turn_ids, answers + turn_mask, questions + question_mask(turn_mask)
+            rows.append((ids, answers, questions))
+        x, y = self._tensors([(ids, answers) for ids, answers, _ in rows])
+        return x, y, self._tensors([(ids, questions) for ids, _, questions in rows])[1]
 
     def val_batches(self, batch_size, max_tokens=None):
         """Every turn once, in order, packed greedily into rows: what validation.evaluate_loss reads."""
@@ -110,11 +113,16 @@ class ChatRows:
             yield self._tensors(rows[i: i + batch_size])
 
 
-def sft_loss(logits, y, n_chat, text_weight):
-    """(1 - text_weight) * answer loss of the first n_chat rows + text_weight * loss of the others: weighting the two
-    means keeps a text row's 128 targets from drowning a chat row's few answer tokens."""
+def sft_loss(logits, y, asked, n_chat, text_weight, question_weight):
+    """(1 - text_weight) * chat loss of the first n_chat rows + text_weight * loss of the others: weighting the two
+    means keeps a text row's 128 targets from drowning a chat row's few answer tokens. The chat loss is the mean loss
+    of the answer targets y plus question_weight times that of the question targets `asked`."""
     V = logits.size(-1)
-    chat_loss = F.cross_entropy(logits[:n_chat].reshape(-1, V), y[:n_chat].reshape(-1), ignore_index=-1)
+    chat_logits = logits[:n_chat].reshape(-1, V)
+    chat_loss = F.cross_entropy(chat_logits, y[:n_chat].reshape(-1), ignore_index=-1)
+    if question_weight:
+        chat_loss = chat_loss + question_weight * F.cross_entropy(chat_logits, asked[:n_chat].reshape(-1),
+                                                                  ignore_index=-1)
     if n_chat == len(y):
         return chat_loss
     text_loss = F.cross_entropy(logits[n_chat:].reshape(-1, V), y[n_chat:].reshape(-1))
@@ -123,25 +131,26 @@ def sft_loss(logits, y, n_chat, text_weight):
 
 class ChatTask(TextTask):
     """Chat answers, with a share of corpus rows so the model keeps its prose: a micro-batch is n_chat chat rows then
-    n_text corpus blocks, all drawn by the corpus's generator, which the checkpoint holds."""
+    n_text corpus blocks, all drawn by the corpus's generator, which the checkpoint holds. The questions' own tokens
+    count in the loss at question_weight (sft_loss)."""
 
-    def __init__(self, chat_rows, batches, n_chat, n_text, token_chars):
+    def __init__(self, chat_rows, batches, n_chat, n_text, token_chars, question_weight=0.0):
         super().__init__(batches, n_chat + n_text, token_chars)
-        self.chat_rows, self.n_chat, self.n_text = chat_rows, n_chat, n_text
+        self.chat_rows, self.n_chat, self.n_text, self.question_weight = chat_rows, n_chat, n_text, question_weight
 
     def train_batches(self, n):
         micro_batches = []
         for _ in range(n):
-            x, y = self.chat_rows.train_batch(self.n_chat)
+            x, y, asked = self.chat_rows.train_batch(self.n_chat)
             if self.n_text:
                 tx, ty = self.batches.train_batches(self.n_text, 1)[0]
-                x, y = torch.cat([x, tx]), torch.cat([y, ty])
-            micro_batches.append((x, y))
+                x, y, asked = torch.cat([x, tx]), torch.cat([y, ty]), torch.cat([asked, torch.full_like(ty, -1)])
+            micro_batches.append((x, y, asked))
         return micro_batches
 
     def loss(self, model, batch):
-        x, y = batch
-        return sft_loss(model(x)[0], y, self.n_chat, self.n_text / self.batch_size)
+        x, y, asked = batch
+        return sft_loss(model(x)[0], y, asked, self.n_chat, self.n_text / self.batch_size, self.question_weight)
 
     def evaluate(self, model, max_tokens, dtype=None):
         qa = evaluate_loss(model, self.chat_rows, self.batch_size, dtype=dtype)["val_loss"]

@@ -34,7 +34,7 @@ def test_a_v1_checkpoint_loads_as_format_2_with_complete_configs(name):
         assert {"positions", "norm", "mlp", "rope_theta", "tie_embeddings"} <= set(c["model_config"])
     if name.startswith("old"):  # trained before these settings existed: what they were then
         assert c["run_config"]["positions"] == "learned" and c["run_config"]["muon_weight_decay"] == 0.0
-        assert c["run_config"]["shuffle_words"] == 0.0
+        assert c["run_config"]["shuffle_words"] == 0.0 and c["run_config"]["question_loss"] == 0.0
     if name == "imported":
         assert set(c["run_config"]) == {"model", "n_layer", "n_head", "n_embd", "block_size", "dropout", "bias",
                                         "data", "imported_from"}

@@ -46,15 +46,22 @@ def test_same_seed_same_result(tmp_path, tiny_ckpt):
     assert a["qa_loss"] == b["qa_loss"] and a["val_loss"] == b["val_loss"]
 
 
-def test_chat_rows_target_only_the_answers():
+def test_chat_rows_target_the_answers_and_apart_the_questions():
     tok = CharTokenizer(open(QA, encoding="utf-8").read())
     records = load_qa(QA, "train")[:40]
     rows = ChatRows(tok, records, 65, torch.Generator().manual_seed(0))
-    answer_ids = {i for r in records for i in tok.encode(r["answer"])} | {tok.special_tokens["<|end|>"]}
-    x, y = rows.train_batch(6)
-    assert x.shape == y.shape == (6, 64)
+    end = tok.special_tokens["<|end|>"]
+    answer_ids = {i for r in records for i in tok.encode(r["answer"])} | {end}
+    x, y, asked = rows.train_batch(6)
+    assert x.shape == y.shape == asked.shape == (6, 64)
     assert set(y[y != -1].tolist()) <= answer_ids
     assert all((row != -1).any() for row in y)  # every row holds at least one whole turn
+    assert not ((y != -1) & (asked != -1)).any()  # a target is an answer's or a question's, never both
+    # the question targets of a row spell its questions, each closed by <|end|>; no <|user|> or <|assistant|>
+    for inputs, targets in zip(x, asked):
+        questions = tok.decode([t for t in targets.tolist() if t not in (-1, end)])
+        assert questions and questions in tok.decode(inputs.tolist())
+        assert int((targets == end).sum()) == int((inputs == tok.special_tokens["<|user|>"]).sum())
     # evaluation sees every answer token exactly once
     assert sum(int((y != -1).sum()) for _, y in rows.val_batches(4)) == rows.n_answer_tokens
     assert rows.n_answer_tokens == sum(len(tok.encode(r["answer"])) + 1 for r in records)
@@ -82,15 +89,20 @@ def test_shuffled_questions_keep_their_words_and_answers():
     assert sum((q, a) not in originals for q, a in shuffled) > 25  # most orders are new ones
 
 
-def test_the_loss_weights_chat_and_text_by_the_mix():
+def test_the_loss_weights_chat_and_text_by_the_mix_and_questions_by_their_weight():
     torch.manual_seed(0)
     logits = torch.randn(4, 5, 7)
     y = torch.randint(0, 7, (4, 5))
     y[:2, :3] = -1
-    chat = torch.nn.functional.cross_entropy(logits[:2].reshape(-1, 7), y[:2].reshape(-1), ignore_index=-1)
-    text = torch.nn.functional.cross_entropy(logits[2:].reshape(-1, 7), y[2:].reshape(-1))
-    assert torch.allclose(sft_loss(logits, y, 2, 0.5), 0.5 * chat + 0.5 * text)
-    assert torch.allclose(sft_loss(logits[:2], y[:2], 2, 0.0), chat)
+    asked = torch.full_like(y, -1)
+    asked[:2, :3] = torch.randint(0, 7, (2, 3))
+    ce = torch.nn.functional.cross_entropy
+    chat = ce(logits[:2].reshape(-1, 7), y[:2].reshape(-1), ignore_index=-1)
+    text = ce(logits[2:].reshape(-1, 7), y[2:].reshape(-1))
+    questions = ce(logits[:2, :3].reshape(-1, 7), asked[:2, :3].reshape(-1))
+    assert torch.allclose(sft_loss(logits, y, asked, 2, 0.5, 0.0), 0.5 * chat + 0.5 * text)
+    assert torch.allclose(sft_loss(logits[:2], y[:2], asked[:2], 2, 0.0, 0.0), chat)
+    assert torch.allclose(sft_loss(logits, y, asked, 2, 0.25, 0.1), 0.75 * (chat + 0.1 * questions) + 0.25 * text)
 
 
 def test_existing_checkpoint_is_not_overwritten_without_asking(tmp_path, tiny_ckpt):
@@ -135,7 +147,7 @@ def test_the_readmes_resume_finishes_a_short_run_where_it_was_headed(tmp_path, t
 
 def test_a_run_saved_before_shuffled_words_existed_resumes_as_it_was_trained(tmp_path, tiny_ckpt, monkeypatch):
     common = ["--max-iters", "6", "--eval-interval", "3", "--grad-clip", "0"]
-    then = ["--shuffle-words", "0", "--average-last", "0"]  # as sft.py trained before either flag existed
+    then = ["--shuffle-words", "0", "--average-last", "0", "--question-loss", "0"]  # as sft.py trained before these
     whole, _ = run(tmp_path, tiny_ckpt, *common, *then, name="whole")
     with monkeypatch.context() as patch:
         interrupt_during(patch, "backward", call=2)
@@ -144,26 +156,28 @@ def test_a_run_saved_before_shuffled_words_existed_resumes_as_it_was_trained(tmp
     path = tmp_path / "old.pth"
     saved = torch.load(path, weights_only=True)
     saved["format_version"], saved["train_args"] = 1, saved.pop("run_config")  # as an sft.py without the flag
-    del saved["train_args"]["shuffle_words"]  # saved it, in format 1
+    del saved["train_args"]["shuffle_words"], saved["train_args"]["question_loss"]  # saved it, in format 1
     torch.save(saved, path)
     resumed, _ = run(tmp_path, tiny_ckpt, *common, "--resume", name="old")  # the default 0.5 is not taken
     assert (resumed["qa_loss"], resumed["val_loss"]) == (whole["qa_loss"], whole["val_loss"])
 
 
-def test_a_run_saved_before_weight_averaging_existed_resumes_without_it(tmp_path, tiny_ckpt, monkeypatch):
+def test_a_run_saved_before_weight_averaging_and_question_loss_resumes_without_them(tmp_path, tiny_ckpt, monkeypatch):
     common = ["--max-iters", "6", "--eval-interval", "3", "--grad-clip", "0"]
-    whole, _ = run(tmp_path, tiny_ckpt, *common, "--average-last", "0", name="whole")
+    whole, _ = run(tmp_path, tiny_ckpt, *common, "--average-last", "0", "--question-loss", "0", name="whole")
     with monkeypatch.context() as patch:
         interrupt_during(patch, "backward", call=2)
         with pytest.raises(Stopped):
-            run(tmp_path, tiny_ckpt, *common, name="old")
+            run(tmp_path, tiny_ckpt, *common, "--question-loss", "0", name="old")  # the old sft.py's loss
     path = tmp_path / "old.pth"
     saved = torch.load(path, weights_only=True)
     del saved["run_config"]["average_last"], saved["weight_average"]  # as the sft.py of 2026-12-01 saved it
+    del saved["run_config"]["question_loss"]
     torch.save(saved, path)
-    resumed, _ = run(tmp_path, tiny_ckpt, *common, "--resume", name="old")  # the default, a third, is not taken
+    resumed, _ = run(tmp_path, tiny_ckpt, *common, "--resume", name="old")  # the defaults are not taken
     assert (resumed["qa_loss"], resumed["val_loss"]) == (whole["qa_loss"], whole["val_loss"])
     assert load_checkpoint(str(path))["run_config"]["average_last"] == 0
+    assert load_checkpoint(str(path))["run_config"]["question_loss"] == 0
 
 
 @pytest.mark.parametrize("case, fragment", [
@@ -171,6 +185,7 @@ def test_a_run_saved_before_weight_averaging_existed_resumes_without_it(tmp_path
     ("missing-field", "line 1: missing field 'answer'"),
     ("mix", "--pretrain-mix"),
     ("shuffle", "--shuffle-words must be in [0, 1], got nan"),
+    ("question", "--question-loss must be a number >= 0, got -0.1"),
     ("no-base", "not found"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_ckpt, cli, monkeypatch, case, fragment):
@@ -185,7 +200,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_ckpt, cli, monk
         qa.write_text(json.dumps(record) + "\n", encoding="utf-8")
     else:
         qa.write_text(good, encoding="utf-8")
-        flags += {"mix": ["--pretrain-mix", "1"], "shuffle": ["--shuffle-words", "nan"]}.get(
+        flags += {"mix": ["--pretrain-mix", "1"], "shuffle": ["--shuffle-words", "nan"],
+                  "question": ["--question-loss=-0.1"]}.get(
             case, ["--init-from", str(tmp_path / "none.pth")])
     monkeypatch.chdir(tmp_path)
     result = cli(sft, *flags)
