@@ -110,6 +110,12 @@ def observed(long_chat_ckpt, tmp_path_factory):
         yield url, log
 
 
+@pytest.fixture(scope="module")
+def long_chat_url(long_chat_ckpt):
+    with serving(long_chat_ckpt, "--max-batch", "4") as url:
+        yield url
+
+
 def client(url, key="none"):
     return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=120)
 
@@ -167,23 +173,25 @@ def test_streaming_sends_the_same_text_in_openai_chunks(chat_url):
     assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # it streamed
 
 
-def test_max_tokens_and_stop_behave_as_in_the_api(chat_url):
-    # the tiny model's longest greedy answer, asked for one token less than it takes
-    replies = {q: ask(chat_url, q, max_tokens=40) for q in QUESTIONS}
+def test_max_tokens_and_stop_behave_as_in_the_api(long_chat_url):
+    # A context of 128 holds every question whole whatever max_tokens keeps free for the answer (with 16, a smaller
+    # max_tokens would leave the question more room and so change the greedy answer itself). The model's longest
+    # greedy answer, asked for one token less than it takes:
+    replies = {q: ask(long_chat_url, q, max_tokens=40) for q in QUESTIONS}
     question = max(replies, key=lambda q: replies[q].usage.completion_tokens)
     n = replies[question].usage.completion_tokens - 1
     assert n >= 3
-    long = ask(chat_url, question, max_tokens=n)
+    long = ask(long_chat_url, question, max_tokens=n)
     assert long.choices[0].finish_reason == "length" and long.usage.completion_tokens == n
     text = long.choices[0].message.content
-    short = ask(chat_url, question, max_tokens=n - 1)
+    short = ask(long_chat_url, question, max_tokens=n - 1)
     assert short.usage.completion_tokens == n - 1 and text.startswith(short.choices[0].message.content)
     stop = text[1:3]  # a string the greedy answer contains: the answer ends just before its first occurrence
-    for reply in (ask(chat_url, question, max_tokens=n, stop=[stop, "never seen"]),
-                  ask(chat_url, question, max_tokens=n, stop=stop)):
+    for reply in (ask(long_chat_url, question, max_tokens=n, stop=[stop, "never seen"]),
+                  ask(long_chat_url, question, max_tokens=n, stop=stop)):
         assert reply.choices[0].message.content == text[:text.index(stop)]
         assert reply.choices[0].finish_reason == "stop"
-    streamed_text, finish, _ = streamed(chat_url, question, max_tokens=n, stop=stop)
+    streamed_text, finish, _ = streamed(long_chat_url, question, max_tokens=n, stop=stop)
     assert streamed_text == text[:text.index(stop)] and finish == ["stop"]
 
 
