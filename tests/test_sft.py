@@ -46,7 +46,7 @@ def test_same_seed_same_result(tmp_path, tiny_ckpt):
     assert a["qa_loss"] == b["qa_loss"] and a["val_loss"] == b["val_loss"]
 
 
-def test_chat_rows_target_the_answers_and_apart_the_questions():
+def test_chat_rows_target_the_answers_and_separately_the_questions():
     tok = CharTokenizer(open(QA, encoding="utf-8").read())
     records = load_qa(QA, "train")[:40]
     rows = ChatRows(tok, records, 65, torch.Generator().manual_seed(0))
