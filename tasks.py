@@ -134,7 +134,7 @@ class ChatTask(TextTask):
     n_text corpus blocks, all drawn by the corpus's generator, which the checkpoint holds. The questions' own tokens
     count in the loss at question_weight (sft_loss)."""
 
-    def __init__(self, chat_rows, batches, n_chat, n_text, token_chars, question_weight=0.0):
+    def __init__(self, chat_rows, batches, n_chat, n_text, token_chars, question_weight):
         super().__init__(batches, n_chat + n_text, token_chars)
         self.chat_rows, self.n_chat, self.n_text, self.question_weight = chat_rows, n_chat, n_text, question_weight
 
