@@ -98,7 +98,7 @@ def long_chat_ckpt(tmp_path_factory, small_corpus):
                 "--metrics", str(folder / "base.csv"), *TINY, "--block-size", "128"])
     sft.main(["--init-from", base, "--qa", QA, "--ckpt", ckpt, "--max-iters", "30", "--batch-size", "8",
               "--eval-interval", "15", "--eval-tokens", "256", "--warmup-iters", "2", "--lr", "1e-2",
-              "--shuffle-words", "0", "--metrics", str(folder / "chat.csv"), "--plot", ""])
+              "--shuffle-words", "0", "--question-loss", "0", "--metrics", str(folder / "chat.csv"), "--plot", ""])
     return ckpt
 
 
@@ -108,12 +108,6 @@ def observed(long_chat_ckpt, tmp_path_factory):
     log = str(tmp_path_factory.mktemp("observed") / "forward.jsonl")
     with serving(long_chat_ckpt, "--max-batch", "4", log=log) as url:
         yield url, log
-
-
-@pytest.fixture(scope="module")
-def long_chat_url(long_chat_ckpt):
-    with serving(long_chat_ckpt, "--max-batch", "4") as url:
-        yield url
 
 
 def client(url, key="none"):
@@ -173,25 +167,23 @@ def test_streaming_sends_the_same_text_in_openai_chunks(chat_url):
     assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # it streamed
 
 
-def test_max_tokens_and_stop_behave_as_in_the_api(long_chat_url):
-    # A context of 128 holds every question whole whatever max_tokens keeps free for the answer (with 16, a smaller
-    # max_tokens would leave the question more room and so change the greedy answer itself). The model's longest
-    # greedy answer, asked for one token less than it takes:
-    replies = {q: ask(long_chat_url, q, max_tokens=40) for q in QUESTIONS}
+def test_max_tokens_and_stop_behave_as_in_the_api(chat_url):
+    # the tiny model's longest greedy answer, asked for one token less than it takes
+    replies = {q: ask(chat_url, q, max_tokens=40) for q in QUESTIONS}
     question = max(replies, key=lambda q: replies[q].usage.completion_tokens)
     n = replies[question].usage.completion_tokens - 1
     assert n >= 3
-    long = ask(long_chat_url, question, max_tokens=n)
+    long = ask(chat_url, question, max_tokens=n)
     assert long.choices[0].finish_reason == "length" and long.usage.completion_tokens == n
     text = long.choices[0].message.content
-    short = ask(long_chat_url, question, max_tokens=n - 1)
+    short = ask(chat_url, question, max_tokens=n - 1)
     assert short.usage.completion_tokens == n - 1 and text.startswith(short.choices[0].message.content)
     stop = text[1:3]  # a string the greedy answer contains: the answer ends just before its first occurrence
-    for reply in (ask(long_chat_url, question, max_tokens=n, stop=[stop, "never seen"]),
-                  ask(long_chat_url, question, max_tokens=n, stop=stop)):
+    for reply in (ask(chat_url, question, max_tokens=n, stop=[stop, "never seen"]),
+                  ask(chat_url, question, max_tokens=n, stop=stop)):
         assert reply.choices[0].message.content == text[:text.index(stop)]
         assert reply.choices[0].finish_reason == "stop"
-    streamed_text, finish, _ = streamed(long_chat_url, question, max_tokens=n, stop=stop)
+    streamed_text, finish, _ = streamed(chat_url, question, max_tokens=n, stop=stop)
     assert streamed_text == text[:text.index(stop)] and finish == ["stop"]
 
 
