@@ -2,8 +2,9 @@
 `<|user|>{question}<|end|><|assistant|>{answer}<|end|>` with the special tokens every tokenizer reserves (tokenizer.py).
 The user's text is encoded with no special tokens allowed: typing "<|end|>" cannot forge a turn boundary. Fine-tuning
 learns to answer from the answer tokens and their <|end|> (the answer mask), and at a small weight also to predict the
-question's own tokens (question_mask): a model that keeps reading questions as text answers held-out phrasings
-better (RESULTS.md, 2026-12-07). Answering samples after `<|assistant|>` until <|end|>."""
+question's own tokens (question_mask): learning both how questions are worded and, from the shuffled ones, which
+words go together in one fact's questions, the model answers held-out phrasings better (RESULTS.md, 2026-12-07).
+Answering samples after `<|assistant|>` until <|end|>."""
 from collections import namedtuple
 from dataclasses import replace
 
