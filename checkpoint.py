@@ -32,9 +32,9 @@ from transformer import MODELS, build_model, config_defaults, config_problem, es
 FORMAT_VERSION = 2
 REQUIRED_KEYS = ("format_version", "model_type", "model_config", "model", "tokenizer")
 # What a run was trained with when its saved settings lack one: the defaults before the setting existed (format 1
-# saved fewer settings; average_last and question_loss came after format 2).
+# saved fewer settings; average_last, question_loss and sampling came after format 2).
 EARLIER_DEFAULTS = dict(positions="learned", norm="layer", mlp="gelu", muon_weight_decay=0.0, shuffle_words=0.0,
-                        average_last=0.0, question_loss=0.0)
+                        average_last=0.0, question_loss=0.0, sampling="random")
 # Flags format 1 recorded that name an invocation rather than the run.
 NOT_SETTINGS = ("resume", "overwrite", "given")
 # The weights a model can hold: float32 (what b_lm trains), and the half and double precisions it converts
@@ -168,9 +168,9 @@ def dtype_problem(weights):
             f"floating-point numbers ({kinds}); quantized or integer weights do not load")
 
 
-def resumed_progress(checkpoint, path, optimizer, generator):
-    """The Progress a checkpoint holds, checked, with the optimizer and the random generators (torch's and the batch
-    generator) back where they were; UserError if it cannot resume."""
+def resumed_progress(checkpoint, path, optimizer, batches):
+    """The Progress a checkpoint holds, checked, with the optimizer, torch's random generator and the draws of the
+    training blocks (data.Batches) back where they were; UserError if it cannot resume."""
     if checkpoint.get("optimizer") is None:
         raise UserError(f"{path} holds no optimizer state, so it cannot be resumed")
     rng = checkpoint.get("rng")
@@ -189,7 +189,7 @@ def resumed_progress(checkpoint, path, optimizer, generator):
     try:
         optimizer.load_state_dict(checkpoint["optimizer"])
         torch.set_rng_state(rng["torch"])
-        generator.set_state(rng["batches"])
+        batches.restore_draws(rng)
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         raise UserError(f"{path} cannot be resumed: its optimizer or generator state does not fit "
                         f"({short_reason(e, 120)})") from None

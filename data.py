@@ -99,24 +99,35 @@ def _cached_tokens(bin_path, dtype):
     return np.memmap(bin_path, dtype=dtype, mode="r") if n_tokens else np.zeros(0, dtype)
 
 
-def corpus_batches(path, tokenizer, block_size, val_fraction, seed):
+def corpus_batches(path, tokenizer, block_size, val_fraction, seed, sampling="epochs"):
     """The corpus at path, tokenized (and cached), split into train and val Batches."""
     tokens = tokenize_to_memmap(path, tokenizer)
     if len(tokens) == 0:
         raise UserError(f"data file {path} is empty: give it some text to learn from")
-    return Batches(tokens, block_size, val_fraction, seed)
+    return Batches(tokens, block_size, val_fraction, seed, sampling)
+
+
+# How training blocks are drawn. 'epochs': pass after pass over the training split, each cut into back-to-back blocks
+# from a random offset and read in a random order, so every token is read as often as every other. 'random': each
+# block at a random offset, drawn with replacement (nanoGPT's way): over a run some stretches are read twice as often
+# as others, and on a corpus read many times the model learns those by heart (RESULTS.md, 2026-12-07, last).
+SAMPLINGS = ("epochs", "random")
 
 
 class Batches:
-    """Train/val split of a token stream, random training blocks, fixed val windows. The last val_fraction is
-    validation, split here and only here, for training, fine-tuning and evaluation alike. Training blocks start at
-    random offsets from a generator of our own, whose state the checkpoint keeps: a resumed run draws the same ones."""
+    """Train/val split of a token stream, training blocks drawn as `sampling` says, fixed val windows. The last
+    val_fraction is validation, split here and only here, for training, fine-tuning and evaluation alike. The draws come
+    from a generator of our own; its state and the blocks left in the epoch (draw_state) go into the checkpoint, so a
+    resumed run draws the same blocks."""
 
-    def __init__(self, tokens, block_size, val_fraction, seed):
+    def __init__(self, tokens, block_size, val_fraction, seed, sampling="epochs"):
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"unknown sampling {sampling!r}: choose one of {', '.join(SAMPLINGS)}")
         split = len(tokens) - int(len(tokens) * val_fraction)
         self.train, self.val = tokens[:split], tokens[split:]
-        self.block_size = block_size
+        self.block_size, self.sampling = block_size, sampling
         self.generator = torch.Generator().manual_seed(seed)
+        self.epoch_left = torch.zeros(0, dtype=torch.int64)  # starts of the blocks this epoch has still to give
         need = block_size + 1
         if len(self.train) < need:
             raise UserError(f"the training split has {len(self.train)} tokens; a context of {block_size} tokens "
@@ -126,16 +137,50 @@ class Batches:
                             f"needs at least {need}: use a larger corpus (or train with a larger --val-fraction "
                             f"or a smaller --block-size)")
 
+    @property
+    def last_start(self):
+        """The last offset a training block can start at: it needs block_size + 1 tokens (inputs and next tokens)."""
+        return len(self.train) - self.block_size - 1
+
     def _stack(self, stream, starts):
         T = self.block_size
         rows = torch.from_numpy(np.stack([np.asarray(stream[s: s + T + 1], dtype=np.int64) for s in starts]))
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()  # inputs and their next tokens, (B, T) each
 
     def train_batches(self, batch_size, n):
-        """n micro-batches of random training blocks, drawn in one go."""
-        high = len(self.train) - self.block_size - 1
-        starts = torch.randint(0, high + 1, (n * batch_size,), generator=self.generator).tolist()
+        """n micro-batches of training blocks, drawn in one go."""
+        starts = self._draw_starts(n * batch_size)
         return [self._stack(self.train, starts[i * batch_size: (i + 1) * batch_size]) for i in range(n)]
+
+    def _draw_starts(self, count):
+        if self.sampling == "random":
+            return torch.randint(0, self.last_start + 1, (count,), generator=self.generator).tolist()
+        while len(self.epoch_left) < count:  # an epoch ends mid-batch: the next one begins
+            self.epoch_left = torch.cat([self.epoch_left, self._new_epoch()])
+        starts, self.epoch_left = self.epoch_left[:count], self.epoch_left[count:]
+        return starts.tolist()
+
+    def _new_epoch(self):
+        """The block starts of one pass, in random order: back to back from a random offset below block_size, which
+        moves the seams between blocks from one epoch to the next (the few tokens before the offset and after the
+        last whole block wait for another epoch)."""
+        offset = int(torch.randint(0, min(self.block_size, self.last_start + 1), (1,), generator=self.generator))
+        starts = torch.arange(offset, self.last_start + 1, self.block_size)
+        return starts[torch.randperm(len(starts), generator=self.generator)]
+
+    def draw_state(self):
+        """What a checkpoint keeps so that a resumed run draws the same blocks: {'batches', 'batch_order'}."""
+        return {"batches": self.generator.get_state(), "batch_order": self.epoch_left.clone()}
+
+    def restore_draws(self, state):
+        """Continue the draws a draw_state saved; ValueError if they do not fit this corpus. A checkpoint from before
+        the epochs has no 'batch_order': its run goes on with a fresh epoch."""
+        order = state.get("batch_order", torch.zeros(0, dtype=torch.int64))
+        if not (isinstance(order, torch.Tensor) and order.dtype == torch.int64 and order.dim() == 1
+                and (len(order) == 0 or 0 <= int(order.min()) and int(order.max()) <= self.last_start)):
+            raise ValueError("its blocks left in the epoch do not fit the training split")
+        self.generator.set_state(state["batches"])
+        self.epoch_left = order.clone()
 
     def val_batches(self, batch_size, max_tokens=None):
         """Batches of non-overlapping val windows, evenly spread when capped to max_tokens."""

@@ -1,7 +1,8 @@
 """What a training run learns from: its batches, the loss of a batch, and what an evaluation measures.
 
 trainer.py runs one loop for every task. A task has
-    generator                           draws every batch; its state goes into the checkpoint
+    batches                             the corpus's data.Batches: their generator draws every batch, and
+                                        their draw_state goes into the checkpoint
     train_batches(n)                    n micro-batches, each a list of CPU tensors
     loss(model, batch)                  the scalar loss of one micro-batch (on the device)
     evaluate(model, max_tokens, dtype)  {'val_loss': ..., ...} scores
@@ -16,11 +17,10 @@ from validation import evaluate_loss
 
 
 class TextTask:
-    """Next-token prediction on random blocks of a corpus, scored on its validation split."""
+    """Next-token prediction on blocks of a corpus (drawn as Batches.sampling says), scored on its validation split."""
 
     def __init__(self, batches, batch_size, token_chars):
         self.batches, self.batch_size, self.token_chars = batches, batch_size, token_chars
-        self.generator = batches.generator
 
     def train_batches(self, n):
         return self.batches.train_batches(self.batch_size, n)

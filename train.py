@@ -135,7 +135,8 @@ def pretrain(settings, invocation):
                     k: v for k, v in checkpoint["model_config"].items() if k in INIT_FROM_SHAPE})
         else:
             model, tokenizer = new_model(settings, device)
-        batches = corpus_batches(settings.data, tokenizer, settings.block_size, settings.val_fraction, settings.seed)
+        batches = corpus_batches(settings.data, tokenizer, settings.block_size, settings.val_fraction, settings.seed,
+                                 settings.sampling)
         description = (f"{settings.model}: {count_parameters(model) / 1e6:.2f}M parameters, {tokenizer.kind} "
                        f"tokenizer ({tokenizer.vocab_size} tokens), {len(batches.train):,} train / "
                        f"{len(batches.val):,} val tokens")

@@ -266,7 +266,10 @@ DAMAGED_STATE = "cannot be resumed: its step, history, random-generator states o
 
 @pytest.mark.parametrize("key, value, fragment", [
     ("step", "3", DAMAGED_STATE), ("step", -1, DAMAGED_STATE), ("rng", None, DAMAGED_STATE),
-    ("rng", {"torch": 1}, DAMAGED_STATE), ("history", "rows", DAMAGED_STATE), ("best_val_loss", "low", DAMAGED_STATE),
+    ("rng", {"torch": 1}, DAMAGED_STATE),
+    ("rng", {"torch": torch.get_rng_state(), "batches": torch.Generator().get_state(),
+             "batch_order": torch.tensor([10 ** 9])}, "its optimizer or generator state does not fit"),
+    ("history", "rows", DAMAGED_STATE), ("best_val_loss", "low", DAMAGED_STATE),
     ("weight_average", [1.0], DAMAGED_STATE),
     ("weight_average", {"steps": 2, "weights": {"wte.weight": torch.zeros(1)}}, "its weight average does not fit"),
     ("optimizer", None, "holds no optimizer state, so it cannot be resumed"),
