@@ -32,9 +32,9 @@ from transformer import MODELS, build_model, config_defaults, config_problem, es
 FORMAT_VERSION = 2
 REQUIRED_KEYS = ("format_version", "model_type", "model_config", "model", "tokenizer")
 # What a run was trained with when its saved settings lack one: the defaults before the setting existed (format 1
-# saved fewer settings; average_last, question_loss and sampling came after format 2).
+# saved fewer settings; average_last, question_loss and data_order came after format 2).
 EARLIER_DEFAULTS = dict(positions="learned", norm="layer", mlp="gelu", muon_weight_decay=0.0, shuffle_words=0.0,
-                        average_last=0.0, question_loss=0.0, sampling="random")
+                        average_last=0.0, question_loss=0.0, data_order="random")
 # Flags format 1 recorded that name an invocation rather than the run.
 NOT_SETTINGS = ("resume", "overwrite", "given")
 # The weights a model can hold: float32 (what b_lm trains), and the half and double precisions it converts

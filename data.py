@@ -99,33 +99,33 @@ def _cached_tokens(bin_path, dtype):
     return np.memmap(bin_path, dtype=dtype, mode="r") if n_tokens else np.zeros(0, dtype)
 
 
-def corpus_batches(path, tokenizer, block_size, val_fraction, seed, sampling="epochs"):
+def corpus_batches(path, tokenizer, block_size, val_fraction, seed, data_order="epochs"):
     """The corpus at path, tokenized (and cached), split into train and val Batches."""
     tokens = tokenize_to_memmap(path, tokenizer)
     if len(tokens) == 0:
         raise UserError(f"data file {path} is empty: give it some text to learn from")
-    return Batches(tokens, block_size, val_fraction, seed, sampling)
+    return Batches(tokens, block_size, val_fraction, seed, data_order)
 
 
 # How training blocks are drawn. 'epochs': pass after pass over the training split, each cut into back-to-back blocks
 # from a random offset and read in a random order, so every token is read as often as every other. 'random': each
 # block at a random offset, drawn with replacement (nanoGPT's way): over a run some stretches are read twice as often
 # as others, and on a corpus read many times the model learns those by heart (RESULTS.md, 2026-12-07, last).
-SAMPLINGS = ("epochs", "random")
+DATA_ORDERS = ("epochs", "random")
 
 
 class Batches:
-    """Train/val split of a token stream, training blocks drawn as `sampling` says, fixed val windows. The last
-    val_fraction is validation, split here and only here, for training, fine-tuning and evaluation alike. The draws come
-    from a generator of our own; its state and the blocks left in the epoch (draw_state) go into the checkpoint, so a
-    resumed run draws the same blocks."""
+    """Train/val split of a token stream, training blocks drawn in data_order (DATA_ORDERS), fixed val windows. The
+    last val_fraction is validation, split here and only here, for training, fine-tuning and evaluation alike. The
+    draws come from a generator of our own; its state and the blocks left in the epoch (draw_state) go into the
+    checkpoint, so a resumed run draws the same blocks."""
 
-    def __init__(self, tokens, block_size, val_fraction, seed, sampling="epochs"):
-        if sampling not in SAMPLINGS:
-            raise ValueError(f"unknown sampling {sampling!r}: choose one of {', '.join(SAMPLINGS)}")
+    def __init__(self, tokens, block_size, val_fraction, seed, data_order="epochs"):
+        if data_order not in DATA_ORDERS:
+            raise ValueError(f"unknown data order {data_order!r}: choose one of {', '.join(DATA_ORDERS)}")
         split = len(tokens) - int(len(tokens) * val_fraction)
         self.train, self.val = tokens[:split], tokens[split:]
-        self.block_size, self.sampling = block_size, sampling
+        self.block_size, self.data_order = block_size, data_order
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch_left = torch.zeros(0, dtype=torch.int64)  # starts of the blocks this epoch has still to give
         need = block_size + 1
@@ -153,7 +153,7 @@ class Batches:
         return [self._stack(self.train, starts[i * batch_size: (i + 1) * batch_size]) for i in range(n)]
 
     def _draw_starts(self, count):
-        if self.sampling == "random":
+        if self.data_order == "random":
             return torch.randint(0, self.last_start + 1, (count,), generator=self.generator).tolist()
         while len(self.epoch_left) < count:  # an epoch ends mid-batch: the next one begins
             self.epoch_left = torch.cat([self.epoch_left, self._new_epoch()])

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from checkpoint import load_checkpoint
-from data import SAMPLINGS
+from data import DATA_ORDERS
 from device import DTYPE_CHOICES, choose_device, flush_denormals
 from distributed import init_processes, is_main_process, shutdown
 from errors import ArgumentParser, UserError
@@ -40,9 +40,9 @@ class TrainConfig:
     beta2: float = setting(0.99, "Adam beta2", BELOW_ONE, resume=FIXED)
     average_last: float = setting(0.0, "share of the run, at its end, whose weights are averaged: the run ends with "
                                        "their mean (a share of --max-iters; 0 = the last step's weights)", FRACTION)
-    sampling: str = setting("epochs", "how training blocks are drawn: epochs (every block once per pass over the "
-                                      "training split, in random order) or random (random offsets, with replacement)",
-                            choices=SAMPLINGS, resume=FIXED)
+    data_order: str = setting("epochs", "how training blocks are drawn: epochs (every block once per pass over the "
+                                        "training split, in random order) or random (random offsets, with "
+                                        "replacement)", choices=DATA_ORDERS, resume=FIXED)
     grad_clip: float = setting(1.0, "clip the gradient norm to this; 0 disables", NON_NEGATIVE)
     eval_interval: int = setting(250, "evaluate and save every N steps", at_least(1))
     eval_tokens: int = setting(32768, "val tokens per periodic evaluation", at_least(1))

@@ -96,7 +96,7 @@ def fine_tune(settings, invocation):
         model, tokenizer = model_from_checkpoint(base, device, settings.ckpt if resumed else settings.init_from)
         block = model.config.block_size
         batches = corpus_batches(settings.data, tokenizer, block, base_run.get("val_fraction", 0.1), settings.seed,
-                                 settings.sampling)
+                                 settings.data_order)
         chat_rows = ChatRows(tokenizer, records, block + 1, batches.generator, settings.shuffle_words)
         if not chat_rows.turns:
             raise UserError(f"no train question of {settings.qa} can be learned: none both fits the model's context "

@@ -136,7 +136,7 @@ def pretrain(settings, invocation):
         else:
             model, tokenizer = new_model(settings, device)
         batches = corpus_batches(settings.data, tokenizer, settings.block_size, settings.val_fraction, settings.seed,
-                                 settings.sampling)
+                                 settings.data_order)
         description = (f"{settings.model}: {count_parameters(model) / 1e6:.2f}M parameters, {tokenizer.kind} "
                        f"tokenizer ({tokenizer.vocab_size} tokens), {len(batches.train):,} train / "
                        f"{len(batches.val):,} val tokens")

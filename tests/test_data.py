@@ -40,8 +40,8 @@ def test_an_epoch_reads_every_block_of_the_training_split_once():
     assert len(set(second)) == len(second) and len({s % 16 for s in second}) == 1  # the next epoch: its own seams
 
 
-def test_random_sampling_draws_with_replacement_as_before():
-    b = data.Batches(np.arange(900), 16, 0.1, seed=3, sampling="random")
+def test_the_random_order_draws_with_replacement_as_before():
+    b = data.Batches(np.arange(900), 16, 0.1, seed=3, data_order="random")
     starts = [int(s) for x, _ in b.train_batches(50, 4) for s in x[:, 0]]
     expected = torch.randint(0, b.last_start + 1, (200,), generator=torch.Generator().manual_seed(3)).tolist()
     assert starts == expected and max(Counter(starts).values()) > 1  # nanoGPT's draw: some blocks twice

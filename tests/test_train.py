@@ -85,6 +85,19 @@ def test_a_bare_resume_finishes_exactly_the_interrupted_run(tmp_path, small_corp
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # with the default clipping
 
 
+def test_a_run_saved_before_the_epochs_resumes_with_the_random_blocks_it_was_trained_on(tmp_path, small_corpus):
+    flags = ["--lr-decay-iters", "12", "--eval-interval", "6"]
+    whole, _ = run(tmp_path, small_corpus, "--max-iters", "12", "--data-order", "random", *flags, name="whole")
+    run(tmp_path, small_corpus, "--max-iters", "6", "--data-order", "random", *flags, name="old")
+    saved = torch.load(tmp_path / "old.pth", weights_only=True)
+    del saved["run_config"]["data_order"], saved["rng"]["batch_order"]  # as train.py saved it before 2026-12-07
+    torch.save(saved, tmp_path / "old.pth")
+    resumed, _ = run(tmp_path, small_corpus, "--max-iters", "12", "--resume", *flags, name="old")
+    assert resumed["val_loss"] == whole["val_loss"]
+    epochs, _ = run(tmp_path, small_corpus, "--max-iters", "12", *flags, name="epochs")  # the default draws others
+    assert epochs["val_loss"] != whole["val_loss"]
+
+
 def test_average_last_ends_the_run_with_the_mean_of_its_last_steps(tmp_path, small_corpus, monkeypatch, capsys):
     saved = []  # the weights of every checkpoint written: after steps 1, 2 and 3, then the final ones
     keep = trainer.save_checkpoint
