@@ -168,9 +168,9 @@ def dtype_problem(weights):
             f"floating-point numbers ({kinds}); quantized or integer weights do not load")
 
 
-def resumed_progress(checkpoint, path, optimizer, batches):
-    """The Progress a checkpoint holds, checked, with the optimizer, torch's random generator and the draws of the
-    training blocks (data.Batches) back where they were; UserError if it cannot resume."""
+def resumed_progress(checkpoint, path, optimizer, task):
+    """The Progress a checkpoint holds, checked, with the optimizer, torch's random generator and the task's draws
+    (tasks.py: restore_draws) back where they were; UserError if it cannot resume."""
     if checkpoint.get("optimizer") is None:
         raise UserError(f"{path} holds no optimizer state, so it cannot be resumed")
     rng = checkpoint.get("rng")
@@ -189,7 +189,7 @@ def resumed_progress(checkpoint, path, optimizer, batches):
     try:
         optimizer.load_state_dict(checkpoint["optimizer"])
         torch.set_rng_state(rng["torch"])
-        batches.restore_draws(rng)
+        task.restore_draws(rng)
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         raise UserError(f"{path} cannot be resumed: its optimizer or generator state does not fit "
                         f"({short_reason(e, 120)})") from None

@@ -97,7 +97,8 @@ def fine_tune(settings, invocation):
         block = model.config.block_size
         batches = corpus_batches(settings.data, tokenizer, block, base_run.get("val_fraction", 0.1), settings.seed,
                                  settings.data_order)
-        chat_rows = ChatRows(tokenizer, records, block + 1, batches.generator, settings.shuffle_words)
+        chat_rows = ChatRows(tokenizer, records, block + 1, batches.generator, settings.shuffle_words,
+                             settings.data_order)
         if not chat_rows.turns:
             raise UserError(f"no train question of {settings.qa} can be learned: none both fits the model's context "
                             f"of {block} tokens and uses only characters its vocabulary has")

@@ -1,8 +1,7 @@
 """What a training run learns from: its batches, the loss of a batch, and what an evaluation measures.
 
 trainer.py runs one loop for every task. A task has
-    batches                             the corpus's data.Batches: their generator draws every batch, and
-                                        their draw_state goes into the checkpoint
+    draw_state(), restore_draws(state)  where the draws of batches stand, for the checkpoint and --resume
     train_batches(n)                    n micro-batches, each a list of CPU tensors
     loss(model, batch)                  the scalar loss of one micro-batch (on the device)
     evaluate(model, max_tokens, dtype)  {'val_loss': ..., ...} scores
@@ -25,6 +24,12 @@ class TextTask:
     def train_batches(self, n):
         return self.batches.train_batches(self.batch_size, n)
 
+    def draw_state(self):
+        return self.batches.draw_state()
+
+    def restore_draws(self, state):
+        self.batches.restore_draws(state)
+
     def loss(self, model, batch):
         return model(*batch)[1]  # batch is (inputs, targets)
 
@@ -40,8 +45,10 @@ class ChatRows:
     phrasings share content words ("Name Achilles’ father." / "Who is the father of Achilles?") far more than word
     order, so a model made to answer from the words alone answers new phrasings better."""
 
-    def __init__(self, tokenizer, records, row_len, generator, shuffle_words=0.0):
+    def __init__(self, tokenizer, records, row_len, generator, shuffle_words=0.0, data_order="epochs"):
         self.tokenizer, self.row_len, self.generator, self.shuffle_words = tokenizer, row_len, generator, shuffle_words
+        self.data_order = data_order  # as data.Batches: every turn once per pass, or each at random
+        self.turns_left = torch.zeros(0, dtype=torch.int64)  # this pass's turns still to come, in order
         self.pad = tokenizer.special_tokens[ENDOFTEXT]
         self.turns, self.texts, self.too_long, self.unencodable = [], [], 0, 0
         for r in records:
@@ -69,9 +76,22 @@ class ChatRows:
                                        mask + [0] * (self.row_len - len(mask))) for ids, mask in rows))
         return torch.tensor(x, dtype=torch.long), torch.tensor(y, dtype=torch.long)  # (B, row_len - 1) each
 
-    def draw_turn(self):
-        """One random train turn as (ids, mask); its question's words shuffled in a shuffle_words share."""
-        k = int(torch.randint(len(self.turns), (1,), generator=self.generator))
+    def next_turn(self):
+        """The index of the next train turn: the next of this pass's random order, or (data_order 'random') any."""
+        if self.data_order == "random":
+            return int(torch.randint(len(self.turns), (1,), generator=self.generator))
+        if len(self.turns_left) == 0:
+            self.turns_left = torch.randperm(len(self.turns), generator=self.generator)
+        k, self.turns_left = int(self.turns_left[0]), self.turns_left[1:]
+        return k
+
+    def put_back(self, k):
+        """A drawn turn that did not fit its row: in a pass it opens the next row; a random draw is dropped."""
+        if self.data_order == "epochs":
+            self.turns_left = torch.cat([torch.tensor([k]), self.turns_left])
+
+    def turn(self, k):
+        """Train turn k as (ids, mask), its question's words shuffled in a shuffle_words share of the calls."""
         if self.shuffle_words and float(torch.rand((), generator=self.generator)) < self.shuffle_words:
             question, answer = self.texts[k]
             words = question.split()
@@ -85,15 +105,17 @@ class ChatRows:
         return self.turns[k]
 
     def train_batch(self, batch_size):
-        """Rows of random turns, each row a short conversation of unrelated questions, as (inputs, answer targets,
+        """Rows of train turns, each row a short conversation of unrelated questions, as (inputs, answer targets,
         question targets): the targets of the answers' tokens, and of the questions' own tokens."""
         rows = []
         for _ in range(batch_size):
             ids, answers, questions = [], [], []
             while True:
-                turn_ids, turn_mask = self.draw_turn()
+                k = self.next_turn()
+                turn_ids, turn_mask = self.turn(k)
                 if ids and len(ids) + len(turn_ids) > self.row_len:
-                    break  # the row is as full as this draw allows; the draw is dropped
+                    self.put_back(k)  # the row is as full as this draw allows
+                    break
                 ids, answers, questions = ids + turn_ids, answers + turn_mask, questions + question_mask(turn_mask)
             rows.append((ids, answers, questions))
         x, y = self._tensors([(ids, answers) for ids, answers, _ in rows])
@@ -131,8 +153,8 @@ def sft_loss(logits, y, asked, n_chat, text_weight, question_weight):
 
 class ChatTask(TextTask):
     """Chat answers, with a share of corpus rows so the model keeps its prose: a micro-batch is n_chat chat rows then
-    n_text corpus blocks, all drawn by the corpus's generator, which the checkpoint holds. The questions' own tokens
-    count in the loss at question_weight (sft_loss)."""
+    n_text corpus blocks, all drawn by the corpus's generator; the checkpoint holds it and both orders. The questions'
+    own tokens count in the loss at question_weight (sft_loss)."""
 
     def __init__(self, chat_rows, batches, n_chat, n_text, token_chars, question_weight):
         super().__init__(batches, n_chat + n_text, token_chars)
@@ -147,6 +169,18 @@ class ChatTask(TextTask):
                 x, y, asked = torch.cat([x, tx]), torch.cat([y, ty]), torch.cat([asked, torch.full_like(ty, -1)])
             micro_batches.append((x, y, asked))
         return micro_batches
+
+    def draw_state(self):
+        return {**self.batches.draw_state(), "turn_order": self.chat_rows.turns_left.clone()}
+
+    def restore_draws(self, state):
+        """As TextTask's, and the turns left in the pass (none in a checkpoint from before the passes)."""
+        order = state.get("turn_order", torch.zeros(0, dtype=torch.int64))
+        if not (isinstance(order, torch.Tensor) and order.dtype == torch.int64 and order.dim() == 1
+                and (len(order) == 0 or 0 <= int(order.min()) and int(order.max()) < len(self.chat_rows.turns))):
+            raise ValueError("its questions left in the pass do not fit the train questions")
+        self.batches.restore_draws(state)
+        self.chat_rows.turns_left = order.clone()
 
     def loss(self, model, batch):
         x, y, asked = batch

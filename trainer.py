@@ -37,7 +37,7 @@ class Run:
     settings: object  # run_config.TrainConfig, or a script's extension of it
     model: torch.nn.Module
     tokenizer: object
-    task: object  # tasks.py: train_batches(n), loss(model, batch), evaluate(model, max_tokens, dtype), batches
+    task: object  # tasks.py: train_batches(n), loss(model, batch), evaluate(model, max_tokens, dtype), draw_state()
     procs: object
     device: torch.device
     description: str  # the start-up line
@@ -57,7 +57,7 @@ def train(run):
                                 muon_lr=s.muon_lr, muon_weight_decay=s.muon_weight_decay)
     progress = Progress()
     if run.resume_from:
-        progress = resumed_progress(run.resume_from, s.ckpt, optimizer, run.task.batches)
+        progress = resumed_progress(run.resume_from, s.ckpt, optimizer, run.task)
         if progress.step >= s.max_iters:
             raise UserError(f"{s.ckpt} is at step {progress.step} already: pass a --max-iters above that to train "
                             f"it further (evaluate.py scores it as it is)")
@@ -223,7 +223,7 @@ class Loop:
     def save(self):  # on rank 0, as log() is
         self.progress.elapsed_s = self.elapsed()
         self.progress.weight_average = self.average.state_dict() if self.average.steps else None
-        self.progress.rng = {"torch": torch.get_rng_state(), **self.task.batches.draw_state()}
+        self.progress.rng = {"torch": torch.get_rng_state(), **self.task.draw_state()}
         model, run = self.model, self.run
         save_checkpoint(self.s.ckpt, checkpoint_dict(model_type_of(model), asdict(model.config), model.state_dict(),
                                                      run.tokenizer, self.optimizer.state_dict(), self.progress,

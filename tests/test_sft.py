@@ -67,6 +67,19 @@ def test_chat_rows_target_the_answers_and_separately_the_questions():
     assert rows.n_answer_tokens == sum(len(tok.encode(r["answer"])) + 1 for r in records)
 
 
+def test_a_pass_draws_every_train_question_once_and_a_turn_that_did_not_fit_comes_next():
+    tok = CharTokenizer(open(QA, encoding="utf-8").read())
+    records = load_qa(QA, "train")[:40]
+    rows = ChatRows(tok, records, 65, torch.Generator().manual_seed(0))
+    first = [rows.next_turn() for _ in range(40)]
+    assert sorted(first) == list(range(40)) and first != sorted(first)
+    k = rows.next_turn()
+    rows.put_back(k)
+    assert rows.next_turn() == k  # the pass goes on with it
+    old = ChatRows(tok, records, 65, torch.Generator().manual_seed(0), data_order="random")
+    assert len({old.next_turn() for _ in range(40)}) < 40  # the draw of runs saved before the passes repeats some
+
+
 def test_shuffled_questions_keep_their_words_and_answers():
     tok = CharTokenizer(open(QA, encoding="utf-8").read())
     records = load_qa(QA, "train")[:40]
@@ -77,7 +90,7 @@ def test_shuffled_questions_keep_their_words_and_answers():
         rows = ChatRows(tok, records, 65, torch.Generator().manual_seed(0), shuffle_words)
         turns = []
         for _ in range(50):
-            ids, mask = rows.draw_turn()
+            ids, mask = rows.turn(rows.next_turn())
             question = tok.decode(ids[1: mask.index(1) - 2])
             answer = tok.decode([i for i, m in zip(ids, mask) if m][:-1])
             turns.append((question, answer))
