@@ -49,7 +49,9 @@ class Progress:
     best_val_loss: Optional[float] = None  # lowest validation loss seen
     elapsed_s: float = 0.0  # seconds of training so far, over all resumed runs
     history: list = field(default_factory=list)  # metric rows (dicts), as in the metrics CSV
-    rng: Optional[dict] = None  # {'torch': ByteTensor, 'batches': ByteTensor} generator states
+    # {'torch', 'batches'}: ByteTensor generator states; 'batch_order' (and sft.py's 'turn_order'): int64 tensors of
+    # the blocks (questions) the pass has still to give, absent in checkpoints from before the passes
+    rng: Optional[dict] = None
     weight_average: Optional[dict] = None  # {'steps': n, 'weights': {name: tensor}}: mean of the last n steps' weights
 
 
