@@ -16,7 +16,8 @@ from validation import evaluate_loss
 
 
 class TextTask:
-    """Next-token prediction on blocks of a corpus (in the order Batches.data_order says), scored on its validation split."""
+    """Next-token prediction on blocks of a corpus, in the order its Batches draw them, scored on its validation
+    split."""
 
     def __init__(self, batches, batch_size, token_chars):
         self.batches, self.batch_size, self.token_chars = batches, batch_size, token_chars
