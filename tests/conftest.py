@@ -52,10 +52,10 @@ def tiny_ckpt(tmp_path_factory, small_corpus):
     os.environ.setdefault("B_LM_CACHE", str(tmp_path_factory.getbasetemp() / "token-cache"))
     ckpt = str(folder / "tiny.pth")
     import train
-    # An earlier default recipe (Muon lr 0.02, 10% decay, no Muon weight decay): the chat
+    # An earlier default recipe (Muon lr 0.02, 10% decay, no Muon weight decay, random draws): the chat
     # model tuned from this one answers at length, which the streaming tests need to see more than one chunk.
     train.main(["--data", small_corpus, "--ckpt", ckpt, "--max-iters", "30", "--eval-interval", "15",
-                "--muon-lr", "0.02", "--min-lr-ratio", "0.1", "--muon-weight-decay", "0",
+                "--muon-lr", "0.02", "--min-lr-ratio", "0.1", "--muon-weight-decay", "0", "--data-order", "random",
                 "--metrics", str(folder / "m.csv"), *TINY])
     return ckpt
 
@@ -199,11 +199,12 @@ def tiny_chat_ckpt(tmp_path_factory, tiny_ckpt):
     """tiny_ckpt fine-tuned by sft.py on qa.jsonl for 30 steps: a (poor) chat model."""
     ckpt = str(tmp_path_factory.mktemp("tiny-chat") / "chat.pth")
     import sft
-    # Questions as written (no shuffled words) and the answers' loss only, as before: this model answers at length, as
-    # the tests need.
+    # Questions as written (no shuffled words), the answers' loss only and random draws, as before: this model answers
+    # at length, as the tests need.
     sft.main(["--init-from", tiny_ckpt, "--qa", QA, "--ckpt", ckpt, "--max-iters", "30", "--batch-size", "8",
               "--eval-interval", "15", "--eval-tokens", "256", "--warmup-iters", "2", "--lr", "1e-2",
-              "--shuffle-words", "0", "--question-loss", "0", "--metrics", ckpt + ".csv", "--plot", ""])
+              "--shuffle-words", "0", "--question-loss", "0", "--data-order", "random", "--metrics", ckpt + ".csv",
+              "--plot", ""])
     return ckpt
 
 
