@@ -114,6 +114,35 @@ def corpus_batches(path, tokenizer, block_size, val_fraction, seed, data_order="
 DATA_ORDERS = ("epochs", "random")
 
 
+class Passes:
+    """Items handed out pass by pass: new_pass() gives one pass's items in a random order, and each pass is used up
+    before the next begins. What is left of the pass is the state a checkpoint keeps, beside the generator new_pass
+    draws from. Batches hands out block starts this way, tasks.ChatRows its train questions."""
+
+    def __init__(self, new_pass):
+        self.new_pass, self.left = new_pass, torch.zeros(0, dtype=torch.int64)
+
+    def take(self, count):
+        """The next count items, as ints; a pass that runs out midway is followed by the next."""
+        while len(self.left) < count:
+            self.left = torch.cat([self.left, self.new_pass()])
+        taken, self.left = self.left[:count], self.left[count:]
+        return taken.tolist()
+
+    def put_back(self, item):
+        """item, taken but not used, comes next."""
+        self.left = torch.cat([torch.tensor([item]), self.left])
+
+    def restore(self, left, largest, problem):
+        """Go on with what a checkpoint saved of a pass (None, from before the passes: a fresh one); ValueError(problem)
+        unless it is a 1-D int64 tensor of items from 0 to largest."""
+        left = torch.zeros(0, dtype=torch.int64) if left is None else left
+        if not (isinstance(left, torch.Tensor) and left.dtype == torch.int64 and left.dim() == 1
+                and (len(left) == 0 or 0 <= int(left.min()) and int(left.max()) <= largest)):
+            raise ValueError(problem)
+        self.left = left.clone()
+
+
 class Batches:
     """Train/val split of a token stream, training blocks drawn in data_order (DATA_ORDERS), fixed val windows. The
     last val_fraction is validation, split here and only here, for training, fine-tuning and evaluation alike. The
@@ -127,7 +156,7 @@ class Batches:
         self.train, self.val = tokens[:split], tokens[split:]
         self.block_size, self.data_order = block_size, data_order
         self.generator = torch.Generator().manual_seed(seed)
-        self.epoch_left = torch.zeros(0, dtype=torch.int64)  # starts of the blocks this epoch has still to give
+        self.passes = Passes(self._new_epoch)  # with data_order 'epochs': the block starts, pass by pass
         need = block_size + 1
         if len(self.train) < need:
             raise UserError(f"the training split has {len(self.train)} tokens; a context of {block_size} tokens "
@@ -155,10 +184,7 @@ class Batches:
     def _draw_starts(self, count):
         if self.data_order == "random":
             return torch.randint(0, self.last_start + 1, (count,), generator=self.generator).tolist()
-        while len(self.epoch_left) < count:  # an epoch ends mid-batch: the next one begins
-            self.epoch_left = torch.cat([self.epoch_left, self._new_epoch()])
-        starts, self.epoch_left = self.epoch_left[:count], self.epoch_left[count:]
-        return starts.tolist()
+        return self.passes.take(count)
 
     def _new_epoch(self):
         """The block starts of one pass, in random order: back to back from a random offset below block_size, which
@@ -170,17 +196,14 @@ class Batches:
 
     def draw_state(self):
         """What a checkpoint keeps so that a resumed run draws the same blocks: {'batches', 'batch_order'}."""
-        return {"batches": self.generator.get_state(), "batch_order": self.epoch_left.clone()}
+        return {"batches": self.generator.get_state(), "batch_order": self.passes.left.clone()}
 
     def restore_draws(self, state):
         """Continue the draws a draw_state saved; ValueError if they do not fit this corpus. A checkpoint from before
         the epochs has no 'batch_order': its run goes on with a fresh epoch."""
-        order = state.get("batch_order", torch.zeros(0, dtype=torch.int64))
-        if not (isinstance(order, torch.Tensor) and order.dtype == torch.int64 and order.dim() == 1
-                and (len(order) == 0 or 0 <= int(order.min()) and int(order.max()) <= self.last_start)):
-            raise ValueError("its blocks left in the epoch do not fit the training split")
+        self.passes.restore(state.get("batch_order"), self.last_start,
+                            "its blocks left in the epoch do not fit the training split")
         self.generator.set_state(state["batches"])
-        self.epoch_left = order.clone()
 
     def val_batches(self, batch_size, max_tokens=None):
         """Batches of non-overlapping val windows, evenly spread when capped to max_tokens."""

@@ -3,16 +3,17 @@
     python sft.py --init-from checkpoint.pth --qa qa.jsonl --ckpt chat.pth
     python sft.py --ckpt chat.pth --resume       # continue an interrupted run
 
-Learns from the train split of --qa only (the test split is for evaluate.py). Each batch is mostly chat rows: random
-train questions in the chat format (chat.py) packed into the model's context, several turns a row, so the model also
-sees answers that follow earlier turns. The loss counts the answer tokens and their closing <|end|>, and at 0.3 of their
-weight (--question-loss) the question's own tokens, written and shuffled alike: a model that learns both how its
-questions are worded and which words go together in one fact's questions answers held-out phrasings of them better. The
-other --pretrain-mix of the rows are random blocks of the base model's corpus, their loss weighted by the same share, so
-the model keeps its prose while it learns to answer (tasks.ChatTask). Half the drawn questions (--shuffle-words) have
-their words put in a random order each time, so the model learns to answer from the words a question holds, which new
-phrasings of a fact share far more than their order (tasks.ChatRows). The chat model saved is the mean of the weights
-over the run's last third of steps (--average-last), which answers new phrasings better than the last step's.
+Learns from the train split of --qa only (the test split is for evaluate.py). Each batch is mostly chat rows: the train
+questions, once per pass in a random order (--data-order), in the chat format (chat.py) packed into the model's context,
+several turns a row, so the model also sees answers that follow earlier turns. The loss counts the answer tokens and
+their closing <|end|>, and at 0.3 of their weight (--question-loss) the question's own tokens, written and shuffled
+alike: a model that learns both how its questions are worded and which words go together in one fact's questions answers
+held-out phrasings of them better. The other --pretrain-mix of the rows are blocks of the base model's corpus, drawn as
+train.py draws them, their loss weighted by the same share, so the model keeps its prose while it learns to answer
+(tasks.ChatTask). Half the drawn questions (--shuffle-words) have their words put in a random order each time, so the
+model learns to answer from the words a question holds, which new phrasings of a fact share far more than their order
+(tasks.ChatRows). The chat model saved is the mean of the weights over the run's last third of steps (--average-last),
+which answers new phrasings better than the last step's.
 
 Every --eval-interval steps we print the loss on the answers of all train questions and the corpus's validation loss
 (same split as train.py). The loop is trainer.py's; the result is a checkpoint in train.py's format with chat=True.

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from chat import encode_turn, fit_turn, question_mask, targets_from_mask
+from data import Passes
 from errors import UserError
 from tokenizer import ENDOFTEXT
 from validation import evaluate_loss
@@ -49,7 +50,7 @@ class ChatRows:
     def __init__(self, tokenizer, records, row_len, generator, shuffle_words=0.0, data_order="epochs"):
         self.tokenizer, self.row_len, self.generator, self.shuffle_words = tokenizer, row_len, generator, shuffle_words
         self.data_order = data_order  # as data.Batches: every turn once per pass, or each at random
-        self.turns_left = torch.zeros(0, dtype=torch.int64)  # this pass's turns still to come, in order
+        self.passes = Passes(lambda: torch.randperm(len(self.turns), generator=self.generator))
         self.pad = tokenizer.special_tokens[ENDOFTEXT]
         self.turns, self.texts, self.too_long, self.unencodable = [], [], 0, 0
         for r in records:
@@ -81,15 +82,12 @@ class ChatRows:
         """The index of the next train turn: the next of this pass's random order, or (data_order 'random') any."""
         if self.data_order == "random":
             return int(torch.randint(len(self.turns), (1,), generator=self.generator))
-        if len(self.turns_left) == 0:
-            self.turns_left = torch.randperm(len(self.turns), generator=self.generator)
-        k, self.turns_left = int(self.turns_left[0]), self.turns_left[1:]
-        return k
+        return self.passes.take(1)[0]
 
     def put_back(self, k):
         """A drawn turn that did not fit its row: in a pass it opens the next row; a random draw is dropped."""
         if self.data_order == "epochs":
-            self.turns_left = torch.cat([torch.tensor([k]), self.turns_left])
+            self.passes.put_back(k)
 
     def turn(self, k):
         """Train turn k as (ids, mask), its question's words shuffled in a shuffle_words share of the calls."""
@@ -172,16 +170,13 @@ class ChatTask(TextTask):
         return micro_batches
 
     def draw_state(self):
-        return {**self.batches.draw_state(), "turn_order": self.chat_rows.turns_left.clone()}
+        return {**self.batches.draw_state(), "turn_order": self.chat_rows.passes.left.clone()}
 
     def restore_draws(self, state):
         """As TextTask's, and the turns left in the pass (none in a checkpoint from before the passes)."""
-        order = state.get("turn_order", torch.zeros(0, dtype=torch.int64))
-        if not (isinstance(order, torch.Tensor) and order.dtype == torch.int64 and order.dim() == 1
-                and (len(order) == 0 or 0 <= int(order.min()) and int(order.max()) < len(self.chat_rows.turns))):
-            raise ValueError("its questions left in the pass do not fit the train questions")
+        self.chat_rows.passes.restore(state.get("turn_order"), len(self.chat_rows.turns) - 1,
+                                      "its questions left in the pass do not fit the train questions")
         self.batches.restore_draws(state)
-        self.chat_rows.turns_left = order.clone()
 
     def loss(self, model, batch):
         x, y, asked = batch
