@@ -1,8 +1,9 @@
 """Optimizers written with plain per-tensor ops, plus Muon and build_optimizer.
 
 torch.optim's fast paths (torch._foreach_*, fused kernels, lerp) are not implemented on DirectML and silently fall
-back to the CPU there, so every update below is spelled out one tensor at a time; SGD, Adam and AdamW match
-torch.optim's updates exactly (tests/test_optimizers.py). State is tensors and plain ints, so state_dict() loads with
+back to the CPU there, so every update below is spelled out in plain ops, one tensor at a time (Muon orthogonalizes
+a stack of same-shaped matrices at a time, with batched matrix multiplies); SGD, Adam and AdamW match torch.optim's
+updates exactly (tests/test_optimizers.py). State is tensors and plain ints, so state_dict() loads with
 torch.load(..., weights_only=True). A schedule scales every group's base rate, group['initial_lr'], by one multiplier
 (set_lr_multiplier), so Muon's and AdamW's very different rates move together.
 """
@@ -129,31 +130,51 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
 def newton_schulz(G, steps=5, dtype=None):
-    """Approximately orthogonalize the 2-D matrix G (MuonAdamW checks its matrices are): U S V^T -> U S' V^T, S' ~ 1,
-    in float32 or, on CUDA, bfloat16 (dtype=None picks); returns G's dtype."""
+    """Approximately orthogonalize a matrix G (m, n), or each matrix of a stack G (k, m, n) on its own:
+    U S V^T -> U S' V^T, S' ~ 1, in float32 or, on CUDA, bfloat16 (dtype=None picks); returns G's dtype."""
+    if G.ndim == 2:
+        return newton_schulz(G[None], steps, dtype)[0]
     if dtype is None:
         dtype = torch.bfloat16 if G.device.type == "cuda" else torch.float32
-    if G.size(0) > G.size(1):
-        return newton_schulz(G.T, steps, dtype).T  # work on the wide side, so X X^T is the smaller square
+    if G.size(1) > G.size(2):
+        return newton_schulz(G.mT, steps, dtype).mT  # work on the wide side, so X X^T is the smaller square
     a, b, c = NS_COEFFICIENTS
     X = G.to(dtype)
-    X = X / (X.norm() + 1e-7)  # spectral norm <= Frobenius norm, so now <= 1
+    X = X / (X.norm(dim=(1, 2), keepdim=True) + 1e-7)  # spectral norm <= Frobenius norm, so now <= 1
     for _ in range(steps):
-        A = X @ X.T
+        A = X @ X.mT
         B = b * A + c * (A @ A)
         X = a * X + B @ X
     return X.to(G.dtype)
 
 
-def muon_update(p, state, group):
-    """One Muon step for one 2-D weight matrix, with its param group's settings."""
-    grad, lr, momentum, weight_decay = p.grad, group["lr"], group["momentum"], group["weight_decay"]
+def orthogonalized(updates, steps):
+    """newton_schulz of each matrix in updates, the matrices of one shape stacked and orthogonalized together: a
+    model's layers share a few shapes, and one batched multiply of a stack costs less than one multiply per matrix."""
+    by_shape = {}
+    for i, update in enumerate(updates):
+        by_shape.setdefault(update.shape, []).append(i)
+    result = [None] * len(updates)
+    for indices in by_shape.values():
+        for i, X in zip(indices, newton_schulz(torch.stack([updates[i] for i in indices]), steps).unbind(0)):
+            result[i] = X
+    return result
+
+
+def muon_direction(p, state, group):
+    """The direction Muon orthogonalizes for one 2-D weight matrix: the momentum of its gradients (Nesterov's when
+    the group says so)."""
+    grad, momentum = p.grad, group["momentum"]
     buf = state.get("momentum_buffer")
     if buf is None:
         buf = state["momentum_buffer"] = torch.zeros_like(p)
     buf.mul_(momentum).add_(grad, alpha=1 - momentum)  # running average of gradients
-    update = grad.mul(1 - momentum).add_(buf, alpha=momentum) if group["nesterov"] else buf
-    update = newton_schulz(update, group["ns_steps"])
+    return grad.mul(1 - momentum).add_(buf, alpha=momentum) if group["nesterov"] else buf
+
+
+def muon_step(p, update, group):
+    """Move one weight matrix by its orthogonalized update, after its decoupled weight decay."""
+    lr, weight_decay = group["lr"], group["weight_decay"]
     # Orthogonalized, the update has operator norm ~1. A layer's output RMS moves by at most
     # ||dW||_op * sqrt(fan_in / fan_out) times the input's RMS, so matrices with more outputs than inputs
     # (rows > cols) get their step scaled up by sqrt(rows / cols) to move their outputs as much.
@@ -163,7 +184,7 @@ def muon_update(p, state, group):
     p.add_(update, alpha=-lr * scale)
 
 
-class MuonAdamW(PerTensorOptimizer):
+class MuonAdamW(torch.optim.Optimizer):
     """One optimizer, two rules: groups with use_muon=True take Muon steps, the rest AdamW steps, under one
     state_dict and one param_groups list for a schedule to walk. Muon (MomentUm Orthogonalized by Newton-Schulz) is for
     2-D hidden weight matrices. Embeddings, the output head, norms and biases take AdamW (see build_optimizer): an
@@ -182,11 +203,23 @@ class MuonAdamW(PerTensorOptimizer):
                 raise ValueError(f"Muon updates 2-D weight matrices only, got shape {tuple(p.shape)}; "
                                  f"give it to AdamW instead")
 
-    def update(self, p, state, group):
-        if group["use_muon"]:
-            muon_update(p, state, group)
-        else:
-            adam_update(p, state, group, decoupled=True)
+    @torch.no_grad()
+    def step(self, closure=None):
+        """AdamW steps tensor by tensor; each Muon group's matrices are orthogonalized together (orthogonalized)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not group["use_muon"]:
+                for p in params:
+                    adam_update(p, self.state[p], group, decoupled=True)
+                continue
+            directions = [muon_direction(p, self.state[p], group) for p in params]
+            for p, update in zip(params, orthogonalized(directions, group["ns_steps"])):
+                muon_step(p, update, group)
+        return loss
 
 
 class WeightAverage:

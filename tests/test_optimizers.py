@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import optimizers
 from errors import UserError
 from optimizers import (SGD, Adam, AdamW, MuonAdamW, WeightAverage, build_optimizer,
-                        newton_schulz, set_lr_multiplier)
+                        newton_schulz, orthogonalized, set_lr_multiplier)
 
 
 SHAPES = [(5, 3), (7,), (2, 3, 4)]
@@ -150,6 +150,18 @@ def test_newton_schulz_keeps_singular_directions():
     inner = U.T @ newton_schulz(G) @ Vh.T  # diagonal if the directions are kept
     off = inner - torch.diag(torch.diagonal(inner))
     assert off.abs().max() < 1e-4
+
+
+def test_orthogonalized_stacks_each_shape_and_matches_one_at_a_time():
+    # Matrices of one shape go through newton_schulz as one stack; each comes back as if orthogonalized alone,
+    # in its own place and shape.
+    g = torch.Generator().manual_seed(2)
+    updates = [torch.randn(shape, generator=g, dtype=torch.float64) for shape in [(8, 24), (24, 8), (8, 24), (8, 8)]]
+    for update, X in zip(updates, orthogonalized(updates, steps=5)):
+        assert X.shape == update.shape
+        assert torch.allclose(X, newton_schulz(update), atol=1e-12)
+    stack = torch.stack(updates[:1] + updates[2:3])
+    assert torch.allclose(newton_schulz(stack)[1], newton_schulz(updates[2]), atol=1e-12)
 
 
 def test_muon_rejects_non_matrices():
