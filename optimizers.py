@@ -50,7 +50,8 @@ def adam_update(p, state, group, decoupled):
 
 
 class PerTensorOptimizer(torch.optim.Optimizer):
-    """Steps each parameter on its own; a subclass says how one tensor moves: update(p, state, group)."""
+    """Steps each parameter on its own; a subclass says how one tensor moves: update(p, state, group) (or how a
+    whole group's tensors move: update_group(group, params))."""
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -59,10 +60,12 @@ class PerTensorOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for g in self.param_groups:
-            for p in g["params"]:
-                if p.grad is not None:
-                    self.update(p, self.state[p], g)
+            self.update_group(g, [p for p in g["params"] if p.grad is not None])
         return loss
+
+    def update_group(self, group, params):
+        for p in params:
+            self.update(p, self.state[p], group)
 
 
 class SGD(PerTensorOptimizer):
@@ -184,7 +187,7 @@ def muon_step(p, update, group):
     p.add_(update, alpha=-lr * scale)
 
 
-class MuonAdamW(torch.optim.Optimizer):
+class MuonAdamW(PerTensorOptimizer):
     """One optimizer, two rules: groups with use_muon=True take Muon steps, the rest AdamW steps, under one
     state_dict and one param_groups list for a schedule to walk. Muon (MomentUm Orthogonalized by Newton-Schulz) is for
     2-D hidden weight matrices. Embeddings, the output head, norms and biases take AdamW (see build_optimizer): an
@@ -203,23 +206,15 @@ class MuonAdamW(torch.optim.Optimizer):
                 raise ValueError(f"Muon updates 2-D weight matrices only, got shape {tuple(p.shape)}; "
                                  f"give it to AdamW instead")
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """AdamW steps tensor by tensor; each Muon group's matrices are orthogonalized together (orthogonalized)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not group["use_muon"]:
-                for p in params:
-                    adam_update(p, self.state[p], group, decoupled=True)
-                continue
-            directions = [muon_direction(p, self.state[p], group) for p in params]
-            for p, update in zip(params, orthogonalized(directions, group["ns_steps"])):
-                muon_step(p, update, group)
-        return loss
+    def update_group(self, group, params):
+        """AdamW steps tensor by tensor; a Muon group's matrices are orthogonalized together (orthogonalized)."""
+        if not group["use_muon"]:
+            for p in params:
+                adam_update(p, self.state[p], group, decoupled=True)
+            return
+        directions = [muon_direction(p, self.state[p], group) for p in params]
+        for p, update in zip(params, orthogonalized(directions, group["ns_steps"])):
+            muon_step(p, update, group)
 
 
 class WeightAverage:
