@@ -147,6 +147,8 @@ def main(argv=None):
     made_here = args.work is None or not os.path.exists(args.work)
     work = args.work or tempfile.mkdtemp(prefix="nanogpt-benchmark-")
     os.makedirs(work, exist_ok=True)
+    # A finished benchmark keeps its folder (b_lm's ours.pth, nanoGPT's out/ckpt.pt): say where, before the long runs.
+    print(f"the runs' files go to {work}", flush=True)
     try:
         compare(args, work)
     except BaseException:  # a failed or stopped benchmark leaves nothing behind: its folder was new or empty
