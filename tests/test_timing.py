@@ -1,5 +1,6 @@
 """The meter (timing.py) and the step benchmark built on it; no assertions about wall-clock speed."""
 import json
+import math
 import os
 import re
 import subprocess
@@ -301,3 +302,80 @@ def test_the_gpu_check_without_the_device_is_one_line(flags, fragment):
     if flags == ["--device", "cuda"] and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     assert_clean_error(run_script("gpu_check.py", *flags), fragment)
+
+
+FAKE_NANOGPT_TRAIN = '''
+import os, pickle, sys
+import torch
+from model import GPT, GPTConfig
+flags = dict(arg[2:].split("=", 1) for arg in sys.argv[1:] if arg.startswith("--"))
+iters, timing_run = int(flags["max_iters"]), flags["out_dir"].endswith("timing")
+if not timing_run and os.environ.get("FAKE_NANOGPT_FAILS"):
+    sys.exit("out of memory")
+ms = 10.0 if timing_run else 12.0  # the short timing run at one pace, the real runs slower: as nanoGPT's here
+for i in range(iters + 1):
+    print(f"iter {i}: loss 1.0000, time {ms:.2f}ms, mfu 1.00%")
+with open(os.path.join("data", flags["dataset"], "meta.pkl"), "rb") as f:
+    config = dict(block_size=int(flags["block_size"]), vocab_size=pickle.load(f)["vocab_size"])
+os.makedirs(flags["out_dir"], exist_ok=True)
+torch.save({"model_args": config, "model": GPT(GPTConfig(**config)).state_dict(), "iter_num": iters},
+           os.path.join(flags["out_dir"], "ckpt.pt"))
+'''
+
+FAKE_NANOGPT_MODEL = '''
+from dataclasses import dataclass
+import torch.nn as nn
+@dataclass
+class GPTConfig:
+    block_size: int
+    vocab_size: int
+class GPT(nn.Module):  # every character equally likely: its loss is log(vocab_size) exactly
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.table = nn.Embedding(config.vocab_size, config.vocab_size)
+        nn.init.zeros_(self.table.weight)
+    def forward(self, idx, targets=None):
+        return self.table(idx), None
+'''
+
+
+@pytest.fixture
+def fake_nanogpt(tmp_path):
+    """A stand-in for a nanoGPT checkout with its interface: train.py's flags, log lines and ckpt.pt; model.py."""
+    folder = tmp_path / "nanoGPT"
+    (folder / "config").mkdir(parents=True)
+    (folder / "train.py").write_text(FAKE_NANOGPT_TRAIN)
+    (folder / "model.py").write_text(FAKE_NANOGPT_MODEL)
+    (folder / "configurator.py").write_text("")
+    (folder / "config" / "train_shakespeare_char.py").write_text("")
+    return str(folder)
+
+
+def test_the_nanogpt_benchmark_reruns_nanogpt_at_its_own_pace_scores_both_and_says_where_its_files_are(
+        tmp_path, fake_nanogpt, tiny_ckpt, small_corpus):
+    work = str(tmp_path / "work")
+    done = run_script("nanogpt_benchmark.py", "--nanogpt", fake_nanogpt, "--data", small_corpus, "--ours", tiny_ckpt,
+                      "--ours-seconds", "5", "--work", work)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"the runs' files go to {work}" in done.stdout
+    # 10 ms an iteration in the timing run: 500 fit 5 s; the real run's 501 iterations at 12 ms took 6.0 s (20% over),
+    # so it runs again with 500 x 5 / 6.012 = 416, whose 5.004 s are within 5%.
+    assert "500 iterations took 6 s, not 5 s: again with 416" in done.stdout
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| nanoGPT"))
+    assert "| 416 |" in row and "iteration 416" in row
+    theirs = float(row.split("|")[-2])
+    assert theirs == pytest.approx(math.log(len(set(open(small_corpus).read()))), abs=1e-4)
+    ours = float(next(line for line in done.stdout.splitlines() if line.startswith("| b_lm")).split("|")[-2])
+    assert f"b_lm leads by {theirs - ours:.3f} nats/char" in done.stdout
+    assert os.path.isfile(os.path.join(work, "out", "ckpt.pt"))  # a finished benchmark keeps its files
+
+
+def test_a_failed_nanogpt_benchmark_says_why_in_one_line_and_leaves_no_folder(
+        tmp_path, fake_nanogpt, tiny_ckpt, small_corpus, monkeypatch):
+    monkeypatch.setenv("FAKE_NANOGPT_FAILS", "1")
+    work = tmp_path / "work"
+    done = run_script("nanogpt_benchmark.py", "--nanogpt", fake_nanogpt, "--data", small_corpus, "--ours", tiny_ckpt,
+                      "--ours-seconds", "5", "--work", str(work))
+    assert_clean_error(done, "nanoGPT failed: out of memory")
+    assert not work.exists()
