@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -340,6 +341,12 @@ class GPT(nn.Module):  # every character equally likely: its loss is log(vocab_s
 '''
 
 
+def run_benchmark(nanogpt, corpus, ckpt, work):
+    """nanogpt_benchmark.py with b_lm's side given (ckpt, trained for 5 s), so only nanoGPT's side runs."""
+    return run_script("nanogpt_benchmark.py", "--nanogpt", nanogpt, "--data", corpus, "--ours", ckpt,
+                      "--ours-seconds", "5", "--work", str(work))
+
+
 @pytest.fixture
 def fake_nanogpt(tmp_path):
     """A stand-in for a nanoGPT checkout with its interface: train.py's flags, log lines and ckpt.pt; model.py."""
@@ -355,8 +362,7 @@ def fake_nanogpt(tmp_path):
 def test_the_nanogpt_benchmark_reruns_nanogpt_at_its_own_pace_scores_both_and_says_where_its_files_are(
         tmp_path, fake_nanogpt, tiny_ckpt, small_corpus):
     work = str(tmp_path / "work")
-    done = run_script("nanogpt_benchmark.py", "--nanogpt", fake_nanogpt, "--data", small_corpus, "--ours", tiny_ckpt,
-                      "--ours-seconds", "5", "--work", work)
+    done = run_benchmark(fake_nanogpt, small_corpus, tiny_ckpt, work)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"the runs' files go to {work}" in done.stdout
     # 10 ms an iteration in the timing run: 500 fit 5 s; the real run's 501 iterations at 12 ms took 6.0 s (20% over),
@@ -365,7 +371,7 @@ def test_the_nanogpt_benchmark_reruns_nanogpt_at_its_own_pace_scores_both_and_sa
     row = next(line for line in done.stdout.splitlines() if line.startswith("| nanoGPT"))
     assert "| 416 |" in row and "iteration 416" in row
     theirs = float(row.split("|")[-2])
-    assert theirs == pytest.approx(math.log(len(set(open(small_corpus).read()))), abs=1e-4)
+    assert theirs == pytest.approx(math.log(len(set(Path(small_corpus).read_text(encoding="utf-8")))), abs=1e-4)
     ours = float(next(line for line in done.stdout.splitlines() if line.startswith("| b_lm")).split("|")[-2])
     assert f"b_lm leads by {theirs - ours:.3f} nats/char" in done.stdout
     assert os.path.isfile(os.path.join(work, "out", "ckpt.pt"))  # a finished benchmark keeps its files
@@ -375,7 +381,6 @@ def test_a_failed_nanogpt_benchmark_says_why_in_one_line_and_leaves_no_folder(
         tmp_path, fake_nanogpt, tiny_ckpt, small_corpus, monkeypatch):
     monkeypatch.setenv("FAKE_NANOGPT_FAILS", "1")
     work = tmp_path / "work"
-    done = run_script("nanogpt_benchmark.py", "--nanogpt", fake_nanogpt, "--data", small_corpus, "--ours", tiny_ckpt,
-                      "--ours-seconds", "5", "--work", str(work))
+    done = run_benchmark(fake_nanogpt, small_corpus, tiny_ckpt, work)
     assert_clean_error(done, "nanoGPT failed: out of memory")
     assert not work.exists()
